@@ -1,0 +1,107 @@
+"""The policy interface shared by user-level and item-level fusion policies.
+
+A policy sees one :class:`RequestObs` per batch of concurrent requests and returns actions in
+[-1, 1]^10 (see :mod:`rlmtf.fusion`):
+
+- a **user-level** policy (``level = "user"``; IntegratedRL-MTF, DDPG, ES, hand-set fusions) returns
+  (B, A): one action per request, applied to every candidate;
+- an **item-level** policy (``level = "item"``; Enhanced-State RL) returns (B, N, A): one action per
+  user-item pair, computed from the enhanced state.
+
+``decide`` returns a :class:`Decision`, which also carries what exploration logs: the behaviour
+policy's own action ``mu_bp`` and the exploration box ``[mu_bp + lower_b, mu_bp + upper_b]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from rlmtf.fusion import ACTION_DIM
+from rlmtf.schema import FeatureSpec
+
+
+@dataclass
+class RequestObs:
+    """What the ranking stage knows about B concurrent requests with N candidates each."""
+
+    user_id: np.ndarray  # (B,) int64
+    request_key: np.ndarray  # (B,) uint64: a unique, seed-dependent key for counter-based draws
+    user_profile: np.ndarray  # (B, P) float32
+    user_history: np.ndarray  # (B, H) float32
+    context: np.ndarray  # (B, X) float32
+    item_id: np.ndarray  # (B, N) int64
+    item_features: np.ndarray  # (B, N, F) float32
+    mtl_scores: np.ndarray  # (B, N, K) float
+    true_scores: np.ndarray | None = None  # (B, N, K): simulator only, the exact task probabilities
+
+    @property
+    def batch_size(self) -> int:
+        return self.item_id.shape[0]
+
+    @property
+    def n_candidates(self) -> int:
+        return self.item_id.shape[1]
+
+    def user_state(self) -> np.ndarray:
+        """(B, P + H + X): the paper's original state s_t."""
+        return np.concatenate([self.user_profile, self.user_history, self.context], -1).astype(np.float32)
+
+    def enhanced_state(self) -> np.ndarray:
+        """(B, N, P + H + X + F + K): one enhanced state s_tj per user-item pair."""
+        b, n = self.item_id.shape
+        us = np.broadcast_to(self.user_state()[:, None, :], (b, n, self.user_state().shape[-1]))
+        return np.concatenate([us, self.item_features, self.mtl_scores.astype(np.float32)], -1)
+
+
+@dataclass
+class Decision:
+    """Actions and their exploration record. Arrays are (B, A) for user-level decisions or
+    (B, N, A) for item-level ones; ``lower_b``/``upper_b`` broadcast against ``mu_bp``."""
+
+    action: np.ndarray
+    mu_bp: np.ndarray
+    lower_b: np.ndarray
+    upper_b: np.ndarray
+
+    @property
+    def level(self) -> Literal["user", "item"]:
+        return "item" if self.action.ndim == 3 else "user"
+
+
+class Policy(ABC):
+    """Base of every fusion policy."""
+
+    level: ClassVar[Literal["user", "item"]] = "user"
+    #: "mtl" ranks with the MTL model's scores; "true" with the exact probabilities (simulator oracle).
+    score_source: Literal["mtl", "true"] = "mtl"
+    name: str = "policy"
+
+    @abstractmethod
+    def act(self, obs: RequestObs) -> np.ndarray:
+        """Actions in [-1, 1]: (B, A) for a user-level policy, (B, N, A) for an item-level one."""
+
+    def decide(self, obs: RequestObs) -> Decision:
+        """Act without exploration: mu_bp is the action and the exploration box is empty."""
+        a = self.act(obs)
+        zero = np.zeros(a.shape[-1], dtype=np.float32)
+        return Decision(action=a, mu_bp=a, lower_b=zero, upper_b=zero)
+
+    def check_spec(self, spec: FeatureSpec) -> None:
+        """Raise ValueError if the policy cannot act on states of this shape (no-op by default)."""
+
+
+def check_actions(a: np.ndarray, obs: RequestObs, level: str, who: str) -> np.ndarray:
+    """Validate a policy's output shape and range; returns it as float32."""
+    b, n = obs.item_id.shape
+    expected = (b, ACTION_DIM) if level == "user" else (b, n, ACTION_DIM)
+    if a.shape != expected:
+        raise ValueError(f"{who}: {level}-level policy returned actions of shape {a.shape}, expected {expected}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{who}: returned non-finite actions")
+    if (np.abs(a) > 1 + 1e-6).any():
+        raise ValueError(f"{who}: returned actions outside [-1, 1] (max |a| = {np.abs(a).max():.4f})")
+    return a.astype(np.float32, copy=False)

@@ -1,0 +1,95 @@
+"""Exploration policies (SPEC section 4, the paper's Formula 4).
+
+``UniformExploration``: ``a = clip(mu_bp(s) + eps, -1, 1)`` with ``eps ~ U(lower_b, upper_b)`` per
+dimension; defaults lower_b = -0.15, upper_b = +0.15 (IntegratedRL-MTF's). Noise is drawn once per
+request (``per="request"``, one action for all candidates) or once per user-item pair
+(``per="item"``, the data Enhanced-State RL is trained on). Every sample records mu_bp, lower_b,
+upper_b and the action.
+
+``ActionNoiseExploration``: the comparator ``eps ~ N(0, sigma)``, sigma = 0.2. It logs the same
+nominal box so that an analysis can count how many of its samples land inside it.
+
+Draws are counter-based (see :mod:`rlmtf.sim.rng`): a pure function of (seed, request, candidate,
+dimension), so the same seed reproduces the same exploration.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from rlmtf.fusion import ACTION_DIM
+from rlmtf.policy.base import Decision, Policy, RequestObs, check_actions
+from rlmtf.sim import rng as crng
+
+_S_UNIFORM, _S_NOISE = 311, 312
+
+
+def _bounds(value: float | np.ndarray, name: str) -> np.ndarray:
+    b = np.broadcast_to(np.asarray(value, dtype=np.float32), (ACTION_DIM,)).copy()
+    if not np.isfinite(b).all():
+        raise ValueError(f"{name} must be finite, got {b.tolist()}")
+    return b
+
+
+class _Exploration(Policy):
+    def __init__(self, base: Policy, per: Literal["request", "item"], seed: int):
+        if per not in ("request", "item"):
+            raise ValueError(f"per must be 'request' or 'item', got {per!r}")
+        self.base, self.per, self.seed = base, per, seed
+        self.level = "item" if per == "item" or base.level == "item" else "user"  # type: ignore[misc]
+        self.score_source = base.score_source
+
+    def _keys(self, obs: RequestObs) -> np.ndarray:
+        if self.per == "item":  # (B, N, A)
+            return crng.key(self.seed, obs.request_key[:, None, None], np.arange(obs.n_candidates)[:, None],
+                            np.arange(ACTION_DIM))
+        return crng.key(self.seed, obs.request_key[:, None], np.arange(ACTION_DIM))  # (B, A)
+
+    def _mu_bp(self, obs: RequestObs) -> np.ndarray:
+        mu = check_actions(self.base.act(obs), obs, self.base.level, self.base.name)
+        if self.level == "item" and mu.ndim == 2:
+            mu = np.broadcast_to(mu[:, None, :], (obs.batch_size, obs.n_candidates, ACTION_DIM))
+        return mu
+
+    def act(self, obs: RequestObs) -> np.ndarray:
+        return self.decide(obs).action
+
+
+class UniformExploration(_Exploration):
+    """mu_bp + U(lower_b, upper_b), clipped to [-1, 1]."""
+
+    def __init__(self, base: Policy, lower_b: float | np.ndarray = -0.15, upper_b: float | np.ndarray = 0.15,
+                 per: Literal["request", "item"] = "request", seed: int = 0):
+        super().__init__(base, per, seed)
+        self.lower_b, self.upper_b = _bounds(lower_b, "lower_b"), _bounds(upper_b, "upper_b")
+        bad = np.flatnonzero(self.lower_b > self.upper_b)
+        if bad.size:
+            raise ValueError(f"lower_b > upper_b in dimension {int(bad[0])}: "
+                             f"{self.lower_b[bad[0]]} > {self.upper_b[bad[0]]}")
+        self.name = f"{base.name}+uniform"
+
+    def decide(self, obs: RequestObs) -> Decision:
+        mu = self._mu_bp(obs)
+        u = crng.uniform(self._keys(obs), _S_UNIFORM).astype(np.float32)
+        eps = self.lower_b + (self.upper_b - self.lower_b) * u
+        return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)
+
+
+class ActionNoiseExploration(_Exploration):
+    """mu_bp + N(0, sigma), clipped to [-1, 1]; logs the nominal box for comparison."""
+
+    def __init__(self, base: Policy, sigma: float = 0.2, per: Literal["request", "item"] = "request",
+                 seed: int = 0, lower_b: float = -0.15, upper_b: float = 0.15):
+        super().__init__(base, per, seed)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {sigma}")
+        self.sigma = sigma
+        self.lower_b, self.upper_b = _bounds(lower_b, "lower_b"), _bounds(upper_b, "upper_b")
+        self.name = f"{base.name}+noise"
+
+    def decide(self, obs: RequestObs) -> Decision:
+        mu = self._mu_bp(obs)
+        eps = (self.sigma * crng.normal(self._keys(obs), _S_NOISE)).astype(np.float32)
+        return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)
