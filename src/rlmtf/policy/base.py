@@ -26,7 +26,11 @@ from rlmtf.schema import FeatureSpec
 
 @dataclass
 class RequestObs:
-    """What the ranking stage knows about B concurrent requests with N candidates each."""
+    """What the ranking stage knows about B concurrent requests with N candidates each.
+
+    Item features are either given as ``item_features`` (B, N, F) or gathered lazily, on first
+    access, from a catalogue table ``item_table`` (I, F) by ``item_id`` (a policy that never looks
+    at them costs nothing)."""
 
     user_id: np.ndarray  # (B,) int64
     request_key: np.ndarray  # (B,) uint64: a unique, seed-dependent key for counter-based draws
@@ -34,9 +38,19 @@ class RequestObs:
     user_history: np.ndarray  # (B, H) float32
     context: np.ndarray  # (B, X) float32
     item_id: np.ndarray  # (B, N) int64
-    item_features: np.ndarray  # (B, N, F) float32
-    mtl_scores: np.ndarray  # (B, N, K) float
+    mtl_scores: np.ndarray  # (B, N, K) float32
+    item_features_: np.ndarray | None = None  # (B, N, F) float32
+    item_table: np.ndarray | None = None  # (I, F) float32
     true_scores: np.ndarray | None = None  # (B, N, K): simulator only, the exact task probabilities
+
+    @property
+    def item_features(self) -> np.ndarray:
+        """(B, N, F) float32."""
+        if self.item_features_ is None:
+            if self.item_table is None:
+                raise ValueError("RequestObs has neither item_features nor an item_table")
+            self.item_features_ = self.item_table[self.item_id]
+        return self.item_features_
 
     @property
     def batch_size(self) -> int:

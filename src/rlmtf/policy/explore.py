@@ -53,6 +53,11 @@ class _Exploration(Policy):
             mu = np.broadcast_to(mu[:, None, :], (obs.batch_size, obs.n_candidates, ACTION_DIM))
         return mu
 
+    @staticmethod
+    def _align(eps: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """Per-request noise (B, A) shared by all candidates of an item-level mu_bp (B, N, A)."""
+        return eps[:, None, :] if eps.ndim == 2 and mu.ndim == 3 else eps
+
     def act(self, obs: RequestObs) -> np.ndarray:
         return self.decide(obs).action
 
@@ -73,7 +78,7 @@ class UniformExploration(_Exploration):
     def decide(self, obs: RequestObs) -> Decision:
         mu = self._mu_bp(obs)
         u = crng.uniform(self._keys(obs), _S_UNIFORM).astype(np.float32)
-        eps = self.lower_b + (self.upper_b - self.lower_b) * u
+        eps = self._align(self.lower_b + (self.upper_b - self.lower_b) * u, mu)
         return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)
 
 
@@ -91,5 +96,5 @@ class ActionNoiseExploration(_Exploration):
 
     def decide(self, obs: RequestObs) -> Decision:
         mu = self._mu_bp(obs)
-        eps = (self.sigma * crng.normal(self._keys(obs), _S_NOISE)).astype(np.float32)
+        eps = self._align((self.sigma * crng.normal(self._keys(obs), _S_NOISE)).astype(np.float32), mu)
         return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)

@@ -39,25 +39,17 @@ _S_INTERACT = {name: 110 + i for i, name in enumerate(INTERACTIONS)}
 
 @dataclass
 class ItemResponse:
-    """Per user-item behaviour parameters, arrays shaped like the item ids (..., )."""
+    """Per user-item behaviour parameters, arrays shaped like the item ids (B, N)."""
 
     p_engage: np.ndarray
-    affinity: np.ndarray
     log_ratio_mean: np.ndarray  # engaged log watch ratio mean
-    duration: np.ndarray
-    clickbait: np.ndarray
-    interaction_logit: np.ndarray  # (..., 5) logits of like, share, collect, follow, comment when engaged
+    interaction_base: np.ndarray  # interaction logit without the per-behaviour bias
+    item: np.ndarray  # item ids
 
     def take(self, idx: np.ndarray) -> ItemResponse:
-        """Select items along the last candidate axis: idx (B, l) into (B, N)."""
-        return ItemResponse(
-            p_engage=np.take_along_axis(self.p_engage, idx, 1),
-            affinity=np.take_along_axis(self.affinity, idx, 1),
-            log_ratio_mean=np.take_along_axis(self.log_ratio_mean, idx, 1),
-            duration=np.take_along_axis(self.duration, idx, 1),
-            clickbait=np.take_along_axis(self.clickbait, idx, 1),
-            interaction_logit=np.take_along_axis(self.interaction_logit, idx[..., None], 1),
-        )
+        """Select items along the candidate axis: idx (B, l) into (B, N)."""
+        return ItemResponse(*(np.take_along_axis(x, idx, 1) for x in
+                              (self.p_engage, self.log_ratio_mean, self.interaction_base, self.item)))
 
 
 class BehaviourModel:
@@ -66,79 +58,85 @@ class BehaviourModel:
     def __init__(self, cfg: SimConfig, users: Users, items: Items):
         self.cfg, self.b = cfg, cfg.behaviour
         self.users, self.items = users, items
-        self._log_ci = np.log(cfg.n_categories * users.interest + 0.1)  # (U, C)
         b = self.b
-        self._inter_bias = np.array([b.like_bias, b.share_bias, b.collect_bias, b.follow_bias, b.comment_bias])
+        self._log_ci = np.log(cfg.n_categories * users.interest + 0.1)  # (U, C)
+        self.inter_bias = np.array([b.like_bias, b.share_bias, b.collect_bias, b.follow_bias, b.comment_bias])
+        # Item-only parts of the model, computed once (I,).
+        dur = items.duration
+        self.log_dur = np.log(dur)
+        self.item_ratio_offset = (np.log(b.engaged_ratio_median) + b.ratio_quality * items.quality
+                                  - b.ratio_clickbait * items.clickbait
+                                  - b.ratio_duration * np.log(dur / cfg.items.duration_median_s))
+        self.item_quality_term = b.quality_weight * items.quality
+        self.item_inter_term = b.interaction_quality * items.quality - b.interaction_clickbait * items.clickbait
+        self.log_valid_threshold = np.log(b.valid_threshold_s / dur)  # log ratio needed for a valid view
+        self.hook_valid = (items.clickbait > 0) & (np.minimum(b.clickbait_hook_s, dur) > b.valid_threshold_s)
+        self.hook_finish = (items.clickbait > 0) & (dur <= b.clickbait_hook_s)
+        ms, ss = np.log(b.skip_seconds_median / dur), b.skip_seconds_sigma  # skip log-ratio mean and sd
+        p_play = 1.0 - b.skip_zero_prob
+        self.p_valid_skip = p_play * (1.0 - ndtr((self.log_valid_threshold - ms) / ss))
+        self.mean_skip_s = p_play * np.minimum(np.exp(ms + 0.5 * ss * ss), b.max_watch_ratio) * dur
+        self.p_finish_skip = p_play * (1.0 - ndtr(-ms / ss))
+        self.hook_s = np.where(items.clickbait > 0, np.minimum(b.clickbait_hook_s, dur), 0.0)
 
     def response(self, user: np.ndarray, item: np.ndarray, fatigue: np.ndarray | None) -> ItemResponse:
         """user (B,), item (B, N) ids, fatigue (B,) or None (= 0) -> ItemResponse of shape (B, N)."""
         b, it, us = self.b, self.items, self.users
-        cat = it.category[item]  # (B, N)
         taste = np.einsum("bd,bnd->bn", us.taste[user], it.style[item])  # (B, N)
-        quality = it.quality[item]
-        affinity = (b.interest_weight * np.take_along_axis(self._log_ci[user], cat, 1)
-                    + b.taste_weight * taste + b.quality_weight * quality)
+        affinity = (b.interest_weight * np.take_along_axis(self._log_ci[user], it.category[item], 1)
+                    + b.taste_weight * taste + self.item_quality_term[item])
         cb = it.clickbait[item]
-        act = us.activity[user][:, None]
-        logit = (b.engage_bias + affinity + b.engage_activity * (act - 0.5)
-                 + b.engage_clickbait * cb * us.susceptibility[user][:, None])
+        logit_e = affinity + (b.engage_bias + b.engage_activity * (us.activity[user] - 0.5))[:, None]
+        logit_e += b.engage_clickbait * cb * us.susceptibility[user][:, None]
         if fatigue is not None:
-            logit = logit - b.engage_fatigue * fatigue[:, None]
-        duration = it.duration[item]
-        log_ratio = (np.log(b.engaged_ratio_median) + b.ratio_affinity * affinity + b.ratio_quality * quality
-                     - b.ratio_clickbait * cb
-                     - b.ratio_duration * np.log(duration / self.cfg.items.duration_median_s))
-        inter = (self._inter_bias + (b.interaction_affinity * affinity + b.interaction_quality * quality
-                                     - b.interaction_clickbait * cb)[..., None])  # (B, N, 5)
-        return ItemResponse(p_engage=expit(logit), affinity=affinity, log_ratio_mean=log_ratio,
-                            duration=duration, clickbait=cb, interaction_logit=inter)
+            logit_e -= b.engage_fatigue * fatigue[:, None]
+        return ItemResponse(p_engage=expit(logit_e),
+                            log_ratio_mean=self.item_ratio_offset[item] + b.ratio_affinity * affinity,
+                            interaction_base=b.interaction_affinity * affinity + self.item_inter_term[item],
+                            item=item)
 
     def true_scores(self, r: ItemResponse) -> np.ndarray:
         """Exact P(valid), E[watch time]/cap, P(finish), P(like), P(share) -> (..., 5)."""
-        b = self.b
-        pe, m, s, dur = r.p_engage, r.log_ratio_mean, b.engaged_ratio_sigma, r.duration
-        thr = np.log(b.valid_threshold_s / dur)  # log ratio needed for a valid view
-        hook = (r.clickbait > 0) & (np.minimum(b.clickbait_hook_s, dur) > b.valid_threshold_s)
-        p_valid_eng = np.where(hook, 1.0, 1.0 - ndtr((thr - m) / s))
-        ms, ss = np.log(b.skip_seconds_median / dur), b.skip_seconds_sigma  # skip log-ratio mean and sd
-        p_play = 1.0 - b.skip_zero_prob
-        p_valid_skip = p_play * (1.0 - ndtr((thr - ms) / ss))
-        valid = pe * p_valid_eng + (1 - pe) * p_valid_skip
-        mean_eng = np.minimum(np.exp(m + 0.5 * s * s), b.max_watch_ratio) * dur
-        mean_eng = np.where(r.clickbait > 0, np.maximum(mean_eng, np.minimum(b.clickbait_hook_s, dur)), mean_eng)
-        mean_skip = p_play * np.minimum(np.exp(ms + 0.5 * ss * ss), b.max_watch_ratio) * dur
-        watch = np.minimum((pe * mean_eng + (1 - pe) * mean_skip) / self.cfg.mtl.watch_time_cap_s, 1.0)
-        p_fin_eng = np.where((r.clickbait > 0) & (dur <= b.clickbait_hook_s), 1.0, 1.0 - ndtr(-m / s))
-        finish = pe * p_fin_eng + (1 - pe) * p_play * (1.0 - ndtr(-ms / ss))
-        inter = expit(r.interaction_logit)
-        like, share = pe * inter[..., 0], pe * inter[..., 1]
-        return np.stack([valid, watch, finish, like, share], -1)
+        b, i = self.b, r.item
+        pe, m, s = r.p_engage, r.log_ratio_mean, b.engaged_ratio_sigma
+        dur = self.items.duration[i]
+        p_valid_eng = np.where(self.hook_valid[i], 1.0, ndtr((m - self.log_valid_threshold[i]) / s))
+        out = np.empty(pe.shape + (5,))
+        out[..., 0] = pe * p_valid_eng + (1 - pe) * self.p_valid_skip[i]
+        mean_eng = np.maximum(np.minimum(np.exp(m + 0.5 * s * s), b.max_watch_ratio) * dur, self.hook_s[i])
+        out[..., 1] = np.minimum((pe * mean_eng + (1 - pe) * self.mean_skip_s[i]) / self.cfg.mtl.watch_time_cap_s, 1.0)
+        p_fin_eng = np.where(self.hook_finish[i], 1.0, ndtr(m / s))
+        out[..., 2] = pe * p_fin_eng + (1 - pe) * self.p_finish_skip[i]
+        out[..., 3] = pe * expit(self.inter_bias[0] + r.interaction_base)
+        out[..., 4] = pe * expit(self.inter_bias[1] + r.interaction_base)
+        return out
 
     def sample(self, r: ItemResponse, k: np.ndarray) -> dict[str, np.ndarray]:
         """Draw feedback for shown items. ``k``: uint64 keys shaped like the items (request x item),
         so that the same user meets the same item at the same request with the same dice."""
         b = self.b
+        dur = self.items.duration[r.item]
+        cb = self.items.clickbait[r.item]
         engaged = crng.uniform(k, _S_ENGAGE) < r.p_engage
-        click = crng.uniform(k, _S_CLICK) < expit(b.click_bias + b.click_engaged * engaged
-                                                     + b.click_clickbait * r.clickbait)
+        click = crng.uniform(k, _S_CLICK) < expit(b.click_bias + b.click_engaged * engaged + b.click_clickbait * cb)
         z = crng.normal(k, _S_RATIO)
         ratio_eng = np.exp(r.log_ratio_mean + b.engaged_ratio_sigma * z)
-        ratio_skip = b.skip_seconds_median * np.exp(b.skip_seconds_sigma * z) / r.duration
+        ratio_skip = b.skip_seconds_median * np.exp(b.skip_seconds_sigma * z) / dur
         ratio_skip = np.where(crng.uniform(k, _S_ZERO) < b.skip_zero_prob, 0.0, ratio_skip)
         ratio = np.minimum(np.where(engaged, ratio_eng, ratio_skip), b.max_watch_ratio)
-        watch = ratio * r.duration
-        hook = engaged & (r.clickbait > 0)
-        watch = np.where(hook, np.maximum(watch, np.minimum(b.clickbait_hook_s, r.duration)), watch)
-        ratio = watch / r.duration
+        watch = ratio * dur
+        watch = np.where(engaged, np.maximum(watch, self.hook_s[r.item]), watch)
+        ratio = watch / dur
         out = {
             "click": click.astype(np.int8),
             "watch_time": watch,
             "watch_ratio": ratio,
             "valid": (watch > b.valid_threshold_s).astype(np.int8),
-            "finish": (watch >= r.duration * (1 - 1e-9)).astype(np.int8),
+            "finish": (watch >= dur * (1 - 1e-9)).astype(np.int8),
             "engaged": engaged,
+            "clickbait": cb,
         }
-        p = expit(r.interaction_logit)
-        for i, name in enumerate(INTERACTIONS):
-            out[name] = (engaged & (crng.uniform(k, _S_INTERACT[name]) < p[..., i])).astype(np.int8)
+        for j, name in enumerate(INTERACTIONS):
+            p = expit(self.inter_bias[j] + r.interaction_base)
+            out[name] = (engaged & (crng.uniform(k, _S_INTERACT[name]) < p)).astype(np.int8)
         return out

@@ -309,6 +309,22 @@ def sim_config_from_dict(d: dict[str, Any]) -> SimConfig:
     return _build(SimConfig, d)
 
 
+def _yaml_load(text: str) -> Any:
+    """yaml.safe_load, but reading exponent floats without a dot (``5e-2``) as numbers, as YAML 1.2,
+    TOML and JSON do (YAML 1.1's resolver leaves them strings)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_sim_config(path: str | Path | None) -> SimConfig:
     """Read a YAML (.yaml/.yml), TOML (.toml) or JSON file of overrides; None gives the defaults."""
     if path is None:
@@ -322,9 +338,7 @@ def load_sim_config(path: str | Path | None) -> SimConfig:
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = _yaml_load(text) or {}
         elif suffix == ".json":
             data = json.loads(text)
         else:

@@ -50,16 +50,19 @@ class MTLModel:
         bias[:, 2] += m.clickbait_finish_bias * items.clickbait
         bias[:, 3] += m.clickbait_finish_bias * items.clickbait
         self.item_bias = bias
+        self._item_bias32 = bias.astype(np.float32)
+        self._centres = TASK_CENTRES.astype(np.float32)
         self.item_noise = m.fresh_noise * fresh.astype(np.float64)  # (I,)
         self.user_noise = m.base_noise + m.inactive_noise * (1.0 - users.activity)  # (U,)
         self.user_slope = 1.0 - m.inactive_slope * (1.0 - users.activity)  # (U,)
 
     def scores(self, truth: np.ndarray, user: np.ndarray, item: np.ndarray, day: np.ndarray) -> np.ndarray:
-        """truth (B, N, K) true scores, user (B,), item (B, N), day (B,) -> MTL scores (B, N, K)."""
-        t = logit(np.clip(truth, 1e-6, 1 - 1e-6))
-        slope = self.user_slope[user][:, None, None]
-        sd = (self.user_noise[user][:, None] + self.item_noise[item])[..., None]  # (B, N, 1)
+        """truth (B, N, K) true scores, user (B,), item (B, N), day (B,) -> MTL scores (B, N, K) float32."""
+        f32 = np.float32
+        t = logit(np.clip(truth.astype(f32, copy=False), f32(1e-6), f32(1 - 1e-6)))
+        slope = self.user_slope[user].astype(f32)[:, None, None]
+        sd = (self.user_noise[user][:, None] + self.item_noise[item]).astype(f32)  # (B, N)
         k = crng.key(self.cfg.world_seed, user[:, None], item, day[:, None])  # (B, N)
-        noise = sd * crng.normals5(k, _S_MTL)  # (B, N, 5)
-        pred = TASK_CENTRES + slope * (t - TASK_CENTRES) + self.item_bias[item] + noise
+        noise = crng.normals5(k, _S_MTL).astype(f32) * sd[..., None]  # (B, N, 5)
+        pred = slope * (t - self._centres) + self._centres + self._item_bias32[item] + noise
         return expit(pred)

@@ -50,7 +50,7 @@ def normal(k: np.ndarray, stream: int) -> np.ndarray:
     return ndtri(np.clip(u, 1e-12, 1 - 1e-12))
 
 
-_NORMAL_TABLE = ndtri((np.arange(4096) + 0.5) / 4096)  # 12-bit inverse-CDF normal table
+_NORMAL_TABLE = ndtri((np.arange(4096) + 0.5) / 4096).astype(np.float32)  # 12-bit inverse-CDF normal table
 _MASK12 = np.uint64(0xFFF)
 _MASK32 = np.uint64(0xFFFFFFFF)
 
@@ -70,4 +70,4 @@ def normals5(k: np.ndarray, stream: int) -> np.ndarray:
         x = mix(k ^ mix(np.uint64(stream)))
     shifts = np.arange(5, dtype=np.uint64) * np.uint64(12)
     idx = (x[..., None] >> shifts) & _MASK12
-    return _NORMAL_TABLE[idx.astype(np.intp)]
+    return _NORMAL_TABLE[idx.astype(np.intp)]  # float32

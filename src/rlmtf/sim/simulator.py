@@ -262,7 +262,7 @@ class _Day:
                                    k / cfg.days.max_sessions_per_day]).astype(np.float32)
         obs = RequestObs(user_id=u, request_key=req_key, user_profile=sim.users.profile[u],
                          user_history=st.history(g), context=context, item_id=cand,
-                         item_features=sim.items.features[cand], mtl_scores=mtl.astype(np.float32),
+                         item_table=sim.items.features, mtl_scores=mtl,
                          true_scores=truth)
         dec = self.policy.decide(obs)
         action = check_actions(dec.action, obs, dec.level, self.policy.name)
@@ -283,7 +283,7 @@ class _Day:
         susc = sim.users.susceptibility[u][:, None]
         inter = fb["share"] + fb["collect"] + fb["follow"] + fb["comment"]
         item_sat = (sc.sat_watch * np.minimum(fb["watch_ratio"], 1.2) + sc.sat_like * fb["like"]
-                    + sc.sat_interact * inter - sc.sat_clickbait * r.clickbait * fb["engaged"] * susc
+                    + sc.sat_interact * inter - sc.sat_clickbait * fb["clickbait"] * fb["engaged"] * susc
                     - sc.sat_invalid * (1 - fb["valid"]))
         self.sat[a] = (1 - sc.satisfaction_rate) * self.sat[a] + sc.satisfaction_rate * item_sat.mean(1)
         cats = sim.items.category[items]  # (b, l)
@@ -292,7 +292,7 @@ class _Day:
         dup_in_list = (np.cumsum(cat_oh, 1) * cat_oh).sum(-1) > 1  # category already earlier in this list
         repeat = (seen_before | dup_in_list).mean(1)
         self.fatigue[a] = (sc.fatigue_decay * self.fatigue[a] + sc.fatigue_repeat * repeat
-                           + sc.fatigue_clickbait * r.clickbait.mean(1))
+                           + sc.fatigue_clickbait * fb["clickbait"].mean(1))
         self.prev_cat[a] = cat_oh.any(1)
         p_leave = expit(sc.leave_bias - sc.leave_satisfaction * self.sat[a] + sc.leave_fatigue * self.fatigue[a]
                         - sim.users.patience[u] + sc.leave_per_request * t)
@@ -304,7 +304,7 @@ class _Day:
         self.valid_in_session[a] += fb["valid"].sum(1)
         acc = self.acc
         for name, v in (("valid", fb["valid"].sum(1)), ("watch_time", fb["watch_time"].sum(1)),
-                        ("reward", rew.sum(1)), ("clickbait_shown", r.clickbait.sum(1))):
+                        ("reward", rew.sum(1)), ("clickbait_shown", fb["clickbait"].sum(1))):
             acc[name][g] += v  # g is unique within a step, so fancy-index += is exact
         acc["requests"][g] += 1
         acc["items"][g] += l
@@ -343,7 +343,8 @@ def _log_rows(day, session_id, u, t, items, obs: RequestObs, dec, action, shown,
         "user_profile": rep(obs.user_profile),
         "user_history": rep(obs.user_history),
         "context": rep(obs.context),
-        "item_features": shown_of(obs.item_features),
+        "item_features": obs.item_table[items.reshape(-1)] if obs.item_features_ is None
+        else shown_of(obs.item_features),
         "mtl_scores": shown_of(obs.mtl_scores),
         "mu_bp": per_item(dec.mu_bp),
         "lower_b": per_item(dec.lower_b),

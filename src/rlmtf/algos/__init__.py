@@ -1,0 +1,1 @@
+"""Training algorithms that turn logged data into fusion policies."""

@@ -1,0 +1,313 @@
+"""The ``rlmtf`` command line: simulate, calibrate, validate, evaluate, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+app = typer.Typer(help="Reinforcement-learning multi-task fusion for recommender systems.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+sim_app = typer.Typer(help="The user-session simulator.", no_args_is_help=True)
+data_app = typer.Typer(help="Logged data.", no_args_is_help=True)
+eval_app = typer.Typer(help="Offline (weighted GAUC) and simulated online (A/B) evaluation.", no_args_is_help=True)
+app.add_typer(sim_app, name="sim")
+app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="evaluate")
+
+console = Console(stderr=True)
+
+SimConfigOpt = Annotated[Path | None, typer.Option("--sim-config", help="YAML/TOML/JSON file overriding simulator "
+                                                                          "parameters (see `rlmtf sim config`).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _errors():
+    """Turn the library's validation errors into a one-line message and exit code 2."""
+    from rlmtf.data.io import LogDataError
+    from rlmtf.policy.registry import PolicyLoadError
+    from rlmtf.sim.config import ConfigError
+
+    try:
+        yield
+    except (LogDataError, PolicyLoadError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as e:
+        _fail(str(e))
+
+
+def _progress(total: int | None, what: str) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+def _load_sim(sim_config: Path | None):
+    from rlmtf.sim.config import load_sim_config
+    from rlmtf.sim.simulator import Simulator
+
+    return Simulator(load_sim_config(sim_config))
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+# --- simulate -------------------------------------------------------------------------------------
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output directory of the Parquet dataset.")],
+    policy: Annotated[str, typer.Option(help="Behaviour policy: baseline, valid-only, random, oracle, or a saved "
+                                             "policy (JSON file or model directory).")] = "baseline",
+    explore: Annotated[str, typer.Option(help="Exploration: none, uniform (SPEC 4) or noise (N(0, sigma)).")] =
+    "uniform",
+    per: Annotated[str, typer.Option(help="Draw exploration noise per 'request' (user-level) or per 'item'.")] =
+    "request",
+    lower_b: Annotated[float, typer.Option(help="Lower exploration bound, added to mu_bp.")] = -0.15,
+    upper_b: Annotated[float, typer.Option(help="Upper exploration bound, added to mu_bp.")] = 0.15,
+    sigma: Annotated[float, typer.Option(help="Standard deviation of action-noise exploration.")] = 0.2,
+    sessions: Annotated[int | None, typer.Option(help="Stop after this many sessions.")] = None,
+    days: Annotated[int | None, typer.Option(help="Simulate this many days (default 1 when --sessions is not "
+                                                  "given).")] = None,
+    users: Annotated[int | None, typer.Option(help="Use users 0..U-1 of the population (default: all).")] = None,
+    start_day: Annotated[int, typer.Option(help="Day index of the first simulated day.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the run (the world is fixed by the config's world_seed).")] = 0,
+    sim_config: SimConfigOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset in OUT.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a behaviour policy in the simulator and log every shown user-item pair to Parquet."""
+    import time
+
+    import numpy as np
+
+    from rlmtf.policy.registry import load_policy
+    from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
+
+    with _errors():
+        if per not in ("request", "item"):
+            raise ValueError(f"--per must be 'request' or 'item', got {per!r}")
+        sim = _load_sim(sim_config)
+        if days is None and sessions is None:
+            days = 1
+        base = load_policy(policy, sim.cfg.action_space, seed=seed)
+        pol = behaviour_policy(base, explore, per, lower_b, upper_b, sigma, seed=seed)  # type: ignore[arg-type]
+        user_ids = None if users is None else np.arange(users)
+        t0 = time.perf_counter()
+        with _progress(sessions, "simulate") as bar:
+            task = bar.add_task("simulate", total=sessions, extra="")
+            rows = [0]
+
+            def tick(n_sessions: int, n_rows: int) -> None:
+                rows[0] += n_rows
+                bar.update(task, advance=n_sessions, extra=f"{rows[0]:,} rows")
+
+            result, path = simulate_to_parquet(sim, pol, out, seed=seed, sessions=sessions, days=days,
+                                               users=user_ids, start_day=start_day, overwrite=overwrite,
+                                               info={"explore": explore, "per": per, "lower_b": lower_b,
+                                                     "upper_b": upper_b, "sigma": sigma}, progress=tick)
+        dt = time.perf_counter() - t0
+    summary = {"out": str(path), "policy": pol.name, "sessions": result.n_sessions, "rows": result.n_rows,
+               "days": int(result.days.size), "seconds": round(dt, 2), "rows_per_s": round(result.n_rows / dt)}
+    if json_out:
+        _print_json(summary)
+    else:
+        console.print(f"wrote {summary['rows']:,} rows ({summary['sessions']:,} sessions, {summary['days']} day(s)) "
+                      f"to {path} in {dt:.1f}s")
+
+
+# --- sim ------------------------------------------------------------------------------------------
+
+@sim_app.command("config")
+def sim_config_cmd(sim_config: SimConfigOpt = None) -> None:
+    """Print the resolved simulator config as TOML (defaults, overridden by --sim-config)."""
+    from rlmtf.sim.config import load_sim_config, to_toml
+
+    with _errors():
+        sys.stdout.write(to_toml(load_sim_config(sim_config)))
+
+
+@sim_app.command("calibrate")
+def sim_calibrate(
+    data_dir: Annotated[Path | None, typer.Option(help="KuaiRand-Pure directory (default: $RLMTF_KUAIRAND_DIR "
+                                                        "or shared/data/kuairand_pure).")] = None,
+    users: Annotated[int, typer.Option(help="Simulated users (one day, baseline policy).")] = 3000,
+    seed: Annotated[int, typer.Option()] = 12345,
+    fit: Annotated[Path | None, typer.Option(help="Fit the behaviour intercepts to the real log and write them "
+                                                  "as a TOML sim config to this file.")] = None,
+    sim_config: SimConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Simulated behaviour rates and watch-ratio quantiles beside KuaiRand-Pure's."""
+    from rlmtf.sim.calibrate import compare, default_kuairand_dir, fit_behaviour, real_stats, sim_stats
+    from rlmtf.sim.config import load_sim_config, to_toml
+
+    with _errors():
+        cfg = load_sim_config(sim_config)
+        data_dir = data_dir or default_kuairand_dir()
+        if data_dir is None:
+            raise FileNotFoundError("KuaiRand-Pure not found: pass --data-dir or set RLMTF_KUAIRAND_DIR")
+        real = real_stats(data_dir)
+        if fit is not None:
+            cfg = fit_behaviour(cfg, real, n_users=users, seed=seed, log=lambda m: console.print(m))
+            fit.write_text(to_toml(cfg))
+            console.print(f"wrote fitted config to {fit}")
+        with console.status("simulating the baseline policy..."):
+            sim = sim_stats(cfg, n_users=users, seed=seed)
+        rows = compare(sim, real)
+    if json_out:
+        _print_json({"rows": rows, "simulated": sim.to_dict(), "real": real.to_dict()})
+        return
+    table = Table(title=f"Simulator vs KuaiRand-Pure ({sim.rows:,} simulated, {real.rows:,} real impressions)")
+    for col in ("quantity", "simulated", "real", "error", "tolerance", "ok"):
+        table.add_column(col, justify="left" if col == "quantity" else "right")
+    for r in rows:
+        err = f"{r['error']:.1%}" if r["kind"] == "relative" else f"{r['error']:.3f}"
+        tol = "" if r["tolerance"] is None else (f"{r['tolerance']:.0%}" if r["kind"] == "relative"
+                                                 else f"{r['tolerance']:.2f}")
+        ok = "" if r["ok"] is None else ("[green]yes[/]" if r["ok"] else "[red]NO[/]")
+        table.add_row(r["quantity"], f"{r['simulated']:.4f}", f"{r['real']:.4f}", err, tol, ok)
+    Console().print(table)
+    if not all(r["ok"] for r in rows if r["ok"] is not None):
+        raise typer.Exit(1)
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+@data_app.command("validate")
+def data_validate(path: Annotated[Path, typer.Argument(help="Dataset directory or Parquet file.")],
+                  json_out: JsonOpt = False) -> None:
+    """Check a logged dataset against the schema; print a summary or the first problem."""
+    from rlmtf.data.io import validate_logs
+
+    with _errors():
+        summary = validate_logs(path)
+    if json_out:
+        _print_json(summary)
+    else:
+        console.print("ok: " + ", ".join(f"{v:,} {k}" for k, v in summary.items()))
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+@eval_app.command("gauc")
+def evaluate_gauc_cmd(
+    policy: Annotated[list[str], typer.Option(help="Policy to evaluate (repeatable): a built-in name or a saved "
+                                                   "policy.")],
+    data: Annotated[Path, typer.Option(help="Logged test data (Parquet dataset directory or file).")],
+    seed: Annotated[int, typer.Option(help="Seed of stochastic policies.")] = 0,
+    sim_config: SimConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Weighted GAUC (SPEC section 9) of each policy on logged data."""
+    from rlmtf.data.io import read_logs
+    from rlmtf.eval.offline import evaluate_gauc
+    from rlmtf.policy.registry import load_policy
+    from rlmtf.sim.config import load_sim_config
+
+    with _errors():
+        space = load_sim_config(sim_config).action_space
+        with console.status(f"reading {data}..."):
+            logs = read_logs(data)
+        results = []
+        for p in policy:
+            with console.status(f"scoring {p}..."):
+                results.append(evaluate_gauc(load_policy(p, space, seed=seed), logs, space).to_dict())
+    if json_out:
+        _print_json(results[0] if len(results) == 1 else results)
+        return
+    table = Table(title=f"Weighted GAUC on {data} ({len(logs):,} rows)")
+    for col in ("policy", "weighted GAUC", "users", "users skipped"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(r["policy"], f"{r['gauc']:.4f}", f"{r['n_users']:,}", f"{r['n_users_skipped']:,}")
+    Console().print(table)
+
+
+@eval_app.command("online")
+def evaluate_online_cmd(
+    policy: Annotated[list[str], typer.Option(help="Policies to compare (repeat; the first is the control).")],
+    users: Annotated[int, typer.Option(help="Simulated users in every arm.")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of the test.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed shared by all arms (common random numbers).")] = 0,
+    sim_config: SimConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Simulated online A/B test: UVC, UDT, sessions, reward and session length, with lifts over the first."""
+    from rlmtf.eval.online import METRIC_LABELS, METRICS, online_ab
+    from rlmtf.policy.registry import load_policy
+
+    with _errors():
+        sim = _load_sim(sim_config)
+        pols = [load_policy(p, sim.cfg.action_space, seed=seed) for p in policy]
+        names = [p.name for p in pols]
+        if len(set(names)) != len(names):
+            for i, p in enumerate(pols):
+                p.name = f"{p.name}#{i}"
+        with _progress(None, "online") as bar:
+            def on_arm(i: int, name: str):
+                task = bar.add_task(f"arm {i + 1}/{len(pols)}: {name}", total=None, extra="")
+                return lambda s, r: bar.update(task, advance=s, extra="sessions")
+            res = online_ab(pols, sim, users=users, days=days, seed=seed, on_arm=on_arm)
+    if json_out:
+        _print_json(res.to_dict())
+        return
+    table = Table(title=f"Simulated A/B: {users:,} users x {days} day(s), seed {seed}; lifts over {res.arms[0].policy}")
+    table.add_column("metric")
+    for arm in res.arms:
+        table.add_column(arm.policy, justify="right")
+    for k in METRICS:
+        cells = []
+        for i, arm in enumerate(res.arms):
+            m = arm.means[k]["mean"]
+            if i == 0:
+                cells.append(f"{m:.3f}")
+            else:
+                lift = arm.lifts[k]
+                if "error" in lift:
+                    cells.append(f"{m:.3f}")
+                else:
+                    cells.append(f"{m:.3f} ({lift['lift']:+.2%} [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}] "
+                                 f"p={lift['p_value']:.3g})")
+        table.add_row(METRIC_LABELS[k], *cells)
+    Console().print(table)
+
+
+# --- demo -----------------------------------------------------------------------------------------
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for the demo's data, results and report.")] = Path("runs/demo"),
+    sessions: Annotated[int, typer.Option(help="Exploration sessions to log.")] = 3000,
+    test_sessions: Annotated[int, typer.Option(help="Baseline-policy test sessions to log.")] = 2000,
+    users: Annotated[int, typer.Option(help="Users in the online A/B test.")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of the online A/B test.")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    sim_config: SimConfigOpt = None,
+) -> None:
+    """End to end on the default simulator: log exploration and test data, evaluate, A/B test, report."""
+    from rlmtf.demo import run_demo
+
+    with _errors():
+        run_demo(out, sessions=sessions, test_sessions=test_sessions, users=users, days=days, seed=seed,
+                 sim_config=sim_config, console=console, progress=_progress)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

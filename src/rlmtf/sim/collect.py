@@ -1,0 +1,53 @@
+"""Simulate a behaviour policy and write what it logs as a Parquet dataset (SPEC section 11)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from rlmtf.data.io import LogWriter
+from rlmtf.policy.base import Policy
+from rlmtf.policy.explore import ActionNoiseExploration, UniformExploration
+from rlmtf.schema import DatasetMeta
+from rlmtf.sim.simulator import RunResult, Simulator
+
+Explore = Literal["none", "uniform", "noise"]
+
+
+def behaviour_policy(base: Policy, explore: Explore = "uniform", per: Literal["request", "item"] = "request",
+                     lower_b: float = -0.15, upper_b: float = 0.15, sigma: float = 0.2, seed: int = 0) -> Policy:
+    """Wrap ``base`` in the exploration of SPEC section 4 (or return it for ``explore="none"``)."""
+    if explore == "none":
+        return base
+    if explore == "uniform":
+        return UniformExploration(base, lower_b, upper_b, per=per, seed=seed)
+    if explore == "noise":
+        return ActionNoiseExploration(base, sigma=sigma, per=per, seed=seed, lower_b=lower_b, upper_b=upper_b)
+    raise ValueError(f"explore must be none, uniform or noise, got {explore!r}")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def simulate_to_parquet(sim: Simulator, policy: Policy, out: str | Path, *, seed: int, sessions: int | None = None,
+                        days: int | None = None, users: np.ndarray | None = None, start_day: int = 0,
+                        overwrite: bool = False, info: dict | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> tuple[RunResult, Path]:
+    """Run ``policy`` in ``sim`` and write every shown user-item pair to ``out`` (partitioned by day)."""
+    meta_info = {"env": "sim", "policy": policy.name, "seed": seed, "sessions": sessions, "days": days,
+                 "start_day": start_day, "sim_config": sim.cfg.to_dict(), "commit": git_commit(), **(info or {})}
+    meta = DatasetMeta(feature_spec=sim.spec, list_len=sim.cfg.list_len, info=meta_info)
+    with LogWriter(out, meta, overwrite=overwrite) as writer:
+        result = sim.run(policy, seed=seed, days=days, max_sessions=sessions, users=users, start_day=start_day,
+                         sink=writer.write, progress=progress)
+    return result, Path(out)
