@@ -10,7 +10,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(help="Reinforcement-learning multi-task fusion for recommender systems.", no_args_is_help=True,
@@ -161,7 +168,7 @@ def sim_calibrate(
             raise FileNotFoundError("KuaiRand-Pure not found: pass --data-dir or set RLMTF_KUAIRAND_DIR")
         real = real_stats(data_dir)
         if fit is not None:
-            cfg = fit_behaviour(cfg, real, n_users=users, seed=seed, log=lambda m: console.print(m))
+            cfg = fit_behaviour(cfg, real, n_users=users, seed=seed, log=console.print)
             fit.write_text(to_toml(cfg))
             console.print(f"wrote fitted config to {fit}")
         with console.status("simulating the baseline policy..."):

@@ -118,15 +118,15 @@ def _plots(out: Path, gaucs: dict, ab, order: list[str]) -> None:
 
 def _report(out: Path, r: dict, order: list[str]) -> None:
     lines = ["# rlmtf demo report", "",
-             f"Commit `{r['commit']}`, seed {r['seed']}; {r['sessions']:,} exploration sessions, "
-             f"{r['test_sessions']:,} test sessions logged by the baseline policy.", "",
+             (f"Commit `{r['commit']}`, seed {r['seed']}; {r['sessions']:,} exploration sessions, "
+              f"{r['test_sessions']:,} test sessions logged by the baseline policy."), "",
              "## Weighted GAUC on the test set", "", "| policy | weighted GAUC | users | users skipped |",
              "|---|---:|---:|---:|"]
     for n in order:
         g = r["gauc"][n]
         lines.append(f"| {n} | {g['gauc']:.4f} | {g['n_users']:,} | {g['n_users_skipped']:,} |")
     on = r["online"]
-    lines += ["", f"![GAUC](gauc.png)", "",
+    lines += ["", "![GAUC](gauc.png)", "",
               f"## Simulated online A/B ({on['users']:,} users x {on['days']} days, control: {on['control']})", "",
               "| metric | " + " | ".join(a["policy"] for a in on["arms"]) + " |",
               "|---|" + "---:|" * len(on["arms"])]

@@ -76,8 +76,8 @@ def online_ab(policies: Sequence[Policy], sim: Simulator, *, users: int, days: i
         m = per_user_metrics(r)
         per_arm.append(m)
         means = {}
-        for k, v in m.items():
-            v = v[np.isfinite(v)]
+        for k, values in m.items():
+            v = values[np.isfinite(values)]
             mean, lo, hi = mean_ci(v) if v.size >= 2 else (float(v.mean()) if v.size else float("nan"),) * 3
             means[k] = {"mean": mean, "ci_low": lo, "ci_high": hi}
         arms.append(ArmResult(policy=pol.name, means=means, n_sessions=r.n_sessions, n_rows=r.n_rows))
@@ -92,4 +92,4 @@ def online_ab(policies: Sequence[Policy], sim: Simulator, *, users: int, days: i
     return ABResult(users=users, days=days, seed=seed, arms=arms)
 
 
-__all__ = ["ABResult", "ArmResult", "Lift", "METRICS", "online_ab", "per_user_metrics"]
+__all__ = ["METRICS", "ABResult", "ArmResult", "Lift", "online_ab", "per_user_metrics"]

@@ -21,7 +21,6 @@ from typing import ClassVar, Literal
 import numpy as np
 
 from rlmtf.fusion import ACTION_DIM
-from rlmtf.schema import FeatureSpec
 
 
 @dataclass
@@ -103,9 +102,6 @@ class Policy(ABC):
         a = self.act(obs)
         zero = np.zeros(a.shape[-1], dtype=np.float32)
         return Decision(action=a, mu_bp=a, lower_b=zero, upper_b=zero)
-
-    def check_spec(self, spec: FeatureSpec) -> None:
-        """Raise ValueError if the policy cannot act on states of this shape (no-op by default)."""
 
 
 def check_actions(a: np.ndarray, obs: RequestObs, level: str, who: str) -> np.ndarray:

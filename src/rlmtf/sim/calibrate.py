@@ -131,7 +131,8 @@ def fit_behaviour(cfg: SimConfig, real: BehaviourStats, rounds: int = 8, n_users
 
     Each round simulates the baseline policy and moves: engage_bias by the logit gap of the valid
     rate; click/like/share/follow/comment biases by their logit gaps; the engaged watch-ratio median
-    by the mean log gap of the p75 and p90 quantiles and its sigma by the gap in log(p90/p75). The skip distribution (which sets p10-p50) is
+    by the mean log gap of the p75 and p90 quantiles and its sigma by the gap in log(p90/p75). The
+    skip distribution (which sets p10-p50) is
     left as configured: it is identified by the lower quantiles alone and moving it together with
     the engagement rate makes the iteration unstable.
     """
@@ -139,7 +140,7 @@ def fit_behaviour(cfg: SimConfig, real: BehaviourStats, rounds: int = 8, n_users
     for r in range(rounds):
         s = sim_stats(dataclasses.replace(cfg, behaviour=b), n_users=n_users, seed=seed)
 
-        def gap(k: str) -> float:
+        def gap(k: str, s: BehaviourStats = s) -> float:
             return damping * (logit(np.clip(real.rates[k], 1e-6, 1)) - logit(np.clip(s.rates[k], 1e-6, 1 - 1e-6)))
 
         q = s.watch_ratio_quantiles

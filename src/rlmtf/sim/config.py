@@ -322,7 +322,7 @@ def _yaml_load(text: str) -> Any:
     Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                                  re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                                  list("-+0123456789"))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=Loader)
 
 
 def load_sim_config(path: str | Path | None) -> SimConfig:

@@ -33,7 +33,7 @@ from rlmtf.fusion import fused_log_score, rank_top_l
 from rlmtf.policy.base import Policy, RequestObs, check_actions
 from rlmtf.reward import item_reward
 from rlmtf.sim import rng as crng
-from rlmtf.sim.behaviour import BehaviourModel, ItemResponse
+from rlmtf.sim.behaviour import BehaviourModel
 from rlmtf.sim.config import SimConfig
 from rlmtf.sim.mtl import MTLModel
 from rlmtf.sim.world import feature_spec, make_items, make_users
@@ -225,7 +225,8 @@ class _Day:
     def _session_id(self, slots: np.ndarray) -> np.ndarray:
         cfg = self.cfg
         uid = self.st.user_ids[self.g[slots]]
-        return ((np.int64(self.day) * cfg.n_users + uid) * cfg.days.max_sessions_per_day + self.k[slots]).astype(np.int64)
+        day_user = np.int64(self.day) * cfg.n_users + uid
+        return (day_user * cfg.days.max_sessions_per_day + self.k[slots]).astype(np.int64)
 
     def _flush(self, final: bool) -> None:
         if not self.buffer:
@@ -320,7 +321,9 @@ class _Day:
 def _log_rows(day, session_id, u, t, items, obs: RequestObs, dec, action, shown, fb, rew, done, truth):
     """Columns of SPEC section 11 for the shown items of b requests (b * l rows)."""
     b, l = items.shape
-    rep = lambda x: np.repeat(x, l, axis=0)  # noqa: E731  (request-level -> row-level)
+
+    def rep(x):  # request-level -> row-level
+        return np.repeat(x, l, axis=0)
 
     def per_item(x):  # (A,), (b, A) or (b, N, A) -> (b*l, A) for the shown items
         x = np.asarray(x, dtype=np.float32)
