@@ -90,7 +90,11 @@ def fused_log_score(scores, action, space: ActionSpace = ActionSpace()):
     if scores.shape[-1] != space.n_tasks:
         raise ValueError(f"scores have {scores.shape[-1]} tasks, expected {space.n_tasks}")
     power, bias = space.to_params(action)
-    return (power * xp.log(scores + bias)).sum(-1)
+    logs = xp.log(scores + bias)
+    if xp is np and scores.ndim == 3 and power.ndim == 3 and power.shape[1] == 1 and power.shape[0] == scores.shape[0]:
+        # one action per row (B, 1, K): a batched mat-vec product, much faster than a reduce over K
+        return np.matmul(logs, power[:, 0, :, None].astype(logs.dtype, copy=False))[..., 0]
+    return (power * logs).sum(-1)
 
 
 def final_score(scores, action, space: ActionSpace = ActionSpace()):

@@ -55,14 +55,22 @@ class MTLModel:
         self.item_noise = m.fresh_noise * fresh.astype(np.float64)  # (I,)
         self.user_noise = m.base_noise + m.inactive_noise * (1.0 - users.activity)  # (U,)
         self.user_slope = 1.0 - m.inactive_slope * (1.0 - users.activity)  # (U,)
+        self.user_slope32 = self.user_slope.astype(np.float32)
+        self.user_noise32 = self.user_noise.astype(np.float32)
+        self.item_noise32 = self.item_noise.astype(np.float32)
 
     def scores(self, truth: np.ndarray, user: np.ndarray, item: np.ndarray, day: np.ndarray) -> np.ndarray:
         """truth (B, N, K) true scores, user (B,), item (B, N), day (B,) -> MTL scores (B, N, K) float32."""
         f32 = np.float32
-        t = logit(np.clip(truth.astype(f32, copy=False), f32(1e-6), f32(1 - 1e-6)))
-        slope = self.user_slope[user].astype(f32)[:, None, None]
-        sd = (self.user_noise[user][:, None] + self.item_noise[item]).astype(f32)  # (B, N)
+        x = np.clip(truth.astype(f32, copy=False), f32(1e-6), f32(1 - 1e-6))  # a new array, updated in place
+        logit(x, out=x)
+        x -= self._centres
+        x *= self.user_slope32[user][:, None, None]
+        x += self._centres
+        x += self._item_bias32[item]
+        sd = self.user_noise32[user][:, None] + self.item_noise32[item]  # (B, N)
         k = crng.key(self.cfg.world_seed, user[:, None], item, day[:, None])  # (B, N)
-        noise = crng.normals5(k, _S_MTL).astype(f32) * sd[..., None]  # (B, N, 5)
-        pred = slope * (t - self._centres) + self._centres + self._item_bias32[item] + noise
-        return expit(pred)
+        noise = crng.normals5(k, _S_MTL)  # (B, N, 5)
+        noise *= sd[..., None]
+        x += noise
+        return expit(x, out=x)

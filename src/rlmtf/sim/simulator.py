@@ -80,6 +80,8 @@ class Simulator:
         self.mtl = MTLModel(cfg, self.users, self.items, world_rng)
         self.spec = feature_spec(cfg)
         self._onehot = np.eye(cfg.n_categories, dtype=np.float32)
+        self._retrieval_table = _retrieval_table(cfg.retrieval.interest_mix * self.users.interest
+                                                 + (1 - cfg.retrieval.interest_mix) * self.items.category_share)
 
     # --- public ----------------------------------------------------------------------------------
 
@@ -122,14 +124,12 @@ class Simulator:
     # --- pieces used by _Day -----------------------------------------------------------------------
 
     def retrieve(self, user: np.ndarray, req_key: np.ndarray) -> np.ndarray:
-        """Candidates (B, N): categories from a mix of true interest and catalogue shares, then a
-        uniform item of that category."""
+        """Candidates (B, N): a category from the user's retrieval distribution (interest_mix * true
+        interest + (1 - interest_mix) * catalogue shares, in units of 1/256), then a uniform item of it."""
         cfg, it = self.cfg, self.items
         n = cfg.retrieval.n_candidates
-        mix = cfg.retrieval.interest_mix
-        cdf = np.cumsum(mix * self.users.interest[user] + (1 - mix) * it.category_share, 1)  # (B, C)
         u_cat, u_item = crng.uniform_pair(crng.key(req_key[:, None], np.arange(n)), _S_CAT)  # (B, N)
-        cat = np.minimum((u_cat[..., None] > cdf[:, None, :]).sum(-1), cfg.n_categories - 1)  # (B, N)
+        cat = self._retrieval_table[user[:, None], (u_cat * _RETRIEVAL_BUCKETS).astype(np.intp)]  # (B, N)
         pos = (u_item * it.category_count[cat]).astype(np.int64)
         return it.by_category[it.category_start[cat] + pos]
 
@@ -270,8 +270,13 @@ class _Day:
         ranked = truth if self.policy.score_source == "true" else obs.mtl_scores
         log_score = fused_log_score(ranked, action if action.ndim == 3 else action[:, None, :],
                                     cfg.action_space)  # (b, N)
-        log_score = np.where(_duplicates(cand), -np.inf, log_score)
         shown = rank_top_l(log_score, l)  # (b, l)
+        # retrieval can return an item twice; if a shown list repeats one, rank that row without repeats
+        top = np.sort(np.take_along_axis(cand, shown, 1), 1)
+        rep_rows = np.flatnonzero((top[:, 1:] == top[:, :-1]).any(1))
+        if rep_rows.size:
+            ls = np.where(_duplicates(cand[rep_rows]), -np.inf, log_score[rep_rows])
+            shown[rep_rows] = rank_top_l(ls, l)
         items = np.take_along_axis(cand, shown, 1)
         r = resp0.take(shown)
         # fatigue lowers engagement on what is actually shown
@@ -363,6 +368,21 @@ def _log_rows(day, session_id, u, t, items, obs: RequestObs, dec, action, shown,
     if truth is not None:
         cols["true_scores"] = shown_of(truth)
     return cols
+
+
+_RETRIEVAL_BUCKETS = 256
+
+
+def _retrieval_table(p: np.ndarray) -> np.ndarray:
+    """(U, 256) lookup tables: row u holds category c in round(256 * p[u, c]) slots (largest-remainder
+    rounding, so every row has exactly 256), making category sampling one gather."""
+    m = _RETRIEVAL_BUCKETS
+    counts = np.floor(p * m).astype(np.int64)
+    deficit = m - counts.sum(1)
+    rank = np.argsort(np.argsort(-(p * m - counts), axis=1, kind="stable"), axis=1, kind="stable")
+    counts += rank < deficit[:, None]
+    cats = np.tile(np.arange(p.shape[1], dtype=np.int16), p.shape[0])
+    return np.repeat(cats, counts.ravel()).reshape(p.shape[0], m)
 
 
 def _duplicates(cand: np.ndarray) -> np.ndarray:
