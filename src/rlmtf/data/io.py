@@ -399,6 +399,12 @@ class LoggedData:
         """``"file: row r"`` for global row ``i`` (the prefix every error message uses)."""
         return f"{self.files[int(self.file_index[i])]}: row {int(self.file_row[i])}"
 
+    def take(self, rows: np.ndarray) -> LoggedData:
+        """The rows ``rows`` (global indices, in that order) as a new LoggedData."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return LoggedData(meta=self.meta, columns={k: v[rows] for k, v in self.columns.items()}, files=self.files,
+                          file_index=self.file_index[rows], file_row=self.file_row[rows])
+
 
 def _read_meta(path: Path) -> DatasetMeta:
     meta_path = path / META_FILE

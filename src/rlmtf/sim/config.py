@@ -67,12 +67,14 @@ class UserConfig:
     observed_top_k: int = 3
     """The profile shows the top-k interests read off a noisy copy of the true interest."""
     interest_observation_noise: float = 0.05
+    """Uniform noise added to the true interest before its top-k categories are read off for the profile."""
     activity_a: float = 2.0
     """Activity ~ Beta(activity_a, activity_b) in [0, 1]: engagement, return rate and MTL accuracy."""
     activity_b: float = 2.0
     patience_sigma: float = 0.4
     """Per-user offset of the leave logit (N(0, sigma)); higher patience = longer sessions."""
     base_satisfaction_mean: float = 0.3
+    """Each user's base satisfaction ~ N(mean, sigma): where sessions start and what returning compares to."""
     base_satisfaction_sigma: float = 0.1
     clickbait_susceptibility: tuple[float, float] = (0.5, 1.5)
     """Uniform range of how strongly a user is drawn in by clickbait (and later disappointed)."""
@@ -136,13 +138,13 @@ class MTLConfig:
 
     watch_time_cap_s: float = 120.0
     """The watch_time task predicts expected seconds / cap, clipped to [0, 1]."""
-    base_noise: float = 0.25
+    base_noise: float = 0.2
     """Per-(user, item, day) noise of every task's logit, for a fully active user."""
-    inactive_noise: float = 0.6
+    inactive_noise: float = 0.4
     """Extra noise for inactive users: noise = base_noise + inactive_noise * (1 - activity)."""
     inactive_slope: float = 0.35
     """Calibration slope shrinks for inactive users: slope = 1 - inactive_slope * (1 - activity)."""
-    fresh_noise: float = 0.5
+    fresh_noise: float = 0.4
     """Extra noise on fresh items (cold start)."""
     fresh_interaction_bias: float = 0.6
     """Fresh items: like and share logits over-estimated by this."""
