@@ -56,7 +56,7 @@ def sklearn_loop_gauc(
     ends = np.concatenate((bounds, [u.size]))
     group_s = time.perf_counter() - t0
     num = den = 0.0
-    for a, b in zip(starts.tolist(), ends.tolist()):
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         y_u = y[a:b]
         n_pos = int(y_u.sum())
         if n_pos == 0 or n_pos == b - a:  # one label only: left out, as in weighted_gauc

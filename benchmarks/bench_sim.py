@@ -21,6 +21,7 @@ import numpy as np
 from rlmtf.policy.fixed import baseline_policy
 from rlmtf.sim.collect import behaviour_policy, git_commit, simulate_to_parquet
 from rlmtf.sim.config import SimConfig
+from rlmtf.sim.parallel import run_parallel
 from rlmtf.sim.simulator import Simulator
 
 
@@ -38,15 +39,21 @@ def main() -> None:
     users = np.arange(args.users)
     base = baseline_policy(cfg.action_space)
     rows = []
-    cases = [("baseline", base, False), ("uniform per request", behaviour_policy(base, "uniform", "request"), False),
-             ("uniform per item", behaviour_policy(base, "uniform", "item"), False),
-             ("uniform per request + Parquet", behaviour_policy(base, "uniform", "request"), True)]
-    for name, pol, write in cases:
+    per_req = behaviour_policy(base, "uniform", "request")
+    per_item = behaviour_policy(base, "uniform", "item")
+    cases = [("baseline", base, False, 1), ("uniform per request", per_req, False, 1),
+             ("uniform per item", per_item, False, 1), ("uniform per request + Parquet", per_req, True, 1),
+             ("baseline, 2 workers", base, False, 2), ("uniform per item, 2 workers", per_item, False, 2),
+             ("uniform per request + Parquet, 2 workers", per_req, True, 2)]
+    for name, pol, write, workers in cases:
         t = time.perf_counter()
         if write:
             with tempfile.TemporaryDirectory() as d:
                 r, _ = simulate_to_parquet(sim, pol, os.path.join(d, "logs"), seed=args.seed, days=args.days,
-                                           users=users)
+                                           users=users, workers=workers)
+        elif workers > 1:
+            r, _ = run_parallel(sim, pol, workers=workers, seed=args.seed, days=args.days, users=users,
+                                max_sessions=None)
         else:
             r = sim.run(pol, seed=args.seed, days=args.days, users=users)
         dt = time.perf_counter() - t
@@ -61,7 +68,7 @@ def main() -> None:
     print(f"{args.users:,} users x {args.days} day(s), {cfg.retrieval.n_candidates} candidates/request, "
           f"{os.cpu_count()} CPUs, numpy {np.__version__}, world built in {build_s:.2f}s")
     for r in rows:
-        print(f"  {r['case']:<32} {r['rows']:>10,} rows {r['sessions']:>8,} sessions {r['seconds']:>7.2f}s "
+        print(f"  {r['case']:<42} {r['rows']:>10,} rows {r['sessions']:>8,} sessions {r['seconds']:>7.2f}s "
               f"{r['rows_per_s']:>10,} rows/s")
 
 

@@ -15,7 +15,7 @@ from rlmtf.eval.gauc import _segmented_exclusive_cumsum
 def brute_force_gauc(users, labels, scores, weights) -> tuple[float, int, int]:
     """O(n^2) reference: the formula written out as a plain double loop per user."""
     by_user: dict = {}
-    for u, y, s, w in zip(users.tolist(), labels.tolist(), scores.tolist(), weights.tolist()):
+    for u, y, s, w in zip(users.tolist(), labels.tolist(), scores.tolist(), weights.tolist(), strict=True):
         by_user.setdefault(u, []).append((y, s, w))
     num = den = 0.0
     used = skipped = 0

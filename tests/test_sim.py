@@ -288,7 +288,9 @@ def test_uniform_exploration_per_item_is_logged_consistently(explore_item, small
     per_req = a[rows]  # (R, l, A)
     srt = np.sort(per_req, axis=1)
     distinct = (srt[:, 1:] != srt[:, :-1]).all(1)  # (R, A)
-    assert distinct[:, [2, 3, 4, 5, 7]].all()  # dimensions whose box never crosses an edge
+    # dimensions whose box never crosses an edge; the noise has 16-bit resolution, so two of a request's
+    # items share a value with probability ~1e-5 per dimension: almost every request has all distinct
+    assert distinct[:, [2, 3, 4, 5, 7]].mean() > 0.999
     # the box is filled (the mean is not 0: ranking with per-item actions selects which items are shown)
     assert eps[:, 2].min() < -0.14 and eps[:, 2].max() > 0.14 and eps[:, 2].std() > 0.07
 

@@ -91,6 +91,8 @@ def simulate(
     users: Annotated[int | None, typer.Option(help="Use users 0..U-1 of the population (default: all).")] = None,
     start_day: Annotated[int, typer.Option(help="Day index of the first simulated day.")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the run (the world is fixed by the config's world_seed).")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes; each simulates a block of users and writes its own "
+                                              "shard.")] = 1,
     sim_config: SimConfigOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset in OUT.")] = False,
     json_out: JsonOpt = False,
@@ -123,6 +125,7 @@ def simulate(
 
             result, path = simulate_to_parquet(sim, pol, out, seed=seed, sessions=sessions, days=days,
                                                users=user_ids, start_day=start_day, overwrite=overwrite,
+                                               workers=workers,
                                                info={"explore": explore, "per": per, "lower_b": lower_b,
                                                      "upper_b": upper_b, "sigma": sigma}, progress=tick)
         dt = time.perf_counter() - t0
@@ -249,6 +252,7 @@ def evaluate_online_cmd(
     users: Annotated[int, typer.Option(help="Simulated users in every arm.")] = 2000,
     days: Annotated[int, typer.Option(help="Days of the test.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed shared by all arms (common random numbers).")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes per arm (users are split between them).")] = 1,
     sim_config: SimConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -267,7 +271,7 @@ def evaluate_online_cmd(
             def on_arm(i: int, name: str):
                 task = bar.add_task(f"arm {i + 1}/{len(pols)}: {name}", total=None, extra="")
                 return lambda s, r: bar.update(task, advance=s, extra="sessions")
-            res = online_ab(pols, sim, users=users, days=days, seed=seed, on_arm=on_arm)
+            res = online_ab(pols, sim, users=users, days=days, seed=seed, on_arm=on_arm, workers=workers)
     if json_out:
         _print_json(res.to_dict())
         return

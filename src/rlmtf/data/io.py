@@ -229,7 +229,9 @@ class LogWriter:
     written to a temporary name and renamed into place, so a crash never leaves half a file, and
     ``_meta.json`` is written only by :meth:`close` (a directory without it is an unfinished dataset;
     a ``with`` block that raises does not write it). Output is deterministic: the same calls give
-    byte-identical files.
+    byte-identical files. Several processes can write one dataset: each opens a *shard* writer
+    (``shard=i``, files ``part-{i:03d}-{n:05d}.parquet``, no meta, the directory left as it is) and
+    the dataset's own writer adds their counts and writes the meta.
     """
 
     def __init__(
@@ -239,11 +241,13 @@ class LogWriter:
         compression: str = "zstd",
         *,
         overwrite: bool = False,
+        shard: int | None = None,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.meta = meta
         self.compression = compression
-        if self.out_dir.exists():
+        self.shard = shard
+        if shard is None and self.out_dir.exists():
             if not self.out_dir.is_dir():
                 raise FileExistsError(f"{self.out_dir} exists and is not a directory")
             if any(self.out_dir.iterdir()):
@@ -275,7 +279,8 @@ class LogWriter:
         """
         if self._closed:
             raise RuntimeError("LogWriter is closed")
-        rel = f"day={int(day)}/part-{self._n_files:05d}.parquet"
+        shard = "" if self.shard is None else f"{self.shard:03d}-"
+        rel = f"day={int(day)}/part-{shard}{self._n_files:05d}.parquet"
         with_optional = any(c in columns for c in OPTIONAL_COLUMNS)
         if self._with_optional is not None and with_optional != self._with_optional:
             raise LogDataError(
@@ -347,9 +352,23 @@ class LogWriter:
             return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=pa.float32()), t.list_size)
         return pa.array(a, type=t)
 
+    def add_counts(self, rows: int, files: int, days: set[int] | list[int]) -> None:
+        """Account for parts written by shard writers (``shard=i``) of this dataset in other processes."""
+        self._n_rows += int(rows)
+        self._n_files += int(files)
+        self._days.update(int(d) for d in days)
+
+    def counts(self) -> tuple[int, int, set[int]]:
+        """(rows, files, days) written so far."""
+        return self._n_rows, self._n_files, set(self._days)
+
     def close(self) -> None:
-        """Write ``_meta.json`` (the dataset meta plus row, file and day counts). Idempotent."""
+        """Write ``_meta.json`` (the dataset meta plus row, file and day counts). Idempotent. A shard
+        writer (``shard=i``) writes no meta: the dataset's own writer does, after :meth:`add_counts`."""
         if self._closed:
+            return
+        if self.shard is not None:
+            self._closed = True
             return
         d = self.meta.to_json()
         d.update({"rows": self._n_rows, "files": self._n_files, "days": sorted(self._days)})

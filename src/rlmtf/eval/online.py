@@ -59,7 +59,8 @@ class ABResult:
 
 
 def online_ab(policies: Sequence[Policy], sim: Simulator, *, users: int, days: int, seed: int,
-              on_arm: Callable[[int, str], Callable[[int, int], None] | None] | None = None) -> ABResult:
+              on_arm: Callable[[int, str], Callable[[int, int], None] | None] | None = None,
+              workers: int = 1) -> ABResult:
     """Run every policy on the same ``users`` (ids 0..users-1) for ``days`` days with ``seed``.
 
     ``on_arm(i, name)`` may return a progress callback for arm i."""
@@ -72,7 +73,13 @@ def online_ab(policies: Sequence[Policy], sim: Simulator, *, users: int, days: i
     arms: list[ArmResult] = []
     for i, pol in enumerate(policies):
         progress = on_arm(i, pol.name) if on_arm else None
-        r = sim.run(pol, seed=seed, days=days, users=user_ids, progress=progress)
+        if workers > 1:
+            from rlmtf.sim.parallel import run_parallel
+
+            r, _ = run_parallel(sim, pol, workers=workers, seed=seed, days=days, users=user_ids, max_sessions=None,
+                                progress=progress, log_true_scores=False)
+        else:
+            r = sim.run(pol, seed=seed, days=days, users=user_ids, progress=progress)
         m = per_user_metrics(r)
         per_arm.append(m)
         means = {}

@@ -48,7 +48,8 @@ class RequestObs:
         if self.item_features_ is None:
             if self.item_table is None:
                 raise ValueError("RequestObs has neither item_features nor an item_table")
-            self.item_features_ = self.item_table[self.item_id]
+            ids = self.item_id.ravel()
+            self.item_features_ = np.take(self.item_table, ids, axis=0).reshape(*self.item_id.shape, -1)
         return self.item_features_
 
     @property

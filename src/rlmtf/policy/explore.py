@@ -10,7 +10,8 @@ upper_b and the action.
 nominal box so that an analysis can count how many of its samples land inside it.
 
 Draws are counter-based (see :mod:`rlmtf.sim.rng`): a pure function of (seed, request, candidate,
-dimension), so the same seed reproduces the same exploration.
+dimension), so the same seed reproduces the same exploration. They have 16-bit resolution (65536
+equally spaced values per dimension), far finer than any effect of the noise.
 """
 
 from __future__ import annotations
@@ -42,10 +43,10 @@ class _Exploration(Policy):
         self.score_source = base.score_source
 
     def _keys(self, obs: RequestObs) -> np.ndarray:
-        if self.per == "item":  # (B, N, A)
-            return crng.key(self.seed, obs.request_key[:, None, None], np.arange(obs.n_candidates)[:, None],
-                            np.arange(ACTION_DIM))
-        return crng.key(self.seed, obs.request_key[:, None], np.arange(ACTION_DIM))  # (B, A)
+        """One key per request (B,) or per candidate (B, N); each yields the A noise dimensions."""
+        if self.per == "item":
+            return crng.key(self.seed, obs.request_key[:, None], np.arange(obs.n_candidates))  # (B, N)
+        return crng.key(self.seed, obs.request_key)  # (B,)
 
     def _mu_bp(self, obs: RequestObs) -> np.ndarray:
         mu = check_actions(self.base.act(obs), obs, self.base.level, self.base.name)
@@ -77,7 +78,7 @@ class UniformExploration(_Exploration):
 
     def decide(self, obs: RequestObs) -> Decision:
         mu = self._mu_bp(obs)
-        u = crng.uniform(self._keys(obs), _S_UNIFORM).astype(np.float32)
+        u = crng.uniforms16(self._keys(obs), _S_UNIFORM, ACTION_DIM)  # (B, A) or (B, N, A)
         eps = self._align(self.lower_b + (self.upper_b - self.lower_b) * u, mu)
         return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)
 
@@ -96,5 +97,5 @@ class ActionNoiseExploration(_Exploration):
 
     def decide(self, obs: RequestObs) -> Decision:
         mu = self._mu_bp(obs)
-        eps = self._align((self.sigma * crng.normal(self._keys(obs), _S_NOISE)).astype(np.float32), mu)
+        eps = self._align(np.float32(self.sigma) * crng.normals(self._keys(obs), _S_NOISE, ACTION_DIM), mu)
         return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import expit, ndtr
 
+from rlmtf.sim import ops
 from rlmtf.sim import rng as crng
 from rlmtf.sim.config import SimConfig
 from rlmtf.sim.world import Items, Users
@@ -45,6 +46,7 @@ class ItemResponse:
     log_ratio_mean: np.ndarray  # engaged log watch ratio mean
     interaction_base: np.ndarray  # interaction logit without the per-behaviour bias
     item: np.ndarray  # item ids
+    table: np.ndarray | None = None  # (B, N, 12) the items' rows of BehaviourModel._item_table, if gathered
 
     def take(self, idx: np.ndarray) -> ItemResponse:
         """Select items along the candidate axis: idx (B, l) into (B, N)."""
@@ -82,49 +84,48 @@ class BehaviourModel:
         f32 = np.float32
         self._log_ci32 = self._log_ci.astype(f32)
         self._taste32 = users.taste.astype(f32)
-        self._style32 = items.style.astype(f32)
         self._user_engage32 = (b.engage_bias + b.engage_activity * (users.activity - 0.5)).astype(f32)
         self._susc32 = (b.engage_clickbait * users.susceptibility).astype(f32)
         # one gather per candidate brings every item constant: columns of _item_table
         self._item_table = np.column_stack([
             self.item_quality_term, items.clickbait, self.item_ratio_offset, self.item_inter_term,
             self.log_valid_threshold, self.p_valid_skip, self.mean_skip_s, self.p_finish_skip,
-            np.maximum(self.hook_s, 0.0), dur, self.hook_valid, self.hook_finish,
+            np.maximum(self.hook_s, 0.0), dur, self.hook_valid, self.hook_finish, items.style,
         ]).astype(f32)
 
     def response(self, user: np.ndarray, item: np.ndarray, fatigue: np.ndarray | None) -> ItemResponse:
         """user (B,), item (B, N) ids, fatigue (B,) or None (= 0) -> ItemResponse of shape (B, N), float32."""
         b, it = self.b, self.items
-        tab = self._item_table[item]  # (B, N, 12)
-        taste = np.matmul(self._style32[item], self._taste32[user][:, :, None])[..., 0]  # (B, N)
+        tab = ops.rows(self._item_table, item)  # (B, N, 12 + d): item constants, then the style vector
+        taste = np.matmul(tab[..., 12:], self._taste32[user][:, :, None])[..., 0]  # (B, N)
         affinity = (np.float32(b.interest_weight) * np.take_along_axis(self._log_ci32[user], it.category[item], 1)
                     + np.float32(b.taste_weight) * taste + tab[..., 0])
         logit_e = affinity + self._user_engage32[user][:, None] + tab[..., 1] * self._susc32[user][:, None]
         if fatigue is not None:
             logit_e -= (b.engage_fatigue * fatigue[:, None]).astype(np.float32)
-        return ItemResponse(p_engage=expit(logit_e),
+        return ItemResponse(p_engage=ops.sigmoid(logit_e),
                             log_ratio_mean=tab[..., 2] + np.float32(b.ratio_affinity) * affinity,
                             interaction_base=np.float32(b.interaction_affinity) * affinity + tab[..., 3],
-                            item=item)
+                            item=item, table=tab)
 
     def true_scores(self, r: ItemResponse) -> np.ndarray:
         """Exact P(valid), E[watch time]/cap, P(finish), P(like), P(share) -> (B, N, 5) float32."""
         b, f32 = self.b, np.float32
-        tab = self._item_table[r.item]  # (B, N, 12)
+        tab = ops.rows(self._item_table, r.item) if r.table is None else r.table  # (B, N, 12 + d)
         pe, m = r.p_engage, r.log_ratio_mean
         inv_s = f32(1.0 / b.engaged_ratio_sigma)
         q = 1 - pe
         out = np.empty(pe.shape + (5,), dtype=f32)
-        p_valid_eng = np.maximum(ndtr((m - tab[..., 4]) * inv_s), tab[..., 10])  # hook: valid for sure
+        p_valid_eng = np.maximum(ops.ndtr((m - tab[..., 4]) * inv_s), tab[..., 10])  # hook: valid for sure
         out[..., 0] = pe * p_valid_eng + q * tab[..., 5]
         s = b.engaged_ratio_sigma
         mean_eng = np.maximum(np.minimum(np.exp(m + f32(0.5 * s * s)), f32(b.max_watch_ratio)) * tab[..., 9],
                               tab[..., 8])
         out[..., 1] = np.minimum((pe * mean_eng + q * tab[..., 6]) * f32(1.0 / self.cfg.mtl.watch_time_cap_s), 1.0)
-        p_fin_eng = np.maximum(ndtr(m * inv_s), tab[..., 11])
+        p_fin_eng = np.maximum(ops.ndtr(m * inv_s), tab[..., 11])
         out[..., 2] = pe * p_fin_eng + q * tab[..., 7]
-        out[..., 3] = pe * expit(f32(self.inter_bias[0]) + r.interaction_base)
-        out[..., 4] = pe * expit(f32(self.inter_bias[1]) + r.interaction_base)
+        out[..., 3] = pe * ops.sigmoid(f32(self.inter_bias[0]) + r.interaction_base)
+        out[..., 4] = pe * ops.sigmoid(f32(self.inter_bias[1]) + r.interaction_base)
         return out
 
     def sample(self, r: ItemResponse, k: np.ndarray) -> dict[str, np.ndarray]:

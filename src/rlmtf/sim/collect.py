@@ -41,13 +41,27 @@ def git_commit() -> str | None:
 
 def simulate_to_parquet(sim: Simulator, policy: Policy, out: str | Path, *, seed: int, sessions: int | None = None,
                         days: int | None = None, users: np.ndarray | None = None, start_day: int = 0,
-                        overwrite: bool = False, info: dict | None = None,
+                        overwrite: bool = False, info: dict | None = None, workers: int = 1,
                         progress: Callable[[int, int], None] | None = None) -> tuple[RunResult, Path]:
-    """Run ``policy`` in ``sim`` and write every shown user-item pair to ``out`` (partitioned by day)."""
+    """Run ``policy`` in ``sim`` and write every shown user-item pair to ``out`` (partitioned by day).
+
+    With ``workers > 1`` the users are split across forked processes, each writing its own shard."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     meta_info = {"env": "sim", "policy": policy.name, "seed": seed, "sessions": sessions, "days": days,
-                 "start_day": start_day, "sim_config": sim.cfg.to_dict(), "commit": git_commit(), **(info or {})}
+                 "start_day": start_day, "workers": workers, "sim_config": sim.cfg.to_dict(),
+                 "commit": git_commit(), **(info or {})}
     meta = DatasetMeta(feature_spec=sim.spec, list_len=sim.cfg.list_len, info=meta_info)
     with LogWriter(out, meta, overwrite=overwrite) as writer:
-        result = sim.run(policy, seed=seed, days=days, max_sessions=sessions, users=users, start_day=start_day,
-                         sink=writer.write, progress=progress)
+        if workers == 1:
+            result = sim.run(policy, seed=seed, days=days, max_sessions=sessions, users=users, start_day=start_day,
+                             sink=writer.write, progress=progress)
+        else:
+            from rlmtf.sim.parallel import run_parallel
+
+            result, counts = run_parallel(sim, policy, workers=workers, seed=seed, days=days, users=users,
+                                          max_sessions=sessions, start_day=start_day, out=Path(out), meta=meta,
+                                          progress=progress)
+            for rows, files, days_ in counts:
+                writer.add_counts(rows, files, days_)
     return result, Path(out)

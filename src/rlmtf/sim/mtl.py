@@ -20,8 +20,8 @@ what one action per user cannot.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, logit
 
+from rlmtf.sim import ops
 from rlmtf.sim import rng as crng
 from rlmtf.sim.config import SimConfig
 from rlmtf.sim.world import Items, Users
@@ -61,16 +61,14 @@ class MTLModel:
 
     def scores(self, truth: np.ndarray, user: np.ndarray, item: np.ndarray, day: np.ndarray) -> np.ndarray:
         """truth (B, N, K) true scores, user (B,), item (B, N), day (B,) -> MTL scores (B, N, K) float32."""
-        f32 = np.float32
-        x = np.clip(truth.astype(f32, copy=False), f32(1e-6), f32(1 - 1e-6))  # a new array, updated in place
-        logit(x, out=x)
+        x = ops.logit(truth, eps=1e-6)  # a new array, updated in place
         x -= self._centres
         x *= self.user_slope32[user][:, None, None]
         x += self._centres
-        x += self._item_bias32[item]
+        x += ops.rows(self._item_bias32, item)
         sd = self.user_noise32[user][:, None] + self.item_noise32[item]  # (B, N)
         k = crng.key(self.cfg.world_seed, user[:, None], item, day[:, None])  # (B, N)
         noise = crng.normals5(k, _S_MTL)  # (B, N, 5)
         noise *= sd[..., None]
         x += noise
-        return expit(x, out=x)
+        return ops.sigmoid(x)

@@ -62,12 +62,27 @@ def uniform_pair(k: np.ndarray, stream: int) -> tuple[np.ndarray, np.ndarray]:
     return (x >> np.uint64(32)).astype(np.float64) * inv, (x & _MASK32).astype(np.float64) * inv
 
 
-def normals5(k: np.ndarray, stream: int) -> np.ndarray:
-    """Five approximately standard-normal float32 draws per key (16-bit quantised inverse CDF), shape
-    k.shape + (5,): two hashes give eight 16-bit lanes, five are used. For the MTL model's per-pair
-    noise on every candidate, where one full-precision normal per task would dominate the cost."""
+def _lanes16(k: np.ndarray, stream: int, n: int) -> np.ndarray:
+    """n 16-bit lanes per key from ceil(n / 4) chained hashes: k.shape + (n,) uint16."""
     with np.errstate(over="ignore"):
-        x1 = mix(k ^ mix(np.uint64(stream)))
-        x2 = mix(x1)
-    lanes = np.stack([x1, x2], -1).view(np.uint16)  # (..., 8)
-    return _NORMAL_TABLE[lanes[..., :5]]
+        xs = [mix(k ^ mix(np.uint64(stream)))]
+        while 4 * len(xs) < n:
+            xs.append(mix(xs[-1]))
+    return np.stack(xs, -1).view(np.uint16)[..., :n]
+
+
+def uniforms16(k: np.ndarray, stream: int, n: int) -> np.ndarray:
+    """n U(0, 1) float32 draws per key with 16-bit resolution (mid-points of 65536 bins), k.shape + (n,).
+    Four draws per hash: for per-candidate exploration noise on every candidate of a request."""
+    return (_lanes16(k, stream, n).astype(np.float32) + np.float32(0.5)) * np.float32(1.0 / 65536)
+
+
+def normals(k: np.ndarray, stream: int, n: int) -> np.ndarray:
+    """n approximately standard-normal float32 draws per key (16-bit quantised inverse CDF), k.shape + (n,)."""
+    return _NORMAL_TABLE[_lanes16(k, stream, n)]
+
+
+def normals5(k: np.ndarray, stream: int) -> np.ndarray:
+    """Five approximately standard-normal draws per key: the MTL model's per-pair, per-task noise on
+    every candidate, where one full-precision normal per task would dominate the cost."""
+    return normals(k, stream, 5)

@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit, logit
+from scipy.special import expit
 
 from rlmtf.fusion import fused_log_score, rank_top_l
 from rlmtf.policy.base import Policy, RequestObs, check_actions
 from rlmtf.reward import item_reward
+from rlmtf.sim import ops
 from rlmtf.sim import rng as crng
 from rlmtf.sim.behaviour import BehaviourModel
 from rlmtf.sim.config import SimConfig
@@ -280,8 +281,8 @@ class _Day:
         items = np.take_along_axis(cand, shown, 1)
         r = resp0.take(shown)
         # fatigue lowers engagement on what is actually shown
-        r.p_engage = expit(logit(np.clip(r.p_engage, 1e-12, 1 - 1e-12))
-                           - cfg.behaviour.engage_fatigue * self.fatigue[a][:, None])
+        fatigue = self.fatigue[a][:, None].astype(np.float32)
+        r.p_engage = ops.sigmoid(ops.logit(r.p_engage, eps=1e-7) - np.float32(cfg.behaviour.engage_fatigue) * fatigue)
         fb = beh.sample(r, crng.key(req_key[:, None], items))
         rew = item_reward(fb, cfg.reward)  # (b, l)
 
