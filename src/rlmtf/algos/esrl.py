@@ -1,0 +1,322 @@
+"""Enhanced-State RL for multi-task fusion (the paper's section 3.3; SPEC section 5).
+
+Paper: P. Liu, C. Xu, M. Zhao, J. Zhu, B. Wang, Y. Ren, "An Enhanced-State Reinforcement Learning
+Algorithm for Multi-Task Fusion in Large-Scale Recommender Systems", Tencent, 2024.
+
+The actor sees the *enhanced state* of each user-item pair (user profile, behaviour history,
+context, item features, MTL scores) and emits one fusion action per pair. An ensemble of m = 10
+critics, independently initialised and vectorised as one network, is trained on a *list-level* TD
+target: the sum of the l shown items' values regresses on the sum of their rewards plus the
+discounted sum over the next request's items (Formula 7). The actor maximises the ensemble's mean
+value minus eta times the exploration-box penalty d() and lambda times the critics' disagreement
+(Formula 5). Targets of the actor and of every critic move by w = 0.08 every L = 15 steps.
+
+Differences from the paper, all where it is silent or self-contradictory: the delta * d() term of
+Formula 7 sits inside the TD target (see ``losses.td_target``); inputs are standardised with
+training-set statistics; each feature group gets its own embedding before the MLP trunk; the actor
+starts from the behaviour policy (``warmup_steps`` of regression on mu_bp).
+
+IntegratedRL-MTF (``integrated.py``) is this algorithm on the user state with one action per
+request: it subclasses :class:`EnhancedStateRL` and changes only the view of a batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlmtf.algos.losses import actor_loss, bound_penalty, critic_loss, soft_update, td_target
+from rlmtf.data.transitions import RequestBatch, Transitions
+from rlmtf.fusion import ActionSpace
+from rlmtf.nets import Actor, CriticEnsemble
+from rlmtf.policy.base import Policy, RequestObs
+from rlmtf.schema import FeatureSpec
+
+
+@dataclass(frozen=True)
+class ESRLConfig:
+    """Hyper-parameters; defaults from the paper where it gives them (SPEC section 5)."""
+
+    gamma: float = 0.9
+    """Discount over requests of a session."""
+    beta: float = 0.3
+    """Width of the exponential in the bound penalty d() (Formula 6)."""
+    eta: float = 1.2
+    """Weight of d() in the actor loss (Formula 5)."""
+    lam: float = 0.2
+    """Weight of the critics' standard deviation in the actor loss (Formula 5)."""
+    delta: float = 1.0
+    """Weight of d() on the next action inside the TD target (Formula 7)."""
+    ensemble_size: int = 10
+    """m, the number of critics."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layers of the actor and of every critic."""
+    embed_dim: int = 32
+    """Per-feature-group embedding size of the state encoders."""
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    batch_size: int = 256
+    """Requests per batch (each with l enhanced states)."""
+    target_rate: float = 0.08
+    """w: soft update rate of the target networks."""
+    target_every: int = 15
+    """L: the targets move every L steps."""
+    warmup_steps: int = 300
+    """Before RL, the actor regresses on mu_bp for this many batches (and the target actor copies it),
+    so that training starts from the behaviour policy inside the exploration box. Without it a random
+    actor sits far outside the box, where d() = exp(distance / (beta * width)) is astronomically large
+    and swamps both losses."""
+
+
+def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's tensors for safetensors plus its JSON-able rest (param groups, scalar state)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().clone().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            pid, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class EnhancedStateRL:
+    """The algorithm: networks, optimizers, ``update(batch)``, ``act``, state (de)serialisation."""
+
+    kind: ClassVar[str] = "esrl"
+    level: ClassVar[Literal["user", "item"]] = "item"
+
+    def __init__(self, spec: FeatureSpec, cfg: ESRLConfig = ESRLConfig(), device: str = "cpu", seed: int = 0):
+        self.spec, self.cfg, self.device = spec, cfg, torch.device(device)
+        torch.manual_seed(seed)
+        dims = self.group_dims(spec)
+        a = spec.action_dim
+        self.actor = Actor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
+        self.critic = CriticEnsemble(dims, a, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.step = 0
+
+    # --- what differs between the enhanced-state and the user-state method -------------------------
+
+    @classmethod
+    def group_dims(cls, spec: FeatureSpec) -> list[int]:
+        """Feature groups of the state the networks read: the enhanced state."""
+        return [spec.user_profile.dim, spec.user_history.dim, spec.context.dim, spec.item_features.dim,
+                len(spec.mtl_tasks)]
+
+    @staticmethod
+    def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch as (B, l, .) tensors: one state, action and reward per shown item."""
+        return {"s": b["enhanced_state"], "a": b["action"], "mu_bp": b["mu_bp"], "lower_b": b["lower_b"],
+                "upper_b": b["upper_b"], "r": b["item_reward"], "done": b["done"],
+                "s2": b["next_enhanced_state"], "mu_bp2": b["next_mu_bp"], "lower_b2": b["next_lower_b"],
+                "upper_b2": b["next_upper_b"]}
+
+    @staticmethod
+    def obs_states(obs: RequestObs) -> np.ndarray:
+        """States the actor acts on for a request batch: (B, N, D) enhanced states."""
+        return obs.enhanced_state()
+
+    @staticmethod
+    def train_states(t: Transitions) -> np.ndarray:
+        """All training states, for the normalisation statistics: (R * l, D)."""
+        return t.enhanced_state.reshape(-1, t.enhanced_state.shape[-1])
+
+    # --- training -------------------------------------------------------------------------------------
+
+    def set_normalisation(self, t: Transitions) -> None:
+        s = torch.as_tensor(self.train_states(t), dtype=torch.float32)
+        mean, std = s.mean(0).to(self.device), s.std(0).to(self.device)
+        for net in (self.actor.encoder, self.critic, self.actor_target.encoder, self.critic_target):
+            net.set_normalisation(mean, std)
+
+    def warm_start(self, t: Transitions, rng: np.random.Generator) -> float:
+        """Regress the actor on mu_bp (``warmup_steps`` batches); copy it into the target actor.
+        Returns the final mean squared error."""
+        loss = torch.zeros(())
+        for _ in range(self.cfg.warmup_steps):
+            v = self.view(t.sample(self.cfg.batch_size, rng).to_torch(self.device))
+            s, mu_bp = v["s"], v["mu_bp"]
+            loss = ((self.actor(s.reshape(-1, s.shape[-1])) - mu_bp.reshape(-1, mu_bp.shape[-1])) ** 2).mean()
+            self.actor_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.actor_opt.step()
+        self.actor_target.load_state_dict(self.actor.state_dict())
+        return float(loss.detach())
+
+    def update(self, batch: RequestBatch) -> dict[str, float]:
+        """One gradient step of the critics and the actor on a batch of requests."""
+        cfg = self.cfg
+        v = self.view(batch.to_torch(self.device))
+        s, a = v["s"], v["a"]  # (B, l, D), (B, l, A)
+        bsz, l, d = s.shape
+        s2 = v["s2"]
+        l2 = s2.shape[1]
+
+        with torch.no_grad():
+            s2_flat = s2.reshape(-1, d)
+            a2 = self.actor_target(s2_flat)  # (B*l', A)
+            q2 = self.critic_target(s2_flat, a2).reshape(-1, bsz, l2)  # (m, B, l')
+            pen2 = bound_penalty(a2, v["mu_bp2"].reshape(-1, a2.shape[-1]), v["lower_b2"].reshape(a2.shape),
+                                 v["upper_b2"].reshape(a2.shape), cfg.beta).reshape(bsz, l2)  # (B, l')
+            y = td_target(v["r"], v["done"], q2, pen2, cfg.gamma, cfg.delta)  # (m, B)
+
+        s_flat, a_flat = s.reshape(-1, d), a.reshape(-1, a.shape[-1])
+        q = self.critic(s_flat, a_flat).reshape(-1, bsz, l)  # (m, B, l)
+        loss_c = critic_loss(q, y)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss_c.backward()
+        self.critic_opt.step()
+
+        # actor: the critics are frozen so that the actor loss leaves no gradient on them
+        self.critic.requires_grad_(False)
+        try:
+            mu = self.actor(s_flat)  # (B*l, A)
+            q_pi = self.critic(s_flat, mu)  # (m, B*l)
+            pen = bound_penalty(mu, v["mu_bp"].reshape(mu.shape), v["lower_b"].reshape(mu.shape),
+                                v["upper_b"].reshape(mu.shape), cfg.beta)  # (B*l,)
+            loss_a = actor_loss(q_pi, pen, cfg.eta, cfg.lam)
+            self.actor_opt.zero_grad(set_to_none=True)
+            loss_a.backward()
+            self.actor_opt.step()
+        finally:
+            self.critic.requires_grad_(True)
+
+        self.step += 1
+        if self.step % cfg.target_every == 0:
+            soft_update(self.actor_target, self.actor, cfg.target_rate)
+            soft_update(self.critic_target, self.critic, cfg.target_rate)
+        with torch.no_grad():
+            q_req = q.sum(-1)  # (m, B)
+            return {"losses/critic": float(loss_c), "losses/actor": float(loss_a),
+                    "q/mean": float(q_req.mean()), "q/std_critics": float(q_req.std(0, unbiased=False).mean()),
+                    "q/target_mean": float(y.mean()), "actor/bound_penalty": float(pen.mean()),
+                    "actor/outside_box": float((pen > 0).float().mean())}
+
+    # --- acting ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def act_states(self, states: np.ndarray) -> np.ndarray:
+        """Actions (..., A) for states (..., D)."""
+        x = torch.as_tensor(np.ascontiguousarray(states), dtype=torch.float32, device=self.device)
+        lead = x.shape[:-1]
+        return self.actor(x.reshape(-1, x.shape[-1])).reshape(*lead, -1).cpu().numpy()
+
+    def policy(self, name: str | None = None) -> ActorPolicy:
+        return ActorPolicy(self.actor, self.level, self.kind, self.obs_states, name or self.kind, self.device)
+
+    # --- state ----------------------------------------------------------------------------------------
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
+                "critic_target": self.critic_target}
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to resume training: tensors (for safetensors) and JSON-able metadata."""
+        tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, mod in self._modules().items()
+                   for k, v in mod.state_dict().items()}
+        meta: dict = {"step": self.step, "kind": self.kind, "config": asdict(self.cfg)}
+        for name, opt in (("actor_opt", self.actor_opt), ("critic_opt", self.critic_opt)):
+            t, m = _flatten_optimizer(name, opt)
+            tensors.update({k: v.cpu() for k, v in t.items()})
+            meta[name] = m
+        return tensors, meta
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        for name, mod in self._modules().items():
+            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            mod.load_state_dict(sd)
+        for name, opt in (("actor_opt", self.actor_opt), ("critic_opt", self.critic_opt)):
+            _restore_optimizer(name, opt, {k: v.to(self.device) for k, v in tensors.items()}, meta[name])
+        self.step = int(meta["step"])
+
+    def save_policy(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write the actor as ``policy.json`` + ``actor.safetensors`` (loadable by ``load_policy``)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.actor.state_dict().items()},
+                  str(path / "actor.safetensors"))
+        doc = {"kind": self.kind, "level": self.level, "config": asdict(self.cfg),
+               "feature_spec": self.spec.to_json(), "step": self.step, **(extra or {})}
+        (path / "policy.json").write_text(json.dumps(doc, indent=2))
+        return path
+
+
+class ActorPolicy(Policy):
+    """A trained actor serving as a fusion policy (item-level or user-level)."""
+
+    def __init__(self, actor: Actor, level: Literal["user", "item"], kind: str, states_of, name: str,
+                 device: torch.device | str = "cpu"):
+        self.actor, self.level, self.kind, self.name = actor, level, kind, name  # type: ignore[misc]
+        self._states_of = states_of
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def act(self, obs: RequestObs) -> np.ndarray:
+        s = self._states_of(obs)
+        x = torch.as_tensor(np.ascontiguousarray(s), dtype=torch.float32, device=self.device)
+        lead = x.shape[:-1]
+        was_training = self.actor.training
+        self.actor.eval()
+        out = self.actor(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+        self.actor.train(was_training)
+        return out.cpu().numpy()
+
+
+def load_actor_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[EnhancedStateRL]) -> ActorPolicy:
+    """Rebuild a saved actor from ``policy.json`` + ``actor.safetensors`` (never pickle)."""
+    from rlmtf.policy.registry import PolicyLoadError
+
+    try:
+        spec = FeatureSpec.from_json(doc["feature_spec"])
+        cfg_d = dict(doc["config"])
+        cfg_d["hidden"] = tuple(cfg_d["hidden"])
+        cfg = ESRLConfig(**cfg_d)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PolicyLoadError(f"{path / 'policy.json'}: malformed {algo_cls.kind} policy ({e})") from e
+    weights = path / "actor.safetensors"
+    if not weights.is_file():
+        raise PolicyLoadError(f"{weights}: missing model file")
+    try:
+        sd = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise PolicyLoadError(f"{weights}: cannot read model weights ({e})") from e
+    actor = Actor(algo_cls.group_dims(spec), spec.action_dim, cfg.hidden, cfg.embed_dim)
+    try:
+        actor.load_state_dict(sd)
+    except RuntimeError as e:
+        raise PolicyLoadError(f"{weights}: weights do not match policy.json ({e})") from e
+    actor.eval()
+    return ActorPolicy(actor, algo_cls.level, algo_cls.kind, algo_cls.obs_states, str(doc.get("name", algo_cls.kind)))
+
+
+def register(algo_cls: type[EnhancedStateRL]) -> None:
+    from rlmtf.policy.registry import register_loader
+
+    register_loader(algo_cls.kind, lambda p, d, s: load_actor_policy(p, d, s, algo_cls))
+
+
+register(EnhancedStateRL)
