@@ -42,10 +42,10 @@ def test_sharded_parquet_has_the_same_rows(sim, tmp_path):
         np.testing.assert_array_equal(a.columns[col][ka], b.columns[col][kb], err_msg=col)
 
 
-def test_session_budget_is_split_exactly(sim, tmp_path):
+def test_session_budget_is_split_across_workers(sim, tmp_path):
     r, _ = simulate_to_parquet(sim, baseline_policy(), tmp_path / "d", seed=1, sessions=777, workers=2)
-    assert r.n_sessions == 777
-    assert len(np.unique(read_logs(tmp_path / "d").columns["session_id"])) == 777
+    assert 777 <= r.n_sessions < 777 + 2 * 64 * 8  # whole user-days in each worker
+    assert len(np.unique(read_logs(tmp_path / "d").columns["session_id"])) == r.n_sessions
 
 
 def test_split_helpers():

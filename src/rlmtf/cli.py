@@ -296,6 +296,115 @@ def evaluate_online_cmd(
     Console().print(table)
 
 
+# --- train ----------------------------------------------------------------------------------------
+
+@app.command()
+def train(
+    algo: Annotated[str, typer.Option(help="esrl (Enhanced-State RL) or integrated (IntegratedRL-MTF).")],
+    data: Annotated[Path, typer.Option(help="Logged exploration data (Parquet dataset).")],
+    out: Annotated[Path, typer.Option(help="Run directory: config, metrics.jsonl, checkpoint/, policy/.")],
+    steps: Annotated[int, typer.Option(help="Gradient steps (the paper: 300,000).")] = 2000,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    seed: Annotated[int, typer.Option()] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its checkpoint.")] = False,
+    hidden: Annotated[str, typer.Option(help="Hidden layer sizes of actor and critics, e.g. 256,256.")] = "256,256",
+    critics: Annotated[int, typer.Option(help="m, the number of critics.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Requests per batch.")] = 256,
+    eval_every: Annotated[int, typer.Option(help="Steps between validation weighted GAUCs.")] = 500,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a fusion policy from logged data (losses, Q, steps/s on the progress bar)."""
+    import dataclasses
+
+    import torch
+
+    from rlmtf.algos.esrl import ESRLConfig
+    from rlmtf.algos.train import ALGORITHMS, TrainConfig
+    from rlmtf.algos.train import train as run_train
+
+    with _errors():
+        if algo not in ALGORITHMS:
+            raise ValueError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+        try:
+            hid = tuple(int(h) for h in hidden.split(",") if h.strip())
+        except ValueError as e:
+            raise ValueError(f"--hidden must be comma-separated integers, got {hidden!r}") from e
+        if threads:
+            torch.set_num_threads(threads)
+        algo_cfg = dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics, batch_size=batch_size)
+        cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,
+                          checkpoint_every=checkpoint_every)
+        with _progress(steps, "train") as bar:
+            task = bar.add_task(f"train {algo}", total=steps, extra="")
+            last = {"gauc": float("nan")}
+
+            def on_step(step: int, m: dict) -> None:
+                if "eval/val_weighted_gauc" in m:
+                    last["gauc"] = m["eval/val_weighted_gauc"]
+                sps = m.get("charts/steps_per_s")
+                extra = (f"critic {m['losses/critic']:.3g} actor {m['losses/actor']:.3g} "
+                         f"Q {m['q/mean']:.3g}±{m['q/std_critics']:.2g} val GAUC {last['gauc']:.4f}"
+                         + (f" {sps:.1f} steps/s" if sps else ""))
+                bar.update(task, completed=step, extra=extra)
+
+            trained = run_train(algo, data, out, cfg=cfg, algo_cfg=algo_cfg, resume=resume, on_step=on_step)
+    summary = {"out": str(out), "algo": algo, "steps": trained.step, "policy": str(Path(out) / "policy"),
+               "val_weighted_gauc": last["gauc"]}
+    if json_out:
+        _print_json(summary)
+    else:
+        console.print(f"trained {algo} for {trained.step} steps; policy in {summary['policy']}")
+
+
+@app.command()
+def ptm(
+    algo: Annotated[str, typer.Option(help="esrl or integrated.")],
+    out: Annotated[Path, typer.Option(help="Directory for every round's data, run and the PTM table.")],
+    rounds: Annotated[int, typer.Option(help="Exploration + training rounds.")] = 5,
+    sessions_per_round: Annotated[int, typer.Option(help="Exploration sessions per round.")] = 5000,
+    steps_per_round: Annotated[int, typer.Option(help="Training steps per round.")] = 2000,
+    test_sessions: Annotated[int, typer.Option(help="Baseline-logged test sessions (weighted GAUC).")] = 3000,
+    users: Annotated[int, typer.Option(help="Users of each round's online A/B against the baseline.")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of each round's online A/B.")] = 2,
+    hidden: Annotated[str, typer.Option(help="Hidden layer sizes, e.g. 256,256.")] = "256,256",
+    critics: Annotated[int, typer.Option(help="m, the number of critics.")] = 10,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    workers: Annotated[int, typer.Option(help="Simulation processes.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+    sim_config: SimConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Progressive training: explore around the newest policy, train (warm start), evaluate; repeat."""
+    import dataclasses
+
+    from rlmtf.algos.esrl import ESRLConfig
+    from rlmtf.algos.ptm import PTMConfig, run_ptm
+    from rlmtf.algos.train import ALGORITHMS, TrainConfig
+
+    with _errors():
+        if algo not in ALGORITHMS:
+            raise ValueError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+        hid = tuple(int(h) for h in hidden.split(","))
+        sim = _load_sim(sim_config)
+        cfg = PTMConfig(rounds=rounds, sessions_per_round=sessions_per_round, steps_per_round=steps_per_round,
+                        test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers)
+        rows = run_ptm(algo, sim, out, cfg, dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics),
+                       TrainConfig(steps=steps_per_round, device=device, eval_every=0, seed=seed),
+                       log=console.print)
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title=f"Progressive training of {algo} ({out / 'ptm.png'})")
+    for col in ("round", "policy", "weighted GAUC", "UVC lift", "UDT lift"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["round"]), r["policy"], f"{r['weighted_gauc']:.4f}", f"{r['uvc_lift']:+.2%}",
+                      f"{r['udt_lift']:+.2%}")
+    Console().print(table)
+
+
 # --- demo -----------------------------------------------------------------------------------------
 
 @app.command()

@@ -16,6 +16,17 @@ import torch
 from torch import nn
 
 
+#: Standardised inputs are clipped to [-CLIP, CLIP] and stds floored at STD_FLOOR: a feature that is
+#: (nearly) constant in the training data, such as the session index of a dataset of first sessions,
+#: must not turn into a huge input when a policy serves states beyond the data.
+CLIP = 5.0
+STD_FLOOR = 1e-2
+
+
+def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((x - mean) / std).clamp(-CLIP, CLIP)
+
+
 class StateEncoder(nn.Module):
     """Standardise, embed each feature group, concatenate: (..., D) -> (..., out_dim)."""
 
@@ -30,10 +41,10 @@ class StateEncoder(nn.Module):
 
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean)
-        self.std.copy_(torch.clamp(std, min=1e-3))
+        self.std.copy_(torch.clamp(std, min=STD_FLOOR))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        x = standardise(x, self.mean, self.std)
         parts = torch.split(x, self.group_dims, dim=-1)
         return torch.cat([e(p) for e, p in zip(self.embeds, parts, strict=True)], -1)
 
@@ -104,10 +115,10 @@ class CriticEnsemble(nn.Module):
 
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean)
-        self.std.copy_(torch.clamp(std, min=1e-3))
+        self.std.copy_(torch.clamp(std, min=STD_FLOOR))
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = (state - self.mean) / self.std
+        x = standardise(state, self.mean, self.std)
         if x.dim() == 2:  # shared input: (B, D) -> (m, B, D) without copying
             x = x.unsqueeze(0).expand(self.m, -1, -1)
         if action.dim() == 2:
@@ -122,7 +133,7 @@ class CriticEnsemble(nn.Module):
 
     def member(self, i: int, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Q^i alone, computed with ordinary matmuls (for testing the vectorised path): (B,)."""
-        x = (state - self.mean) / self.std
+        x = standardise(state, self.mean, self.std)
         parts = torch.split(x, self.group_dims, dim=-1)
         h = torch.cat([torch.relu(p @ e.weight[i] + e.bias[i]) for e, p in zip(self.embeds, parts, strict=True)]
                       + [action], -1)

@@ -94,7 +94,12 @@ class Simulator:
         Each of up to ``max_concurrent_sessions`` slots plays one user's sessions of a day back to
         back; a freed slot takes the next user. ``sink(day, columns)`` receives logged rows (the
         SPEC section 11 columns as numpy arrays) of whole sessions only, sorted by (session, t,
-        position). With ``max_sessions``, sessions stop being opened once that many have started.
+        position).
+
+        ``max_sessions``: no new user is admitted once that many sessions have started, but admitted
+        users play out their day, so the data holds whole user-days (every session of the day, not
+        just first sessions) and at least ``max_sessions`` sessions. To keep the overshoot small, fewer
+        sessions run concurrently when the budget is small (about max_sessions / 8, at least 64).
         """
         cfg = self.cfg
         if days is None and max_sessions is None:
@@ -151,6 +156,8 @@ class _Day:
         self.queue = np.flatnonzero(crng.uniform(crng.key(seed, st.user_ids, day), _S_ACTIVE) < p_active)
         self.next_in_queue = 0
         n_slots = min(self.cfg.max_concurrent_sessions, max(self.queue.size, 1))
+        if budget[0] < np.iinfo(np.int64).max:  # a session budget: bound the overshoot of whole user-days
+            n_slots = min(n_slots, max(64, int(budget[0]) // 8))
         c = self.cfg.n_categories
         self.g = np.full(n_slots, -1, np.int64)  # index into the run's users; -1 = free slot
         self.k = np.zeros(n_slots, np.int64)  # session index of the day
@@ -167,10 +174,8 @@ class _Day:
     # session bookkeeping ---------------------------------------------------------------------------
 
     def _start(self, slots: np.ndarray, g: np.ndarray, k: np.ndarray) -> None:
-        """Open session k for users g in the given slots, within the session budget."""
-        take = int(min(slots.size, self.budget[0]))
-        slots, g, k = slots[:take], g[:take], k[:take]
-        self.budget[0] -= take
+        """Open session k for users g in the given slots (counted against the session budget)."""
+        self.budget[0] -= slots.size
         sc, st = self.cfg.session, self.st
         self.g[slots], self.k[slots], self.t[slots] = g, k, 0
         self.sat[slots] = (1 - sc.start_carry) * st.base_sat[g] + sc.start_carry * st.long_term_sat[g]
@@ -182,7 +187,8 @@ class _Day:
         self.acc["sessions"][g] += 1
 
     def _admit(self, slots: np.ndarray) -> None:
-        n = min(slots.size, self.queue.size - self.next_in_queue)
+        """Give free slots to the next users of the queue while the session budget lasts."""
+        n = min(slots.size, self.queue.size - self.next_in_queue, max(int(self.budget[0]), 0))
         g = self.queue[self.next_in_queue: self.next_in_queue + n]
         self.next_in_queue += n
         self._start(slots[:n], g, np.zeros(n, np.int64))
