@@ -15,7 +15,6 @@ import math
 import torch
 from torch import nn
 
-
 #: Standardised inputs are clipped to [-CLIP, CLIP] and stds floored at STD_FLOOR: a feature that is
 #: (nearly) constant in the training data, such as the session index of a dataset of first sessions,
 #: must not turn into a huge input when a policy serves states beyond the data.

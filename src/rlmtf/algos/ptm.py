@@ -77,10 +77,11 @@ def run_ptm(algo: str, sim: Simulator, out: str | Path, cfg: PTMConfig = PTMConf
         ab = online_ab([base, policy], sim, users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 20_000,
                        workers=cfg.workers)
         arm = ab.arms[1]
-        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc,
-               "uvc_lift": arm.lifts["uvc"]["lift"], "uvc_ci": [arm.lifts["uvc"]["ci_low"], arm.lifts["uvc"]["ci_high"]],
-               "udt_lift": arm.lifts["udt"]["lift"], "udt_ci": [arm.lifts["udt"]["ci_low"], arm.lifts["udt"]["ci_high"]],
-               "uvc": arm.means["uvc"]["mean"], "udt": arm.means["udt"]["mean"]}
+        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc}
+        for m in ("uvc", "udt"):
+            lift = arm.lifts[m]
+            row.update({f"{m}_lift": lift["lift"], f"{m}_ci": [lift["ci_low"], lift["ci_high"]],
+                        m: arm.means[m]["mean"]})
         rows.append(row)
         log(f"round {k}: weighted GAUC {gauc:.4f}, UVC {row['uvc_lift']:+.2%}, UDT {row['udt_lift']:+.2%} vs baseline")
         behaviour = policy
