@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -28,6 +29,8 @@ eval_app = typer.Typer(help="Offline (weighted GAUC) and simulated online (A/B) 
 app.add_typer(sim_app, name="sim")
 app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="evaluate")
+analyze_app = typer.Typer(help="Analyses of logged data.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
 
 console = Console(stderr=True)
 
@@ -294,6 +297,40 @@ def evaluate_online_cmd(
                                  f"p={lift['p_value']:.3g})")
         table.add_row(METRIC_LABELS[k], *cells)
     Console().print(table)
+
+
+# --- analyze --------------------------------------------------------------------------------------
+
+@analyze_app.command("exploration")
+def analyze_exploration(
+    data: Annotated[Path, typer.Option(help="Logged exploration data.")],
+    sigma: Annotated[float, typer.Option(help="Standard deviation of the action-noise comparator.")] = 0.2,
+    plot: Annotated[Path | None, typer.Option(help="Write the action-distribution figure (PNG) here "
+                                                   "(default: DATA/exploration.png).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Exploration efficiency of uniform vs action-noise exploration, from the logs and analytically."""
+    from rlmtf.analysis.exploration import analyse, plot_action_distributions
+    from rlmtf.data.io import read_logs
+
+    with _errors():
+        logs = read_logs(data)
+        rep = analyse(logs, sigma=sigma, seed=seed)
+        png = plot_action_distributions(logs, plot or Path(data) / "exploration.png", sigma=sigma, seed=seed)
+    out = {**rep.to_dict(), "plot": str(png)}
+    if json_out:
+        _print_json(out)
+        return
+    console.print(f"{rep.rows:,} logged samples (exploration: {rep.logged_by})")
+    console.print(f"  in the box, all {len(rep.in_box_per_dim_logged)} dimensions: logged {rep.in_box_all_logged:.4f}; "
+                  f"action noise N(0, {sigma}): analytic {rep.in_box_all_noise_analytic:.5f}, "
+                  f"Monte Carlo {rep.in_box_all_noise_monte_carlo:.5f}")
+    console.print(f"  per dimension, action noise: {np.mean(rep.in_box_per_dim_noise_analytic):.4f} (analytic)")
+    console.print(f"  exploration efficiency: {rep.efficiency_from_logs:.0f}x from the logs "
+                  f"(logged in-box fraction / action noise's), {rep.efficiency_analytic:.0f}x analytic without "
+                  f"clipping, {rep.efficiency_analytic_clipped:.0f}x analytic with clipping to [-1, 1]")
+    console.print(f"  figure: {png}")
 
 
 # --- train ----------------------------------------------------------------------------------------

@@ -48,7 +48,11 @@ def simulate_to_parquet(sim: Simulator, policy: Policy, out: str | Path, *, seed
     With ``workers > 1`` the users are split across forked processes, each writing its own shard."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    meta_info = {"env": "sim", "policy": policy.name, "seed": seed, "sessions": sessions, "days": days,
+    explore = ("uniform" if isinstance(policy, UniformExploration) else
+               "noise" if isinstance(policy, ActionNoiseExploration) else "none")
+    per = getattr(policy, "per", None)
+    meta_info = {"env": "sim", "policy": policy.name, "explore": explore, "per": per, "seed": seed,
+                 "sessions": sessions, "days": days,
                  "start_day": start_day, "workers": workers, "sim_config": sim.cfg.to_dict(),
                  "commit": git_commit(), **(info or {})}
     meta = DatasetMeta(feature_spec=sim.spec, list_len=sim.cfg.list_len, info=meta_info)

@@ -1,0 +1,1 @@
+"""Analyses of logged data: exploration efficiency and action distributions."""
