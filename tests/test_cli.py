@@ -228,12 +228,13 @@ def test_corrupted_dataset_is_rejected_naming_file_row_and_column(dataset, work)
 
 def test_demo(work):
     out = work / "demo"
-    ok("demo", "--out", out, "--sessions", "400", "--test-sessions", "300", "--users", "300", "--days", "1")
+    ok("demo", "--out", out, "--sessions", "400", "--test-sessions", "300", "--users", "300", "--days", "1",
+       "--steps", "20")
     for name in ("report.md", "results.json", "gauc.png", "online_lifts.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
-    assert set(results["gauc"]) == {"baseline", "random", "valid-only", "oracle", "fixed-search"}
+    assert set(results["gauc"]) == {"baseline", "random", "valid-only", "oracle", "fixed-search", "integrated", "esrl"}
     assert all(0 < g["gauc"] < 1 for g in results["gauc"].values())
-    assert results["online"]["control"] == "baseline" and len(results["online"]["arms"]) == 5
+    assert results["online"]["control"] == "baseline" and len(results["online"]["arms"]) == 7
     assert (out / "gauc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "weighted GAUC" in (out / "report.md").read_text()

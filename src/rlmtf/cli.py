@@ -451,15 +451,16 @@ def demo(
     test_sessions: Annotated[int, typer.Option(help="Baseline-policy test sessions to log.")] = 2000,
     users: Annotated[int, typer.Option(help="Users in the online A/B test.")] = 2000,
     days: Annotated[int, typer.Option(help="Days of the online A/B test.")] = 2,
+    steps: Annotated[int, typer.Option(help="Training steps of IntegratedRL-MTF and Enhanced-State RL.")] = 300,
     seed: Annotated[int, typer.Option()] = 0,
     sim_config: SimConfigOpt = None,
 ) -> None:
-    """End to end on the default simulator: log exploration and test data, evaluate, A/B test, report."""
+    """End to end on the default simulator: log exploration and test data, train, evaluate, A/B test, report."""
     from rlmtf.demo import run_demo
 
     with _errors():
         run_demo(out, sessions=sessions, test_sessions=test_sessions, users=users, days=days, seed=seed,
-                 sim_config=sim_config, console=console, progress=_progress)
+                 sim_config=sim_config, console=console, progress=_progress, steps=steps)
 
 
 def main() -> None:  # pragma: no cover

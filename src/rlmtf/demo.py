@@ -2,7 +2,8 @@
 
 1. log exploration data: the baseline fusion with uniform exploration (SPEC section 4);
 2. log a test set with the baseline policy on later days (another seed);
-3. train: search one fixed fusion on the exploration logs (CMA-ES over weighted GAUC);
+3. train: IntegratedRL-MTF and Enhanced-State RL on the exploration logs (small networks, a few
+   hundred steps), and one fixed fusion searched by CMA-ES over weighted GAUC;
 4. evaluate the hand-set policies and the trained one by weighted GAUC on the test set;
 5. a simulated online A/B test of the same policies against the baseline;
 6. write ``report.md``, ``results.json`` and two plots.
@@ -26,8 +27,12 @@ from rlmtf.sim.simulator import Simulator
 
 
 def run_demo(out: Path, *, sessions: int, test_sessions: int, users: int, days: int, seed: int,
-             sim_config: Path | None, console, progress) -> dict:
+             sim_config: Path | None, console, progress, steps: int = 300) -> dict:
+    import dataclasses
+
+    from rlmtf.algos.esrl import ESRLConfig
     from rlmtf.algos.fixed_search import FixedSearchConfig, fixed_search
+    from rlmtf.algos.train import TrainConfig, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,23 +56,35 @@ def run_demo(out: Path, *, sessions: int, test_sessions: int, users: int, days: 
     timings["simulate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    train = read_logs(out / "explore")
+    train_logs = read_logs(out / "explore")
     with progress(30, "train") as bar:
         task = bar.add_task("train: CMA-ES fixed fusion", total=30, extra="")
-        tuned, history = fixed_search(train, base.action, FixedSearchConfig(seed=seed), space,
+        tuned, history = fixed_search(train_logs, base.action, FixedSearchConfig(seed=seed), space,
                                       on_generation=lambda g, v: bar.update(task, advance=1, extra=f"GAUC {v:.4f}"))
     tuned.save(out / "fixed_search_policy.json", space)
+    rl = {}
+    algo_cfg = dataclasses.replace(ESRLConfig(), hidden=(64, 64))
+    for name in ("integrated", "esrl"):
+        with progress(steps, name) as bar:
+            task = bar.add_task(f"train: {name}", total=steps, extra="")
+            trained = train(name, train_logs, out / f"run_{name}", algo_cfg=algo_cfg, space=space,
+                            cfg=TrainConfig(steps=steps, seed=seed, eval_every=0, log_every=50,
+                                            checkpoint_every=steps),
+                            on_step=lambda s, m, bar=bar, task=task: bar.update(task, completed=s,
+                                                                                extra=f"Q {m['q/mean']:.2f}"))
+        rl[name] = trained.policy(name=name)
     timings["train"] = time.perf_counter() - t
 
     t = time.perf_counter()
     test = read_logs(out / "test")
     policies = {name: load_policy(name, space, seed=seed) for name in ("baseline", "random", "valid-only", "oracle")}
     policies["fixed-search"] = tuned
+    policies.update(rl)
     gaucs = {name: evaluate_gauc(p, test, space).to_dict() for name, p in policies.items()}
     timings["evaluate_gauc"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    order = ["baseline", "fixed-search", "random", "valid-only", "oracle"]
+    order = ["baseline", "integrated", "esrl", "fixed-search", "random", "valid-only", "oracle"]
     with progress(None, "online") as bar:
         def on_arm(i: int, name: str):
             task = bar.add_task(f"A/B arm {i + 1}/{len(order)}: {name}", total=None, extra="")
