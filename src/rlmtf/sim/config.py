@@ -319,7 +319,7 @@ def _yaml_load(text: str) -> Any:
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        """SafeLoader plus the float resolver below (added to this subclass only)."""
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                                  re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
