@@ -62,6 +62,12 @@ def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Simulator, log) -
     gauc = {n: evaluate_gauc(p, test, sim.cfg.action_space).gauc for n, p in pols.items()}
     ab = online_ab([pols["integrated"], pols["esrl"], pols["esrl-item"], pols["baseline"]], sim,
                    users=a.users, days=a.days, seed=seed + 2000, workers=a.workers)
+    if a.skip_ptm:
+        res = {"seed": seed, "gauc": gauc, "online": ab.to_dict()}
+        (out / "result.json").write_text(json.dumps(res, indent=2, default=float))
+        log(f"seed {seed}: done in {time.perf_counter() - t0:.0f}s; GAUC " +
+            ", ".join(f"{k} {v:.4f}" for k, v in gauc.items()))
+        return res
     # PTM vs no PTM (IntegratedRL-MTF)
     per_round = a.sessions // a.rounds
     ptm_rows = run_ptm("integrated", sim, out / "ptm", PTMConfig(
@@ -100,6 +106,8 @@ def summarise(results: list[dict]) -> dict:
     gauc = {k: stat([r["gauc"][k] for r in results]) for k in results[0]["gauc"]}
     lifts = {}
     for key in ("online", "online_ptm"):
+        if key not in results[0]:
+            continue
         for arm in results[0][key]["arms"][1:]:
             name = arm["policy"]
             for m in ("uvc", "udt", "sessions", "reward", "session_length"):
@@ -123,6 +131,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-ptm", action="store_true", help="only the ESRL vs IntegratedRL comparison")
     a = ap.parse_args()
     torch.set_num_threads(2)
     sim = Simulator(SimConfig())
