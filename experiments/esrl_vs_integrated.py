@@ -114,7 +114,8 @@ def summarise(results: list[dict]) -> dict:
                 vals = [next(x for x in r[key]["arms"] if x["policy"] == name)["lifts"][m] for r in results]
                 lifts[f"{name} vs {results[0][key]['control']}: {m}"] = {
                     "lift": stat([v["lift"] for v in vals]),
-                    "per_seed": [{"lift": v["lift"], "ci": [v["ci_low"], v["ci_high"]], "p": v["p_value"]} for v in vals]}
+                    "per_seed": [{"lift": v["lift"], "ci": [v["ci_low"], v["ci_high"]], "p": v["p_value"]}
+                                 for v in vals]}
     return {"gauc": gauc, "lifts": lifts}
 
 

@@ -36,7 +36,8 @@ def main(path: str) -> None:
             arm, metric = key.split(": ")
             if not arm.endswith(f"vs {control}"):
                 continue
-            print(f"| {arm.split(' vs ')[0]} | {metric} | {100 * v['lift']['mean']:+.2f}% (sd {100 * v['lift']['sd']:.2f}) | "
+            mean = f"{100 * v['lift']['mean']:+.2f}% (sd {100 * v['lift']['sd']:.2f})"
+            print(f"| {arm.split(' vs ')[0]} | {metric} | {mean} | "
                   + "; ".join(fmt_lift(x) for x in v["per_seed"]) + " |")
     if "ptm_rounds" not in per_seed[0]:
         return
