@@ -215,3 +215,18 @@ def test_soft_update_rate():
     wa, wb = a.weight.detach().clone(), b.weight.detach().clone()
     soft_update(a, b, 0.08)
     torch.testing.assert_close(a.weight.detach(), 0.92 * wa + 0.08 * wb)
+
+
+def test_warm_start_keeps_the_previous_policy(logs, tmp_path):
+    """PTM: a round warm-started from the previous one begins as exactly that policy, even on data whose
+    feature statistics differ (the input standardisation is carried over, not refitted)."""
+    data, sim = logs
+    first = train("esrl", data, tmp_path / "r1", cfg=TrainConfig(steps=3, eval_every=0, checkpoint_every=100),
+                  algo_cfg=SMALL)
+    other = tmp_path / "other"
+    simulate_to_parquet(sim, behaviour_policy(first.policy(), "uniform", "item", seed=7), other, seed=7,
+                        sessions=60, start_day=3)
+    second = train("esrl", other, tmp_path / "r2", cfg=TrainConfig(steps=0, eval_every=0, checkpoint_every=100),
+                   algo_cfg=SMALL, warm_start_from=first)
+    states = build_transitions(read_logs(other)).enhanced_state[:50].reshape(-1, first.spec.enhanced_state_dim)
+    np.testing.assert_array_equal(first.act_states(states), second.act_states(states))

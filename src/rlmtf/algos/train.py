@@ -109,15 +109,17 @@ def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg
     metrics_path = run / "metrics.jsonl"
     if resume:
         _load_checkpoint(run, algo, rng)
+    elif warm_start_from is not None:
+        # PTM: continue from the previous round's networks, optimizers and input standardisation. The
+        # standardisation must not be refitted: the new data's mu_bp is the previous actor's output *with
+        # the old statistics*, and new statistics would make the warm-started actor a different policy.
+        tensors, meta = warm_start_from.state_tensors()
+        algo.load_state_tensors({k: v.to(algo.device) for k, v in tensors.items()}, meta)
+        algo.step = 0
     else:
         algo.set_normalisation(train_t)
-        if warm_start_from is not None:  # PTM: continue from the previous round's networks
-            tensors, meta = warm_start_from.state_tensors()
-            algo.load_state_tensors({k: v.to(algo.device) for k, v in tensors.items()}, meta)
-            algo.step = 0
-            algo.set_normalisation(train_t)
-        else:
-            algo.warm_start(train_t, rng)
+        algo.warm_start(train_t, rng)
+    if not resume:
         metrics_path.write_text("")
         (run / "config.json").write_text(json.dumps({
             "algo": algo_name, "algo_config": dataclasses.asdict(algo_cfg), "train_config": dataclasses.asdict(cfg),
