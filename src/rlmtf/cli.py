@@ -57,7 +57,8 @@ def _errors():
         _fail(str(e))
 
 
-def _progress(total: int | None, what: str) -> Progress:
+def _progress() -> Progress:
+    """A rich progress display on stderr (tasks add their own totals and descriptions)."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=console, transient=False)
@@ -118,7 +119,7 @@ def simulate(
         pol = behaviour_policy(base, explore, per, lower_b, upper_b, sigma, seed=seed)  # type: ignore[arg-type]
         user_ids = None if users is None else np.arange(users)
         t0 = time.perf_counter()
-        with _progress(sessions, "simulate") as bar:
+        with _progress() as bar:
             task = bar.add_task("simulate", total=sessions, extra="")
             rows = [0]
 
@@ -270,7 +271,7 @@ def evaluate_online_cmd(
         if len(set(names)) != len(names):
             for i, p in enumerate(pols):
                 p.name = f"{p.name}#{i}"
-        with _progress(None, "online") as bar:
+        with _progress() as bar:
             def on_arm(i: int, name: str):
                 task = bar.add_task(f"arm {i + 1}/{len(pols)}: {name}", total=None, extra="")
                 return lambda s, r: bar.update(task, advance=s, extra="sessions")
@@ -373,7 +374,7 @@ def train(
         algo_cfg = dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics, batch_size=batch_size)
         cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,
                           checkpoint_every=checkpoint_every)
-        with _progress(steps, "train") as bar:
+        with _progress() as bar:
             task = bar.add_task(f"train {algo}", total=steps, extra="")
             last = {"gauc": float("nan")}
 

@@ -44,7 +44,7 @@ def run_demo(out: Path, *, sessions: int, test_sessions: int, users: int, days: 
     timings: dict[str, float] = {}
 
     def log_data(name: str, policy, n: int, run_seed: int, start_day: int):
-        with progress(n, name) as bar:
+        with progress() as bar:
             task = bar.add_task(name, total=n, extra="")
             simulate_to_parquet(sim, policy, out / name, seed=run_seed, sessions=n, start_day=start_day,
                                 overwrite=True, progress=lambda s, r: bar.update(task, advance=s))
@@ -57,7 +57,7 @@ def run_demo(out: Path, *, sessions: int, test_sessions: int, users: int, days: 
 
     t = time.perf_counter()
     train_logs = read_logs(out / "explore")
-    with progress(30, "train") as bar:
+    with progress() as bar:
         task = bar.add_task("train: CMA-ES fixed fusion", total=30, extra="")
         tuned, history = fixed_search(train_logs, base.action, FixedSearchConfig(seed=seed), space,
                                       on_generation=lambda g, v: bar.update(task, advance=1, extra=f"GAUC {v:.4f}"))
@@ -65,7 +65,7 @@ def run_demo(out: Path, *, sessions: int, test_sessions: int, users: int, days: 
     rl = {}
     algo_cfg = dataclasses.replace(ESRLConfig(), hidden=(64, 64))
     for name in ("integrated", "esrl"):
-        with progress(steps, name) as bar:
+        with progress() as bar:
             task = bar.add_task(f"train: {name}", total=steps, extra="")
             trained = train(name, train_logs, out / f"run_{name}", algo_cfg=algo_cfg, space=space,
                             cfg=TrainConfig(steps=steps, seed=seed, eval_every=0, log_every=50,
@@ -85,7 +85,7 @@ def run_demo(out: Path, *, sessions: int, test_sessions: int, users: int, days: 
 
     t = time.perf_counter()
     order = ["baseline", "integrated", "esrl", "fixed-search", "random", "valid-only", "oracle"]
-    with progress(None, "online") as bar:
+    with progress() as bar:
         def on_arm(i: int, name: str):
             task = bar.add_task(f"A/B arm {i + 1}/{len(order)}: {name}", total=None, extra="")
             return lambda s, r: bar.update(task, advance=s)
