@@ -55,13 +55,15 @@ def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Simulator, log) -
     pols = {"baseline": base}
     for name, algo, data in (("integrated", "integrated", "explore_request"), ("esrl", "esrl", "explore_request"),
                              ("esrl-item", "esrl", "explore_item")):
+        if name not in a.variants:
+            continue
         t = time.perf_counter()
         trained = train(algo, out / data, out / f"run_{name}", cfg=tc, algo_cfg=algo_cfg, space=sim.cfg.action_space)
         pols[name] = trained.policy(name=name)
         log(f"seed {seed}: trained {name} in {time.perf_counter() - t:.0f}s")
     gauc = {n: evaluate_gauc(p, test, sim.cfg.action_space).gauc for n, p in pols.items()}
-    ab = online_ab([pols["integrated"], pols["esrl"], pols["esrl-item"], pols["baseline"]], sim,
-                   users=a.users, days=a.days, seed=seed + 2000, workers=a.workers)
+    arms = [pols[n] for n in ("integrated", "esrl", "esrl-item", "baseline") if n in pols]
+    ab = online_ab(arms, sim, users=a.users, days=a.days, seed=seed + 2000, workers=a.workers)
     if a.skip_ptm:
         res = {"seed": seed, "gauc": gauc, "online": ab.to_dict()}
         (out / "result.json").write_text(json.dumps(res, indent=2, default=float))
@@ -133,6 +135,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-ptm", action="store_true", help="only the ESRL vs IntegratedRL comparison")
+    ap.add_argument("--variants", nargs="+", default=["integrated", "esrl", "esrl-item"],
+                    help="which of integrated, esrl (per-request data), esrl-item (per-item data) to train")
     a = ap.parse_args()
     torch.set_num_threads(2)
     sim = Simulator(SimConfig())
