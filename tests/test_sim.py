@@ -476,3 +476,10 @@ def test_documentation_check_can_fail():
 
     assert _undocumented_fields(Undocumented) == ["other_thing"]
 
+
+
+def test_unreachable_session_budget_is_an_error():
+    sim = Simulator(dataclasses.replace(SimConfig(), n_users=50, n_items=1000,
+                                        days=dataclasses.replace(SimConfig().days, active_bias=-60.0)))
+    with pytest.raises(RuntimeError, match="no user opened a session"):
+        sim.run(baseline_policy(), seed=0, days=None, max_sessions=10)

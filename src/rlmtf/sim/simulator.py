@@ -122,6 +122,9 @@ class Simulator:
             acc = {k: np.zeros(user_ids.size) for k in metrics}
             _Day(self, policy, seed, start_day + d, st, acc, result, budget, sink, progress, log_true_scores).run()
             per_day.append(acc)
+            if days is None and d >= 29 and not any(a["sessions"].any() for a in per_day[-30:]):
+                raise RuntimeError(f"no user opened a session in 30 simulated days; {max_sessions} sessions cannot "
+                                   "be reached (check the days config: active_bias, n_users)")
         result.days = np.arange(start_day, start_day + len(per_day))
         for name in metrics:
             setattr(result, name, np.stack([a[name] for a in per_day], 1))
