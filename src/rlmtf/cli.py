@@ -31,6 +31,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(eval_app, name="evaluate")
 analyze_app = typer.Typer(help="Analyses of logged data.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
+logs_app = typer.Typer(help="The serving log.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
 
 console = Console(stderr=True)
 
@@ -441,6 +443,62 @@ def ptm(
         table.add_row(str(r["round"]), r["policy"], f"{r['weighted_gauc']:.4f}", f"{r['uvc_lift']:+.2%}",
                       f"{r['udt_lift']:+.2%}")
     Console().print(table)
+
+
+# --- serving --------------------------------------------------------------------------------------
+
+@app.command()
+def serve(
+    log_dir: Annotated[Path, typer.Option(help="Directory of the durable request/feedback log (SQLite, WAL).")],
+    policy: Annotated[str, typer.Option(help="baseline or a saved policy directory.")] = "baseline",
+    port: Annotated[int, typer.Option()] = 8000,
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    explore_fraction: Annotated[float, typer.Option(help="Share of users (stable hash) served with exploration.")]
+    = 0.0,
+    lower_b: Annotated[float, typer.Option()] = -0.15,
+    upper_b: Annotated[float, typer.Option()] = 0.15,
+    max_candidates: Annotated[int, typer.Option()] = 2000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """The HTTP ranking service (SPEC section 12): /v1/schema, /v1/rank, /v1/feedback, /healthz, /metrics,
+    /v1/admin/reload (token in $RLMTF_ADMIN_TOKEN)."""
+    import os
+
+    import uvicorn
+
+    from rlmtf.serve.app import create_app
+
+    with _errors():
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        create_app(policy, log_dir=log_dir, explore_fraction=explore_fraction, lower_b=lower_b, upper_b=upper_b,
+                   max_candidates=max_candidates, seed=seed)  # fail here, with a clear message, not in a worker
+    os.environ.update({"RLMTF_SERVE_POLICY": policy, "RLMTF_SERVE_LOG_DIR": str(log_dir),
+                       "RLMTF_SERVE_EXPLORE_FRACTION": str(explore_fraction), "RLMTF_SERVE_LOWER_B": str(lower_b),
+                       "RLMTF_SERVE_UPPER_B": str(upper_b), "RLMTF_SERVE_MAX_CANDIDATES": str(max_candidates),
+                       "RLMTF_SERVE_SEED": str(seed)})
+    uvicorn.run("rlmtf.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
+
+
+@logs_app.command("export")
+def logs_export(
+    log_dir: Annotated[Path, typer.Option(help="The service's log directory.")],
+    out: Annotated[Path, typer.Option(help="Output Parquet dataset (the logged-data schema).")],
+    overwrite: Annotated[bool, typer.Option()] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Join served requests and feedback into training data that `rlmtf train` reads unchanged."""
+    from rlmtf.serve.export import export_logs
+    from rlmtf.sim.config import SimConfig
+    from rlmtf.sim.world import feature_spec
+
+    with _errors():
+        summary = export_logs(log_dir, out, feature_spec(SimConfig()), overwrite=overwrite)
+    if json_out:
+        _print_json(summary)
+    else:
+        console.print("exported: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 
 
 # --- demo -----------------------------------------------------------------------------------------

@@ -1,0 +1,497 @@
+"""The online ranking service (SPEC section 12; the paper's section 3.4, Figure 3).
+
+``create_app(...)`` returns a FastAPI app with:
+
+- ``GET /v1/schema``: feature names and dims (``user_features`` = user_profile ++ user_history,
+  ``item_features``, ``context``), ``mtl_tasks``, ``max_candidates``, ``policy_version``.
+- ``POST /v1/rank``: named features -> vectors in FeatureSpec order, one :class:`RequestObs` with
+  B = 1, the policy's actions (item-level policies act per candidate, user-level ones per request),
+  the fused score (Formula 1) of every candidate, and the top-k items best first. ``score`` is the
+  final score ``prod_i (score_i + bias_i) ** power_i`` (the exp of the fused log score).
+- ``POST /v1/feedback``: behaviours of one shown item; ``event_id`` is an idempotency key (a repeated
+  event is stored once); without one every call is a new event.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text format), ``POST /v1/admin/reload``.
+
+Exploration (SPEC section 4): a stable share ``explore_fraction`` of users (``blake2b(seed:user_id)``
+read as a number in [0, 1) below the fraction) is served by
+``UniformExploration(policy, lower_b, upper_b)``: ``a = clip(mu_bp + U(lower_b, upper_b), -1, 1)``,
+noise per request for user-level policies and per user-item pair for item-level ones. Every shown item
+is logged with mu_bp, lower_b, upper_b and the action; without exploration mu_bp is the action and the
+box is empty (lower_b = upper_b = 0).
+
+Validation errors are 422 with FastAPI's ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``
+shape; ``loc`` names the offending field (e.g. ``["body", "candidates", 3, "mtl_scores", "like"]``).
+A body over ``max_body_bytes`` gets 413.
+
+Policy version: ``baseline`` (or the built-in's name) for built-ins, else the first 12 hex digits of a
+blake2b hash of the policy's files (policy.json and every ``*.safetensors``, by name).
+
+Admin reload needs ``Authorization: Bearer <token>`` equal to the env var ``RLMTF_ADMIN_TOKEN``
+(401 without a bearer token, 403 for a wrong one or when the variable is unset). The new policy is
+loaded and smoke-tested on a dummy request before it is swapped in under a lock; a failing load
+keeps the old policy serving and answers 422 with the reason. A request reads the served policy
+once, so it is answered and logged entirely by the old or entirely by the new one.
+
+Feedback: ``event_id`` is an idempotency key; a repeat (same id, whatever its payload) is stored
+once and answered ``{"duplicate": true}``. Feedback may only name an item shown in that request.
+Every request and feedback event is committed to SQLite (:mod:`rlmtf.serve.store`) before the
+response is sent; :func:`rlmtf.serve.export.export_logs` turns the log into SPEC 11 Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlmtf.fusion import ActionSpace, fused_log_score, rank_top_l
+from rlmtf.policy.base import Policy, RequestObs, check_actions
+from rlmtf.policy.explore import UniformExploration
+from rlmtf.policy.registry import BUILTIN, PolicyLoadError, load_policy
+from rlmtf.reward import REWARD_BEHAVIOURS
+from rlmtf.schema import FEEDBACK_COLUMNS, FeatureGroup, FeatureSpec
+from rlmtf.serve.store import ServeStore, ShownItem
+
+__all__ = ["create_app", "policy_version", "explore_assigned", "ADMIN_TOKEN_ENV"]
+
+ADMIN_TOKEN_ENV = "RLMTF_ADMIN_TOKEN"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Behaviours a feedback event may report: the feedback columns of SPEC 11. watch_time and
+#: watch_ratio are non-negative numbers, the others 0/1.
+FEEDBACK_KEYS: tuple[str, ...] = tuple(FEEDBACK_COLUMNS)
+_CONTINUOUS = ("watch_time", "watch_ratio")
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+FeatureValue = Finite | list[Finite]
+
+
+# --- wire models ------------------------------------------------------------------------------------
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(min_length=1)
+    item_features: dict[str, FeatureValue]
+    mtl_scores: dict[str, Finite]
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1)
+    session_id: str = Field(min_length=1)
+    k: int = 5
+    user_features: dict[str, FeatureValue]
+    context: dict[str, FeatureValue]
+    candidates: list[Candidate]
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+    action: list[float]
+
+
+class RankResponse(BaseModel):
+    request_id: str
+    policy_version: str
+    explored: bool
+    items: list[RankedItem]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1)
+    item_id: str = Field(min_length=1)
+    event_id: str | None = Field(default=None, min_length=1)
+    behaviours: dict[str, Finite] = Field(default_factory=dict)
+    session_end: bool = False
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: str = Field(min_length=1)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _unit_hash(text: str) -> float:
+    """A stable number in [0, 1) from a string."""
+    h = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") / 2.0**64
+
+
+def explore_assigned(user_id: str, explore_fraction: float, seed: int = 0) -> bool:
+    """Whether ``user_id`` is in the exploration bucket (stable across requests and restarts)."""
+    return explore_fraction > 0 and _unit_hash(f"{seed}:{user_id}") < explore_fraction
+
+
+def policy_version(spec: str) -> str:
+    """``spec`` for built-ins, else a short hash of the policy's files."""
+    if spec in BUILTIN:
+        return spec
+    path = Path(spec)
+    files = [path] if path.is_file() else sorted([*path.glob("*.json"), *path.glob("*.safetensors")])
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _err(loc: list[Any], msg: str, status: int = 422) -> HTTPException:
+    return HTTPException(status, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
+def _vector(group: FeatureGroup, given: dict[str, Any], loc: list[Any]) -> np.ndarray:
+    """Named features -> one float32 vector in the group's order; 422 naming the field otherwise."""
+    dims = group.names()
+    unknown = [n for n in given if n not in dims]
+    if unknown:
+        raise _err([*loc, unknown[0]], f"unknown feature {unknown[0]!r} (expected: {', '.join(dims)})")
+    out = np.empty(group.dim, dtype=np.float32)
+    for (name, d), sl in zip(group.fields, group.slices().values(), strict=True):
+        if name not in given:
+            raise _err([*loc, name], f"missing feature {name!r} (dim {d})")
+        v = given[name]
+        vals = v if isinstance(v, list) else [v]
+        if len(vals) != d:
+            raise _err([*loc, name], f"feature {name!r} has length {len(vals)}, expected {d}")
+        out[sl] = vals
+    return out
+
+
+def _smoke_test(policy: Policy, spec: FeatureSpec) -> None:
+    """Act on a dummy request so that a policy built for another feature spec fails at load time."""
+    n = 3
+    obs = RequestObs(
+        user_id=np.zeros(1, np.int64), request_key=np.zeros(1, np.uint64),
+        user_profile=np.zeros((1, spec.user_profile.dim), np.float32),
+        user_history=np.zeros((1, spec.user_history.dim), np.float32),
+        context=np.zeros((1, spec.context.dim), np.float32), item_id=np.arange(n, dtype=np.int64)[None],
+        mtl_scores=np.full((1, n, len(spec.mtl_tasks)), 0.1, np.float32),
+        item_features_=np.zeros((1, n, spec.item_features.dim), np.float32))
+    check_actions(np.asarray(policy.act(obs)), obs, policy.level, policy.name)
+
+
+_UNION_TAGS = frozenset({"float", "list[float]"})
+
+
+def _clean_errors(errors) -> list[dict]:
+    """Pydantic errors without the echoed input (NaN is not JSON) and without union-branch tags in
+    ``loc``; one error per location, preferring the one that says 'finite'."""
+    out: dict[tuple, dict] = {}
+    for e in errors:
+        loc = tuple(p for p in e.get("loc", ()) if p not in _UNION_TAGS)
+        item = {"loc": list(loc), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        if loc not in out or item["type"] == "finite_number":
+            out[loc] = item
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class _Served:
+    """The policy being served; swapped as a whole (one reference assignment) on reload."""
+
+    spec: str
+    version: str
+    policy: Policy
+    explorer: UniformExploration
+    #: serialises inference: a torch actor toggles eval/train mode inside ``act``
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, int], int] = {}
+        self.errors: dict[str, int] = {}
+        self.explored = 0
+        self.ranked = 0
+        self.buckets = [0] * len(LATENCY_BUCKETS)
+        self.lat_sum = 0.0
+        self.lat_count = 0
+
+    def observe(self, path: str, status: int, seconds: float) -> None:
+        with self.lock:
+            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
+            if status >= 400:
+                self.errors[path] = self.errors.get(path, 0) + 1
+            if path == "/v1/rank":
+                self.lat_sum += seconds
+                self.lat_count += 1
+                for i, b in enumerate(LATENCY_BUCKETS):
+                    if seconds <= b:
+                        self.buckets[i] += 1
+
+    def render(self, version: str) -> str:
+        with self.lock:
+            lines = ["# HELP rlmtf_requests_total HTTP requests by path and status.",
+                     "# TYPE rlmtf_requests_total counter"]
+            lines += [f'rlmtf_requests_total{{path="{p}",status="{s}"}} {n}'
+                      for (p, s), n in sorted(self.requests.items())]
+            lines += ["# HELP rlmtf_errors_total HTTP responses with status >= 400, by path.",
+                      "# TYPE rlmtf_errors_total counter"]
+            lines += [f'rlmtf_errors_total{{path="{p}"}} {n}' for p, n in sorted(self.errors.items())]
+            lines += ["# HELP rlmtf_ranked_total Ranking requests served.", "# TYPE rlmtf_ranked_total counter",
+                      f"rlmtf_ranked_total {self.ranked}",
+                      "# HELP rlmtf_explored_total Ranking requests served with exploration.",
+                      "# TYPE rlmtf_explored_total counter", f"rlmtf_explored_total {self.explored}",
+                      "# HELP rlmtf_rank_latency_seconds Latency of /v1/rank.",
+                      "# TYPE rlmtf_rank_latency_seconds histogram"]
+            lines += [f'rlmtf_rank_latency_seconds_bucket{{le="{b}"}} {n}'
+                      for b, n in zip(LATENCY_BUCKETS, self.buckets, strict=True)]
+            lines += [f'rlmtf_rank_latency_seconds_bucket{{le="+Inf"}} {self.lat_count}',
+                      f"rlmtf_rank_latency_seconds_sum {self.lat_sum:.6f}",
+                      f"rlmtf_rank_latency_seconds_count {self.lat_count}",
+                      "# HELP rlmtf_model_info The policy being served.", "# TYPE rlmtf_model_info gauge",
+                      f'rlmtf_model_info{{version="{version}"}} 1']
+        return "\n".join(lines) + "\n"
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a body over ``limit`` bytes (by Content-Length or as it streams in)."""
+
+    class _TooLarge(Exception):
+        pass
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = PlainTextResponse(f"request body over {self.limit} bytes", status_code=413)
+        for k, v in scope.get("headers", []):
+            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
+                return await too_large(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise self._TooLarge
+            return msg
+
+        async def tracking_send(msg):
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except self._TooLarge:
+            if not started:
+                await too_large(scope, receive, send)
+
+
+# --- the app ----------------------------------------------------------------------------------------
+
+
+def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | None = None,
+               log_dir: str | os.PathLike[str], explore_fraction: float = 0.0, lower_b: float = -0.15,
+               upper_b: float = 0.15, max_candidates: int = 2000, max_body_bytes: int = 8 * 1024 * 1024,
+               seed: int = 0, action_space: ActionSpace = ActionSpace()) -> FastAPI:
+    """The ranking service; see the module docstring. ``feature_spec`` defaults to the simulator's."""
+    if feature_spec is None:
+        from rlmtf.sim.config import SimConfig
+        from rlmtf.sim.world import feature_spec as sim_feature_spec
+
+        feature_spec = sim_feature_spec(SimConfig())
+    spec = feature_spec
+    if not 0.0 <= explore_fraction <= 1.0:
+        raise ValueError(f"explore_fraction must be in [0, 1], got {explore_fraction}")
+    if max_candidates < 1:
+        raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    user_group = FeatureGroup(spec.user_profile.fields + spec.user_history.fields)
+    if len(user_group.names()) != len(user_group.fields):
+        raise ValueError("user_profile and user_history share a feature name; the wire format cannot tell them apart")
+    n_profile = spec.user_profile.dim
+
+    def build(policy_str: str) -> _Served:
+        try:
+            pol = load_policy(policy_str, action_space, seed=seed)
+            _smoke_test(pol, spec)
+            version = policy_version(policy_str)
+        except Exception as e:  # anything a bad file can raise: report it, keep serving the old one
+            raise PolicyLoadError(f"{type(e).__name__}: {e}") from e
+        per = "item" if pol.level == "item" else "request"
+        explorer = UniformExploration(pol, lower_b, upper_b, per=per, seed=seed)
+        return _Served(policy_str, version, pol, explorer)
+
+    store = ServeStore(log_dir, spec.to_json())
+    metrics = _Metrics()
+    swap_lock = threading.Lock()
+    state = {"served": build(policy_spec)}
+
+    app = FastAPI(title="rlmtf ranking service", version="1")
+    app.state.store = store
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            metrics.observe(request.url.path, status, time.perf_counter() - t0)
+
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": _clean_errors(exc.errors())})
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "policy_version": state["served"].version}
+
+    @app.get("/v1/schema")
+    def schema() -> dict:
+        return {"user_features": user_group.names(), "item_features": spec.item_features.names(),
+                "context": spec.context.names(), "mtl_tasks": list(spec.mtl_tasks),
+                "max_candidates": max_candidates, "policy_version": state["served"].version,
+                "policy_level": state["served"].policy.level, "action_dim": spec.action_dim}
+
+    @app.get("/metrics")
+    def prom() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(state["served"].version),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/v1/rank", response_model=RankResponse)
+    def rank(req: RankRequest) -> RankResponse:
+        served = state["served"]  # one read: a concurrent reload cannot mix two policies in a request
+        n = len(req.candidates)
+        if n == 0:
+            raise _err(["candidates"], "no candidates")
+        if n > max_candidates:
+            raise _err(["candidates"], f"{n} candidates, at most {max_candidates} allowed")
+        if not 1 <= req.k <= n:
+            raise _err(["k"], f"k={req.k} out of range: must be in [1, {n}] (the number of candidates)")
+        user = _vector(user_group, req.user_features, ["user_features"])
+        ctx = _vector(spec.context, req.context, ["context"])
+        tasks = FeatureGroup(tuple((t, 1) for t in spec.mtl_tasks))
+        feats = np.empty((n, spec.item_features.dim), np.float32)
+        scores = np.empty((n, len(spec.mtl_tasks)), np.float32)
+        seen: set[str] = set()
+        for i, c in enumerate(req.candidates):
+            if c.item_id in seen:
+                raise _err(["candidates", i, "item_id"], f"duplicate item_id {c.item_id!r}")
+            seen.add(c.item_id)
+            feats[i] = _vector(spec.item_features, c.item_features, ["candidates", i, "item_features"])
+            scores[i] = _vector(tasks, c.mtl_scores, ["candidates", i, "mtl_scores"])
+            neg = np.flatnonzero(scores[i] < 0)
+            if neg.size:
+                raise _err(["candidates", i, "mtl_scores", spec.mtl_tasks[int(neg[0])]], "scores must be >= 0")
+        request_id = uuid.uuid4().hex
+        obs = RequestObs(
+            user_id=np.array([int(_unit_hash(req.user_id) * 2**62)], np.int64),
+            request_key=np.array([int.from_bytes(bytes.fromhex(request_id[:16]), "big")], np.uint64),
+            user_profile=user[None, :n_profile], user_history=user[None, n_profile:], context=ctx[None],
+            item_id=np.arange(n, dtype=np.int64)[None], mtl_scores=scores[None], item_features_=feats[None])
+        explored = explore_assigned(req.user_id, explore_fraction, seed)
+        try:
+            with served.lock:
+                dec = served.explorer.decide(obs) if explored else served.policy.decide(obs)
+            action = check_actions(np.asarray(dec.action), obs, dec.level, served.policy.name)
+        except Exception as e:
+            raise HTTPException(500, detail=f"policy failed: {type(e).__name__}: {e}") from e
+        a_item = action[0] if action.ndim == 3 else np.broadcast_to(action[0], (n, action.shape[-1]))  # (N, A)
+        mu = np.asarray(dec.mu_bp)
+        mu_item = mu[0] if mu.ndim == 3 else np.broadcast_to(mu[0], a_item.shape)
+        lo = np.broadcast_to(np.asarray(dec.lower_b, np.float32), (1, *a_item.shape)).reshape(a_item.shape)
+        hi = np.broadcast_to(np.asarray(dec.upper_b, np.float32), (1, *a_item.shape)).reshape(a_item.shape)
+        log_s = fused_log_score(scores.astype(np.float64), a_item.astype(np.float64), action_space)  # (N,)
+        top = rank_top_l(log_s[None], req.k)[0]
+        items, shown = [], []
+        for pos, j in enumerate(top.tolist()):
+            score = float(math.exp(log_s[j]))
+            act = [float(x) for x in a_item[j]]
+            cid = req.candidates[j].item_id
+            items.append(RankedItem(item_id=cid, score=score, action=act))
+            shown.append(ShownItem(position=pos, item_id=cid, item_features=feats[j].tolist(),
+                                   mtl_scores=scores[j].tolist(), mu_bp=mu_item[j].tolist(),
+                                   lower_b=lo[j].tolist(), upper_b=hi[j].tolist(), action=act, score=score))
+        store.log_request(request_id=request_id, user_id=req.user_id, session_id=req.session_id,
+                          policy_version=served.version, explored=explored, user_profile=user[:n_profile].tolist(),
+                          user_history=user[n_profile:].tolist(), context=ctx.tolist(), shown=shown)
+        with metrics.lock:
+            metrics.ranked += 1
+            metrics.explored += int(explored)
+        return RankResponse(request_id=request_id, policy_version=served.version, explored=explored, items=items)
+
+    @app.post("/v1/feedback")
+    def feedback(fb: FeedbackRequest) -> dict:
+        if not store.request_exists(fb.request_id):
+            raise HTTPException(404, detail=f"unknown request_id {fb.request_id!r}")
+        if not store.item_shown(fb.request_id, fb.item_id):
+            raise _err(["item_id"], f"item {fb.item_id!r} was not shown in request {fb.request_id!r}")
+        for name, v in fb.behaviours.items():
+            if name not in FEEDBACK_KEYS:
+                raise _err(["behaviours", name], f"unknown behaviour {name!r} (known: {', '.join(FEEDBACK_KEYS)})")
+            if name in _CONTINUOUS and v < 0:
+                raise _err(["behaviours", name], f"{name} must be >= 0")
+            if name not in _CONTINUOUS and v not in (0, 1):
+                raise _err(["behaviours", name], f"{name} must be 0 or 1")
+        event_id = fb.event_id or uuid.uuid4().hex
+        new = store.log_feedback(event_id=event_id, request_id=fb.request_id, item_id=fb.item_id,
+                                 behaviours=dict(fb.behaviours), session_end=fb.session_end)
+        return {"event_id": event_id, "accepted": True, "duplicate": not new}
+
+    @app.post("/v1/admin/reload")
+    def reload(body: ReloadRequest, authorization: str | None = Header(default=None)) -> dict:
+        token = os.environ.get(ADMIN_TOKEN_ENV, "")
+        if not authorization or not authorization.startswith("Bearer "):
+            raise HTTPException(401, detail="missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if not token:
+            raise HTTPException(403, detail=f"admin endpoints are disabled ({ADMIN_TOKEN_ENV} is not set)")
+        if not hmac.compare_digest(authorization[len("Bearer "):].encode(), token.encode()):
+            raise HTTPException(403, detail="wrong token")
+        with swap_lock:
+            old = state["served"]
+            try:
+                new = build(body.policy)
+            except PolicyLoadError as e:
+                return JSONResponse(status_code=422, content={"detail": str(e), "policy_version": old.version})
+            state["served"] = new
+        return {"policy_version": new.version, "previous_version": old.version, "level": new.policy.level}
+
+    return app
+
+
+# REWARD_BEHAVIOURS is re-exported for clients that build feedback payloads.
+__all__ += ["REWARD_BEHAVIOURS", "FEEDBACK_KEYS"]
+
+
+def app_from_env() -> FastAPI:
+    """An app configured by ``RLMTF_SERVE_*`` environment variables (how ``rlmtf serve`` passes its
+    options to every uvicorn worker process): POLICY, LOG_DIR, EXPLORE_FRACTION, LOWER_B, UPPER_B,
+    MAX_CANDIDATES, SEED."""
+    env = os.environ
+    return create_app(env.get("RLMTF_SERVE_POLICY", "baseline"), log_dir=env["RLMTF_SERVE_LOG_DIR"],
+                      explore_fraction=float(env.get("RLMTF_SERVE_EXPLORE_FRACTION", "0")),
+                      lower_b=float(env.get("RLMTF_SERVE_LOWER_B", "-0.15")),
+                      upper_b=float(env.get("RLMTF_SERVE_UPPER_B", "0.15")),
+                      max_candidates=int(env.get("RLMTF_SERVE_MAX_CANDIDATES", "2000")),
+                      seed=int(env.get("RLMTF_SERVE_SEED", "0")))

@@ -1,0 +1,166 @@
+"""Serving log (SQLite, :mod:`rlmtf.serve.store`) -> logged-data Parquet (SPEC section 11).
+
+Join and conventions (written down here because the paper is silent):
+
+- **Sessions.** A session is a (user_id, session_id) pair of the client's strings; its requests are
+  ordered by log time (then insertion order) and numbered t = 0..T-1. A feedback event with
+  ``session_end: true`` closes the session at that request: later requests with the same session_id
+  start a new session (segment). ``done`` is true on the last request of each session (the one
+  whose feedback said session_end, or the last request logged for that session).
+- **Ids.** user_id, session_id (user_id + session_id + segment) and item_id strings map to int64 with a
+  stable hash (the first 8 bytes of blake2b, shifted right by one so that they are non-negative).
+- **Days.** ``day`` is the UTC day of a session's first request counted from the UTC day of the
+  earliest request in the log (0-based); every row of a session gets its session's day.
+- **List length.** The dataset has one ``list_len`` (default 5, the paper's l). Requests that showed a
+  different number of items (a client asking for another k) cannot be stored in it; they are left
+  out and counted in the returned ``skipped_requests`` (never silently).
+- **Feedback.** Items without feedback get 0 in every feedback column. Several events for one
+  shown item are merged: watch_time is summed, watch_ratio and the 0/1 behaviours take the max.
+  ``watch_ratio`` is the reported value when the client sends one, else 0: the simulator's
+  ``log_duration`` item feature is standardised with the catalogue's (unknown here) duration
+  parameters, so it cannot give the duration back.
+- **Reward.** ``reward = rlmtf.reward.item_reward`` of the merged behaviours with ``reward_weights``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rlmtf.data.io import BINARY_FEEDBACK, LogWriter
+from rlmtf.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward
+from rlmtf.schema import FEEDBACK_COLUMNS, DatasetMeta, FeatureSpec
+from rlmtf.serve.store import DB_NAME
+
+__all__ = ["export_logs", "stable_id"]
+
+_DAY_S = 86400.0
+
+
+def stable_id(*parts: str) -> int:
+    """A stable non-negative int64 from strings."""
+    h = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(h, "big") >> 1
+
+
+def _spec_dims(d: dict) -> dict[str, int]:
+    return {g: sum(int(k) for _, k in d[g]) for g in ("user_profile", "user_history", "context", "item_features")}
+
+
+def export_logs(log_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], feature_spec: FeatureSpec,
+                reward_weights: RewardWeights = RewardWeights(), *, list_len: int = 5,
+                overwrite: bool = False) -> dict:
+    """Join the serving log under ``log_dir`` into a logged-data dataset at ``out_dir``.
+
+    Returns a summary: rows, requests, sessions, days, skipped_requests (shown length != list_len).
+    """
+    db = Path(log_dir) / DB_NAME
+    if not db.is_file():
+        raise FileNotFoundError(f"{db}: no serving log")
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'feature_spec'").fetchone()
+        if row is not None:
+            logged, wanted = _spec_dims(json.loads(row[0])), _spec_dims(feature_spec.to_json())
+            if logged != wanted:
+                raise ValueError(f"{db}: the log was written with feature dims {logged}, not {wanted}")
+        requests = conn.execute("SELECT request_id, user_id, session_id, ts, k, user_profile, user_history, context "
+                                "FROM requests ORDER BY ts, seq").fetchall()
+        shown_rows = conn.execute("SELECT request_id, position, item_id, item_features, mtl_scores, mu_bp, lower_b, "
+                                  "upper_b, action FROM shown ORDER BY request_id, position").fetchall()
+        fb_rows = conn.execute("SELECT request_id, item_id, behaviours, session_end FROM feedback "
+                               "ORDER BY seq").fetchall()
+    finally:
+        conn.close()
+
+    shown: dict[str, list[tuple]] = defaultdict(list)
+    for r in shown_rows:
+        shown[r[0]].append(r)
+    feedback: dict[tuple[str, str], dict[str, float]] = {}
+    ended: set[str] = set()
+    for request_id, item_id, beh_json, session_end in fb_rows:
+        agg = feedback.setdefault((request_id, item_id), {})
+        for name, v in json.loads(beh_json).items():
+            if name not in FEEDBACK_COLUMNS:
+                continue
+            agg[name] = agg.get(name, 0.0) + float(v) if name == "watch_time" else max(agg.get(name, 0.0), float(v))
+        if session_end:
+            ended.add(request_id)
+
+    # sessions: (user, session) in time order, split after a session_end
+    by_session: dict[tuple[str, str], list[tuple]] = defaultdict(list)
+    skipped = 0
+    for r in requests:
+        if r[4] != list_len or len(shown[r[0]]) != list_len:
+            skipped += 1
+            continue
+        by_session[(r[1], r[2])].append(r)
+    day0 = int(min(r[3] for r in requests) // _DAY_S) if requests else 0
+
+    cols: dict[str, list] = defaultdict(list)
+    n_sessions = n_requests = 0
+    for (user, session), reqs in by_session.items():
+        segments: list[list[tuple]] = [[]]
+        for r in reqs:
+            segments[-1].append(r)
+            if r[0] in ended:
+                segments.append([])
+        for seg_i, seg in enumerate(s for s in segments if s):
+            n_sessions += 1
+            sid = stable_id(user, session, str(seg_i))
+            day = int(seg[0][3] // _DAY_S) - day0
+            for t, (request_id, _, _, _, _, up_js, uh_js, ctx_js) in enumerate(seg):
+                n_requests += 1
+                up, uh, ctx = json.loads(up_js), json.loads(uh_js), json.loads(ctx_js)
+                done = t == len(seg) - 1
+                for _, pos, item_id, feats, scores, mu, lo, hi, act in shown[request_id]:
+                    cols["day"].append(day)
+                    cols["session_id"].append(sid)
+                    cols["user_id"].append(stable_id(user))
+                    cols["t"].append(t)
+                    cols["position"].append(pos)
+                    cols["item_id"].append(stable_id(item_id))
+                    cols["user_profile"].append(up)
+                    cols["user_history"].append(uh)
+                    cols["context"].append(ctx)
+                    cols["item_features"].append(json.loads(feats))
+                    cols["mtl_scores"].append(json.loads(scores))
+                    for name, v in (("mu_bp", mu), ("lower_b", lo), ("upper_b", hi), ("action", act)):
+                        cols[name].append(json.loads(v))
+                    beh = feedback.get((request_id, item_id), {})
+                    for name in FEEDBACK_COLUMNS:
+                        cols[name].append(beh.get(name, 0.0))
+                    cols["done"].append(done)
+
+    spec = feature_spec
+    dims = {"user_profile": spec.user_profile.dim, "user_history": spec.user_history.dim,
+            "context": spec.context.dim, "item_features": spec.item_features.dim,
+            "mtl_scores": len(spec.mtl_tasks), "mu_bp": spec.action_dim, "lower_b": spec.action_dim,
+            "upper_b": spec.action_dim, "action": spec.action_dim}
+    n = len(cols["day"])
+    arrays: dict[str, np.ndarray] = {}
+    for name in ("day", "session_id", "user_id", "t", "position", "item_id"):
+        arrays[name] = np.asarray(cols[name], dtype=np.int64).reshape(n)
+    for name, d in dims.items():
+        arrays[name] = np.asarray(cols[name], dtype=np.float32).reshape(n, d)
+    for name in FEEDBACK_COLUMNS:
+        a = np.asarray(cols[name], dtype=np.float64).reshape(n)
+        arrays[name] = a.astype(np.int8) if name in BINARY_FEEDBACK else a.astype(np.float32)
+    arrays["reward"] = item_reward({b: arrays[b] for b in REWARD_BEHAVIOURS}, reward_weights).astype(np.float32)
+    arrays["done"] = np.asarray(cols["done"], dtype=bool).reshape(n)
+
+    meta = DatasetMeta(feature_spec=spec, list_len=list_len,
+                       info={"env": "serving", "source": str(db), "reward_weights": reward_weights.as_dict()})
+    days = sorted(set(arrays["day"].tolist()))
+    with LogWriter(out_dir, meta, overwrite=overwrite) as w:
+        for day in days:
+            m = arrays["day"] == day
+            w.write(day, {k: v[m] for k, v in arrays.items() if k != "day"})
+    return {"rows": n, "requests": n_requests, "sessions": n_sessions, "days": days, "skipped_requests": skipped,
+            "out_dir": str(out_dir)}
