@@ -24,31 +24,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(tmp_path):
-    port = free_port()
-    log_dir = tmp_path / "serve_log"
+def start_server(log_dir: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "rlmtf.cli", "serve", "--log-dir", str(log_dir), "--port",
-                             str(port), "--explore-fraction", "0.5"], cwd=REPO, stdout=subprocess.PIPE,
+                             str(port), "--explore-fraction", "0.5"], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "RLMTF_ADMIN_TOKEN": "secret"})
-    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
         except httpx.HTTPError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
         time.sleep(0.2)
-    yield url, log_dir
+
+
+def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=20)
+
+
+@pytest.fixture()
+def server(tmp_path):
+    port = free_port()
+    log_dir = tmp_path / "serve_log"
+    proc = start_server(log_dir, port)
+    yield f"http://127.0.0.1:{port}", log_dir
+    stop(proc)
 
 
 def _request(schema: dict, rng: np.random.Generator, user: str, session: str, n: int = 20) -> dict:
@@ -100,3 +108,62 @@ def test_serve_rank_feedback_export(server, tmp_path):
     # feedback became rewards: position 1 had watch 12 s, valid, like -> 12/60 + 1 + 2
     pos1 = data.columns["position"] == 1
     np.testing.assert_allclose(data.columns["reward"][pos1], 0.2 + 1.0 + 2.0, rtol=1e-6)
+
+
+def test_every_acknowledged_record_survives_sigkill(tmp_path):
+    """Load on loopback (bounded in count and time), SIGKILL mid-load, restart: every request and feedback
+    the server acknowledged is in its log."""
+    import sqlite3
+    import threading
+
+    port, log_dir = free_port(), tmp_path / "log"
+    proc = start_server(log_dir, port)
+    url = f"http://127.0.0.1:{port}"
+    schema = httpx.get(f"{url}/v1/schema").json()
+    acked_requests: list[str] = []
+    acked_events: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.time() + 20
+
+    def client(c: int) -> None:
+        rng = np.random.default_rng(c)
+        with httpx.Client(timeout=5) as http:
+            for i in range(200):  # bounded: at most 200 requests per client, and 20 s
+                if time.time() > stop_at:
+                    return
+                try:
+                    r = http.post(f"{url}/v1/rank", json=_request(schema, rng, f"u{c}", f"s{c}", n=10))
+                    if r.status_code != 200:
+                        return
+                    rid = r.json()["request_id"]
+                    with lock:
+                        acked_requests.append(rid)
+                    item = r.json()["items"][0]["item_id"]
+                    fb = {"request_id": rid, "item_id": item, "event_id": f"{c}-{i}", "behaviours": {"valid": 1}}
+                    if http.post(f"{url}/v1/feedback", json=fb).status_code == 200:
+                        with lock:
+                            acked_events.append(f"{c}-{i}")
+                except httpx.HTTPError:
+                    return  # the server is gone
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    while len(acked_requests) < 40 and time.time() < stop_at:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=20)
+    for t in threads:
+        t.join(timeout=30)
+    assert len(acked_requests) >= 40
+    proc = start_server(log_dir, port)  # restart on the same log: it opens cleanly
+    try:
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    finally:
+        stop(proc)
+    con = sqlite3.connect(log_dir / "serve.sqlite3")
+    logged = {r[0] for r in con.execute("SELECT request_id FROM requests")}
+    events = {r[0] for r in con.execute("SELECT event_id FROM feedback")}
+    con.close()
+    assert set(acked_requests) <= logged
+    assert set(acked_events) <= events
