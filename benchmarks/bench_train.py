@@ -67,7 +67,8 @@ def random_batch(spec, b: int, l: int, rng: np.random.Generator) -> RequestBatch
     box = np.full((b, l, a), 0.15, np.float32)
     return RequestBatch(user_state=f(b, spec.user_state_dim), enhanced_state=f(b, l, spec.enhanced_state_dim),
                         action=np.clip(mu + 0.1 * f(b, l, a), -1, 1), mu_bp=mu, lower_b=-box, upper_b=box,
-                        item_reward=np.abs(f(b, l)), reward=np.abs(f(b)), done=(rng.random(b) < 0.15).astype(np.float32),
+                        item_reward=np.abs(f(b, l)), reward=np.abs(f(b)),
+                        done=(rng.random(b) < 0.15).astype(np.float32),
                         next_user_state=f(b, spec.user_state_dim), next_enhanced_state=f(b, l, spec.enhanced_state_dim),
                         next_mu_bp=mu, next_lower_b=-box, next_upper_b=box)
 
@@ -109,7 +110,8 @@ def main() -> None:
                                              cfg.embed_dim).to(loop.device).requires_grad_(False)
             loop.critic_target.load_state_dict(loop.critic.state_dict())
             loop.critic_opt = torch.optim.Adam(loop.critic.parameters(), lr=cfg.critic_lr)
-            rows.append({"algo": cls.kind, "critics": "python loop", "steps_per_s": time_steps(loop, batch, args.steps)})
+            rows.append({"algo": cls.kind, "critics": "python loop",
+                         "steps_per_s": time_steps(loop, batch, args.steps)})
     out = {"batch": f"{cfg.batch_size} requests x 5 items", "critics": args.critics, "hidden": list(hidden),
            "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpus": os.cpu_count(), "commit": git_commit(), "rows": rows}
