@@ -167,3 +167,45 @@ def test_every_acknowledged_record_survives_sigkill(tmp_path):
     con.close()
     assert set(acked_requests) <= logged
     assert set(acked_events) <= events
+
+
+def test_closing_the_loop(server, tmp_path):
+    """Serve with exploration, let simulated users drive sessions over HTTP, export, train a few steps,
+    reload the trained policy, and serve with it."""
+    url, log_dir = server
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, "-m", "rlmtf.cli", *args], capture_output=True, text=True, cwd=REPO,
+                           check=False, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p
+
+    small = tmp_path / "small.toml"
+    small.write_text("n_users = 300\nn_items = 2000\n")
+    first = json.loads(cli("loop", "--server", url, "--users", "40", "--sessions", "30", "--seed", "1",
+                           "--sim-config", str(small), "--json").stdout)
+    assert first["sessions"] >= 30 and first["requests"] > 30 and first["feedback_events"] == 5 * first["requests"]
+    data_dir = tmp_path / "served"
+    cli("logs", "export", "--log-dir", str(log_dir), "--out", str(data_dir))
+    data = read_logs(data_dir)
+    assert len(data) == 5 * first["requests"]
+    explored = data.columns["upper_b"].max(1) > 0
+    assert explored.any() and (~explored).any()  # --explore-fraction 0.5 of users
+    run = tmp_path / "run"
+    cli("train", "--algo", "esrl", "--data", str(data_dir), "--out", str(run), "--steps", "3", "--hidden", "16,16",
+        "--critics", "2", "--batch-size", "8", "--eval-every", "0")
+    before = httpx.get(f"{url}/v1/schema").json()["policy_version"]
+    r = httpx.post(f"{url}/v1/admin/reload", json={"policy": str(run / "policy")},
+                   headers={"Authorization": "Bearer secret"}, timeout=30)
+    assert r.status_code == 200, r.text
+    after = httpx.get(f"{url}/v1/schema").json()["policy_version"]
+    assert after != before
+    second = json.loads(cli("loop", "--server", url, "--users", "40", "--sessions", "10", "--seed", "2",
+                            "--start-day", "1", "--sim-config", str(small), "--json").stdout)
+    assert second["requests"] > 0
+    import sqlite3
+
+    con = sqlite3.connect(log_dir / "serve.sqlite3")
+    versions = {v for (v,) in con.execute("SELECT DISTINCT policy_version FROM requests")}
+    con.close()
+    assert {before, after} <= versions

@@ -481,6 +481,35 @@ def serve(
                 log_level="warning")
 
 
+@app.command()
+def loop(
+    server: Annotated[str, typer.Option(help="URL of a running `rlmtf serve`, e.g. http://127.0.0.1:8000.")],
+    users: Annotated[int, typer.Option(help="Simulated users (ids 0..U-1).")] = 100,
+    sessions: Annotated[int, typer.Option(help="Sessions to play (whole user-days).")] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+    start_day: Annotated[int, typer.Option()] = 0,
+    sim_config: SimConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Let the simulator's users talk to a running ranking service over HTTP (rank, then feedback)."""
+    import numpy as np
+
+    from rlmtf.serve.loop import RemoteRanker
+
+    with _errors():
+        sim = _load_sim(sim_config)
+        ranker = RemoteRanker(server, sim.spec)
+        with _progress() as bar:
+            task = bar.add_task("loop", total=sessions, extra="")
+            r = sim.run(ranker, seed=seed, days=None, max_sessions=sessions, users=np.arange(users),
+                        start_day=start_day, progress=lambda s, n: bar.update(task, advance=s), log_true_scores=False)
+    summary = {"sessions": r.n_sessions, "requests": ranker.requests, "feedback_events": ranker.feedback}
+    if json_out:
+        _print_json(summary)
+    else:
+        console.print("loop: " + ", ".join(f"{v:,} {k}" for k, v in summary.items()))
+
+
 @logs_app.command("export")
 def logs_export(
     log_dir: Annotated[Path, typer.Option(help="The service's log directory.")],

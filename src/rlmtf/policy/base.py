@@ -41,6 +41,7 @@ class RequestObs:
     item_features_: np.ndarray | None = None  # (B, N, F) float32
     item_table: np.ndarray | None = None  # (I, F) float32
     true_scores: np.ndarray | None = None  # (B, N, K): simulator only, the exact task probabilities
+    session_id: np.ndarray | None = None  # (B,) int64: the simulator's session of each request
 
     @property
     def item_features(self) -> np.ndarray:

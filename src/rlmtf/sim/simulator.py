@@ -274,19 +274,23 @@ class _Day:
         obs = RequestObs(user_id=u, request_key=req_key, user_profile=sim.users.profile[u],
                          user_history=st.history(g), context=context, item_id=cand,
                          item_table=sim.items.features, mtl_scores=mtl,
-                         true_scores=truth)
+                         true_scores=truth, session_id=self._session_id(a))
         dec = self.policy.decide(obs)
         action = check_actions(dec.action, obs, dec.level, self.policy.name)
-        ranked = truth if self.policy.score_source == "true" else obs.mtl_scores
-        log_score = fused_log_score(ranked, action if action.ndim == 3 else action[:, None, :],
-                                    cfg.action_space)  # (b, N)
-        shown = rank_top_l(log_score, l)  # (b, l)
-        # retrieval can return an item twice; if a shown list repeats one, rank that row without repeats
-        top = np.sort(np.take_along_axis(cand, shown, 1), 1)
-        rep_rows = np.flatnonzero((top[:, 1:] == top[:, :-1]).any(1))
-        if rep_rows.size:
-            ls = np.where(_duplicates(cand[rep_rows]), -np.inf, log_score[rep_rows])
-            shown[rep_rows] = rank_top_l(ls, l)
+        remote = getattr(self.policy, "rank_remote", None)
+        if remote is not None:  # the ranking happens elsewhere (a ranking service); it returns the shown lists
+            shown = remote(obs, l)  # (b, l)
+        else:
+            ranked = truth if self.policy.score_source == "true" else obs.mtl_scores
+            log_score = fused_log_score(ranked, action if action.ndim == 3 else action[:, None, :],
+                                        cfg.action_space)  # (b, N)
+            shown = rank_top_l(log_score, l)  # (b, l)
+            # retrieval can return an item twice; if a shown list repeats one, rank that row without repeats
+            top = np.sort(np.take_along_axis(cand, shown, 1), 1)
+            rep_rows = np.flatnonzero((top[:, 1:] == top[:, :-1]).any(1))
+            if rep_rows.size:
+                ls = np.where(_duplicates(cand[rep_rows]), -np.inf, log_score[rep_rows])
+                shown[rep_rows] = rank_top_l(ls, l)
         items = np.take_along_axis(cand, shown, 1)
         r = resp0.take(shown)
         # fatigue lowers engagement on what is actually shown
@@ -314,6 +318,9 @@ class _Day:
                         - sim.users.patience[u] + sc.leave_per_request * t)
         leave = crng.uniform(req_key, _S_LEAVE) < p_leave
         done = leave | (t + 1 >= sc.max_requests)
+        observe = getattr(self.policy, "observe", None)
+        if observe is not None:  # e.g. a ranking service that wants the feedback
+            observe(obs, items, fb, done)
 
         # observable history and per-user-day metrics
         st.update_history(g, cat_oh, fb)
