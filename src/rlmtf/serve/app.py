@@ -266,7 +266,7 @@ class _BodyLimit:
     """ASGI middleware: 413 for a body over ``limit`` bytes (by Content-Length or as it streams in)."""
 
     class _TooLarge(Exception):
-        pass
+        """Raised from ``receive`` when a streamed body passes the limit."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
