@@ -360,8 +360,8 @@ def train(
 
     import torch
 
-    from rlmtf.algos.esrl import ESRLConfig
-    from rlmtf.algos.train import ALGORITHMS, TrainConfig
+    from rlmtf.algos import ALGORITHMS, algorithm_class
+    from rlmtf.algos.train import TrainConfig
     from rlmtf.algos.train import train as run_train
 
     with _errors():
@@ -373,7 +373,10 @@ def train(
             raise ValueError(f"--hidden must be comma-separated integers, got {hidden!r}") from e
         if threads:
             torch.set_num_threads(threads)
-        algo_cfg = dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics, batch_size=batch_size)
+        config_cls = algorithm_class(algo).config_cls
+        wanted = {"hidden": hid, "ensemble_size": critics, "batch_size": batch_size}
+        names = {f.name for f in dataclasses.fields(config_cls)}
+        algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names})
         cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,
                           checkpoint_every=checkpoint_every)
         with _progress() as bar:

@@ -23,20 +23,17 @@ request: it subclasses :class:`EnhancedStateRL` and changes only the view of a b
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from rlmtf.algos.base import Algorithm, register
 from rlmtf.algos.losses import actor_loss, bound_penalty, critic_loss, soft_update, td_target
 from rlmtf.data.transitions import RequestBatch, Transitions
-from rlmtf.fusion import ActionSpace
 from rlmtf.nets import Actor, CriticEnsemble
-from rlmtf.policy.base import Policy, RequestObs
+from rlmtf.policy.base import RequestObs
 from rlmtf.schema import FeatureSpec
 
 
@@ -75,40 +72,17 @@ class ESRLConfig:
     and swamps both losses."""
 
 
-def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """An optimizer's tensors for safetensors plus its JSON-able rest (param groups, scalar state)."""
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{pid}.{k}"] = v.detach().clone().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith(prefix + "."):
-            pid, name = key[len(prefix) + 1:].split(".", 1)
-            state.setdefault(int(pid), {})[name] = v
-    for key, v in meta["scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-class EnhancedStateRL:
+class EnhancedStateRL(Algorithm):
     """The algorithm: networks, optimizers, ``update(batch)``, ``act``, state (de)serialisation."""
 
     kind: ClassVar[str] = "esrl"
     level: ClassVar[Literal["user", "item"]] = "item"
+    config_cls: ClassVar[type] = ESRLConfig
+    cfg: ESRLConfig
 
-    def __init__(self, spec: FeatureSpec, cfg: ESRLConfig = ESRLConfig(), device: str = "cpu", seed: int = 0):
-        self.spec, self.cfg, self.device = spec, cfg, torch.device(device)
-        torch.manual_seed(seed)
+    def __init__(self, spec: FeatureSpec, cfg: ESRLConfig | None = None, device: str = "cpu", seed: int = 0):
+        super().__init__(spec, cfg, device, seed)
+        cfg = self.cfg
         dims = self.group_dims(spec)
         a = spec.action_dim
         self.actor = Actor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
@@ -117,7 +91,6 @@ class EnhancedStateRL:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.step = 0
 
     # --- what differs between the enhanced-state and the user-state method -------------------------
 
@@ -146,12 +119,6 @@ class EnhancedStateRL:
         return t.enhanced_state.reshape(-1, t.enhanced_state.shape[-1])
 
     # --- training -------------------------------------------------------------------------------------
-
-    def set_normalisation(self, t: Transitions) -> None:
-        s = torch.as_tensor(self.train_states(t), dtype=torch.float32)
-        mean, std = s.mean(0).to(self.device), s.std(0).to(self.device)
-        for net in (self.actor.encoder, self.critic, self.actor_target.encoder, self.critic_target):
-            net.set_normalisation(mean, std)
 
     def warm_start(self, t: Transitions, rng: np.random.Generator) -> float:
         """Regress the actor on mu_bp (``warmup_steps`` batches); copy it into the target actor.
@@ -216,107 +183,14 @@ class EnhancedStateRL:
                     "q/target_mean": float(y.mean()), "actor/bound_penalty": float(pen.mean()),
                     "actor/outside_box": float((pen > 0).float().mean())}
 
-    # --- acting ---------------------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def act_states(self, states: np.ndarray) -> np.ndarray:
-        """Actions (..., A) for states (..., D)."""
-        x = torch.as_tensor(np.ascontiguousarray(states), dtype=torch.float32, device=self.device)
-        lead = x.shape[:-1]
-        return self.actor(x.reshape(-1, x.shape[-1])).reshape(*lead, -1).cpu().numpy()
-
-    def policy(self, name: str | None = None) -> ActorPolicy:
-        return ActorPolicy(self.actor, self.level, self.kind, self.obs_states, name or self.kind, self.device)
-
     # --- state ----------------------------------------------------------------------------------------
 
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
                 "critic_target": self.critic_target}
 
-    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything needed to resume training: tensors (for safetensors) and JSON-able metadata."""
-        tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, mod in self._modules().items()
-                   for k, v in mod.state_dict().items()}
-        meta: dict = {"step": self.step, "kind": self.kind, "config": asdict(self.cfg)}
-        for name, opt in (("actor_opt", self.actor_opt), ("critic_opt", self.critic_opt)):
-            t, m = _flatten_optimizer(name, opt)
-            tensors.update({k: v.cpu() for k, v in t.items()})
-            meta[name] = m
-        return tensors, meta
-
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        for name, mod in self._modules().items():
-            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-            mod.load_state_dict(sd)
-        for name, opt in (("actor_opt", self.actor_opt), ("critic_opt", self.critic_opt)):
-            _restore_optimizer(name, opt, {k: v.to(self.device) for k, v in tensors.items()}, meta[name])
-        self.step = int(meta["step"])
-
-    def save_policy(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write the actor as ``policy.json`` + ``actor.safetensors`` (loadable by ``load_policy``)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.actor.state_dict().items()},
-                  str(path / "actor.safetensors"))
-        doc = {"kind": self.kind, "level": self.level, "config": asdict(self.cfg),
-               "feature_spec": self.spec.to_json(), "step": self.step, **(extra or {})}
-        (path / "policy.json").write_text(json.dumps(doc, indent=2))
-        return path
-
-
-class ActorPolicy(Policy):
-    """A trained actor serving as a fusion policy (item-level or user-level)."""
-
-    def __init__(self, actor: Actor, level: Literal["user", "item"], kind: str, states_of, name: str,
-                 device: torch.device | str = "cpu"):
-        self.actor, self.level, self.kind, self.name = actor, level, kind, name  # type: ignore[misc]
-        self._states_of = states_of
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def act(self, obs: RequestObs) -> np.ndarray:
-        s = self._states_of(obs)
-        x = torch.as_tensor(np.ascontiguousarray(s), dtype=torch.float32, device=self.device)
-        lead = x.shape[:-1]
-        was_training = self.actor.training
-        self.actor.eval()
-        out = self.actor(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
-        self.actor.train(was_training)
-        return out.cpu().numpy()
-
-
-def load_actor_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[EnhancedStateRL]) -> ActorPolicy:
-    """Rebuild a saved actor from ``policy.json`` + ``actor.safetensors`` (never pickle)."""
-    from rlmtf.policy.registry import PolicyLoadError
-
-    try:
-        spec = FeatureSpec.from_json(doc["feature_spec"])
-        cfg_d = dict(doc["config"])
-        cfg_d["hidden"] = tuple(cfg_d["hidden"])
-        cfg = ESRLConfig(**cfg_d)
-    except (KeyError, TypeError, ValueError) as e:
-        raise PolicyLoadError(f"{path / 'policy.json'}: malformed {algo_cls.kind} policy ({e})") from e
-    weights = path / "actor.safetensors"
-    if not weights.is_file():
-        raise PolicyLoadError(f"{weights}: missing model file")
-    try:
-        sd = load_file(str(weights))
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        raise PolicyLoadError(f"{weights}: cannot read model weights ({e})") from e
-    actor = Actor(algo_cls.group_dims(spec), spec.action_dim, cfg.hidden, cfg.embed_dim)
-    try:
-        actor.load_state_dict(sd)
-    except RuntimeError as e:
-        raise PolicyLoadError(f"{weights}: weights do not match policy.json ({e})") from e
-    actor.eval()
-    return ActorPolicy(actor, algo_cls.level, algo_cls.kind, algo_cls.obs_states, str(doc.get("name", algo_cls.kind)))
-
-
-def register(algo_cls: type[EnhancedStateRL]) -> None:
-    from rlmtf.policy.registry import register_loader
-
-    register_loader(algo_cls.kind, lambda p, d, s: load_actor_policy(p, d, s, algo_cls))
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
 
 
 register(EnhancedStateRL)

@@ -17,20 +17,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
-from rlmtf.algos.integrated import IntegratedRL
+from rlmtf.algos import ALGORITHMS, algorithm_class
+from rlmtf.algos.base import Algorithm
 from rlmtf.data.io import LoggedData, read_logs
 from rlmtf.data.transitions import build_transitions
 from rlmtf.eval.offline import evaluate_gauc
 from rlmtf.fusion import ActionSpace
 
-ALGORITHMS: dict[str, type[EnhancedStateRL]] = {"esrl": EnhancedStateRL, "integrated": IntegratedRL}
+if TYPE_CHECKING:
+    from rlmtf.sim.simulator import Simulator
 
+__all__ = ["ALGORITHMS", "TrainConfig", "resolve_device", "train"]
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -59,7 +62,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _save_checkpoint(run: Path, algo: EnhancedStateRL, rng: np.random.Generator) -> None:
+def _save_checkpoint(run: Path, algo: Algorithm, rng: np.random.Generator) -> None:
     ck = run / "checkpoint"
     ck.mkdir(parents=True, exist_ok=True)
     tensors, meta = algo.state_tensors()
@@ -72,7 +75,7 @@ def _save_checkpoint(run: Path, algo: EnhancedStateRL, rng: np.random.Generator)
     tmpj.replace(ck / "state.json")
 
 
-def _load_checkpoint(run: Path, algo: EnhancedStateRL, rng: np.random.Generator) -> None:
+def _load_checkpoint(run: Path, algo: Algorithm, rng: np.random.Generator) -> None:
     ck = run / "checkpoint"
     if not (ck / "state.safetensors").is_file() or not (ck / "state.json").is_file():
         raise FileNotFoundError(f"no checkpoint to resume in {ck}")
@@ -86,12 +89,19 @@ def _load_checkpoint(run: Path, algo: EnhancedStateRL, rng: np.random.Generator)
 
 
 def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg: TrainConfig = TrainConfig(),
-          algo_cfg: ESRLConfig = ESRLConfig(), resume: bool = False, space: ActionSpace = ActionSpace(),
-          warm_start_from: EnhancedStateRL | None = None,
-          on_step: Callable[[int, dict[str, float]], None] | None = None) -> EnhancedStateRL:
-    """Train ``algo_name`` on logged data; write the run directory; return the trained algorithm."""
-    if algo_name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {algo_name!r}; choose from {', '.join(ALGORITHMS)}")
+          algo_cfg: Any = None, resume: bool = False, space: ActionSpace = ActionSpace(),
+          warm_start_from: Algorithm | None = None, sim: Simulator | None = None,
+          on_step: Callable[[int, dict[str, float]], None] | None = None) -> Algorithm:
+    """Train ``algo_name`` on logged data; write the run directory; return the trained algorithm.
+
+    ``algo_cfg`` is the algorithm's own config (default: its defaults). Online algorithms (ES) also
+    need ``sim``, the simulator they evaluate candidates in; for them a step is one generation and the
+    logged data only provides the input standardisation and the validation set.
+    """
+    cls = algorithm_class(algo_name)
+    online = bool(getattr(cls, "online", False))
+    if online and sim is None:
+        raise ValueError(f"{algo_name} is an online method: it needs the simulator (sim=...)")
     if cfg.steps < 0:
         raise ValueError(f"steps must be >= 0, got {cfg.steps}")
     run = Path(out)
@@ -103,8 +113,10 @@ def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg
         raise ValueError("no training requests left after the validation split")
     val_logs = logs.take(val_t.row_index.reshape(-1)) if len(val_t) else None
     device = resolve_device(cfg.device)
-    cls = ALGORITHMS[algo_name]
     algo = cls(logs.meta.feature_spec, algo_cfg, device=device, seed=cfg.seed)
+    algo_cfg = algo.cfg
+    if online:
+        algo.attach(sim)
     rng = np.random.default_rng(cfg.seed)
     metrics_path = run / "metrics.jsonl"
     if resume:
@@ -131,7 +143,7 @@ def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg
     t_last = time.perf_counter()
     with metrics_path.open("a") as mf:
         while algo.step < cfg.steps:
-            m = algo.update(train_t.sample(algo_cfg.batch_size, rng))
+            m = algo.update(None if online else train_t.sample(algo_cfg.batch_size, rng))
             for k, v in m.items():
                 acc[k] = acc.get(k, 0.0) + v
             n_acc += 1

@@ -26,9 +26,6 @@ BUILTIN = {
 
 Loader = Callable[[Path, dict, ActionSpace], Policy]
 _LOADERS: dict[str, Loader] = {}
-#: Modules that register loaders for the project's own trained policies, imported on first need
-#: (they pull in torch, which a user of fixed policies should not have to wait for).
-_ALGORITHM_MODULES = ("rlmtf.algos.esrl", "rlmtf.algos.integrated")
 
 
 class PolicyLoadError(ValueError):
@@ -87,10 +84,12 @@ def load_policy(spec: str, action_space: ActionSpace = ActionSpace(), seed: int 
     if kind == "fixed":
         return _fixed_from_json(d, action_space, str(path))
     if kind not in _LOADERS:
-        import importlib
+        # the project's own algorithms register their loaders on import; import them on first need
+        # (they pull in torch, which a user of fixed policies should not have to wait for)
+        from rlmtf.algos import ALGORITHMS, algorithm_class
 
-        for mod in _ALGORITHM_MODULES:
-            importlib.import_module(mod)
+        if kind in ALGORITHMS:
+            algorithm_class(kind)
     if kind not in _LOADERS:
         raise PolicyLoadError(f"{path}: unknown policy kind {kind!r} (known: fixed, {', '.join(sorted(_LOADERS))})")
     return _LOADERS[kind](path.parent, d, action_space)

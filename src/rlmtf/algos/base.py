@@ -1,0 +1,254 @@
+"""The one shallow base every learning algorithm shares: views of a batch, normalisation, state files.
+
+An algorithm is a class with a typed frozen-dataclass config (``config_cls``), a ``kind`` (the name
+``policy.json`` records and ``load_policy`` dispatches on) and a ``level``:
+
+- ``user``: one action per request from the *user state* ``s_t`` (profile ++ history ++ context),
+  applied to every candidate, trained on the request reward ``r_t`` (IntegratedRL-MTF and the
+  baselines of SPEC section 7);
+- ``item``: one action per user-item pair from the *enhanced state* (Enhanced-State RL overrides the
+  view, the states and the group sizes).
+
+Every algorithm answers the same calls: ``update(batch) -> dict[str, float]``, ``act_states(states)``,
+``policy()``, ``state_tensors()`` / ``load_state_tensors()`` (everything needed to resume: networks,
+targets and optimizers as safetensors plus JSON metadata) and ``save_policy(dir)`` (only the modules
+that act, as ``actor.safetensors`` + ``policy.json``). Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rlmtf.data.transitions import RequestBatch, Transitions
+from rlmtf.fusion import ActionSpace
+from rlmtf.policy.base import Policy, RequestObs
+from rlmtf.schema import FeatureSpec
+
+
+def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's tensors for safetensors plus its JSON-able rest (param groups, scalar state)."""
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{prefix}.{pid}.{k}"] = v.detach().clone().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith(prefix + "."):
+            pid, name = key[len(prefix) + 1:].split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+    for key, v in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def config_from_json(config_cls: type, d: dict) -> Any:
+    """Rebuild a frozen config dataclass from its ``asdict`` JSON (lists back to tuples); unknown or
+    ill-typed keys raise ``TypeError``/``ValueError`` naming them."""
+    known = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} for {config_cls.__name__}")
+    kw = {}
+    for k, v in d.items():
+        default = known[k].default
+        kw[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
+    return config_cls(**kw)
+
+
+class Algorithm:
+    """Shared plumbing; subclasses build their networks in ``__init__`` and implement ``update``."""
+
+    kind: ClassVar[str] = ""
+    level: ClassVar[Literal["user", "item"]] = "user"
+    config_cls: ClassVar[type]
+    #: modules that make up the acting policy, saved by ``save_policy`` (names of ``_modules()``)
+    acting: ClassVar[tuple[str, ...]] = ("actor",)
+
+    cfg: Any
+    step: int
+
+    def __init__(self, spec: FeatureSpec, cfg: Any = None, device: str = "cpu", seed: int = 0):
+        self.spec = spec
+        self.cfg = cfg if cfg is not None else self.config_cls()
+        self.device = torch.device(device)
+        self.seed = seed
+        self.step = 0
+        torch.manual_seed(seed)
+
+    # --- the view of a batch: user level by default ----------------------------------------------------
+
+    @classmethod
+    def group_dims(cls, spec: FeatureSpec) -> list[int]:
+        """Feature groups of the state the networks read (default: the user state)."""
+        return [spec.user_profile.dim, spec.user_history.dim, spec.context.dim]
+
+    @staticmethod
+    def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch as (B, 1, .) tensors: the request is the unit; its action is the (shared) action of
+        its items and its reward is r_t. Keys: s, a, mu_bp, lower_b, upper_b, r, done, s2, mu_bp2,
+        lower_b2, upper_b2."""
+        return {"s": b["user_state"][:, None], "a": b["action"][:, :1], "mu_bp": b["mu_bp"][:, :1],
+                "lower_b": b["lower_b"][:, :1], "upper_b": b["upper_b"][:, :1], "r": b["reward"][:, None],
+                "done": b["done"], "s2": b["next_user_state"][:, None], "mu_bp2": b["next_mu_bp"][:, :1],
+                "lower_b2": b["next_lower_b"][:, :1], "upper_b2": b["next_upper_b"][:, :1]}
+
+    @staticmethod
+    def obs_states(obs: RequestObs) -> np.ndarray:
+        """States the policy acts on for a request batch: (B, D) user states, or (B, N, D) for item level."""
+        return obs.user_state()
+
+    @staticmethod
+    def train_states(t: Transitions) -> np.ndarray:
+        """All training states, for the normalisation statistics: (R, D)."""
+        return t.user_state
+
+    # --- training -----------------------------------------------------------------------------------
+
+    def _modules(self) -> dict[str, nn.Module]:
+        """Every network, targets included (what ``state_tensors`` saves)."""
+        raise NotImplementedError
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def set_normalisation(self, t: Transitions) -> None:
+        """Standardise inputs with training-set statistics: every module exposing ``set_normalisation``."""
+        s = torch.as_tensor(self.train_states(t), dtype=torch.float32)
+        mean, std = s.mean(0).to(self.device), s.std(0).to(self.device)
+        for mod in self._modules().values():
+            for sub in mod.modules():
+                if hasattr(sub, "set_normalisation"):
+                    sub.set_normalisation(mean, std)
+
+    def warm_start(self, t: Transitions, rng: np.random.Generator) -> float:
+        """Optional pre-training before ``update`` (Enhanced-State RL regresses its actor on mu_bp)."""
+        return 0.0
+
+    def update(self, batch: RequestBatch) -> dict[str, float]:
+        raise NotImplementedError
+
+    # --- acting ---------------------------------------------------------------------------------------
+
+    def act_tensor(self, state: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions (S, A) in [-1, 1] for standardisable raw states (S, D)."""
+        return self._modules()["actor"](state)
+
+    @torch.no_grad()
+    def act_states(self, states: np.ndarray) -> np.ndarray:
+        """Actions (..., A) for states (..., D)."""
+        x = torch.as_tensor(np.ascontiguousarray(states), dtype=torch.float32, device=self.device)
+        lead = x.shape[:-1]
+        return self.act_tensor(x.reshape(-1, x.shape[-1])).reshape(*lead, -1).cpu().numpy()
+
+    def policy(self, name: str | None = None) -> AlgoPolicy:
+        return AlgoPolicy(self, name or self.kind)
+
+    # --- state ----------------------------------------------------------------------------------------
+
+    def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to resume training: tensors (for safetensors) and JSON-able metadata."""
+        tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, mod in self._modules().items()
+                   for k, v in mod.state_dict().items()}
+        meta: dict = {"step": self.step, "kind": self.kind, "config": dataclasses.asdict(self.cfg),
+                      "optimizers": {}}
+        for name, opt in self._optimizers().items():
+            t, m = flatten_optimizer(name, opt)
+            tensors.update({k: v.cpu() for k, v in t.items()})
+            meta["optimizers"][name] = m
+        meta.update(self._extra_state())
+        return tensors, meta
+
+    def _extra_state(self) -> dict:
+        """JSON-able state beyond tensors (e.g. a learned temperature kept as a float)."""
+        return {}
+
+    def _load_extra_state(self, meta: dict) -> None:
+        pass
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self._load_modules(tensors, self._modules())
+        for name, opt in self._optimizers().items():
+            restore_optimizer(name, opt, {k: v.to(self.device) for k, v in tensors.items()}, meta["optimizers"][name])
+        self.step = int(meta["step"])
+        self._load_extra_state(meta)
+
+    @staticmethod
+    def _load_modules(tensors: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> None:
+        for name, mod in modules.items():
+            sd = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            mod.load_state_dict(sd)
+
+    def save_policy(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write the acting modules as ``actor.safetensors`` + ``policy.json`` (loadable by ``load_policy``)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        mods = self._modules()
+        save_file({f"{name}.{k}": v.detach().cpu().contiguous() for name in self.acting
+                   for k, v in mods[name].state_dict().items()}, str(path / "actor.safetensors"))
+        doc = {"kind": self.kind, "level": self.level, "config": dataclasses.asdict(self.cfg),
+               "feature_spec": self.spec.to_json(), "step": self.step, **(extra or {})}
+        (path / "policy.json").write_text(json.dumps(doc, indent=2))
+        return path
+
+
+class AlgoPolicy(Policy):
+    """A trained algorithm serving as a fusion policy (item-level or user-level)."""
+
+    def __init__(self, algo: Algorithm, name: str):
+        self.algo, self.level, self.kind, self.name = algo, algo.level, algo.kind, name  # type: ignore[misc]
+
+    @torch.no_grad()
+    def act(self, obs: RequestObs) -> np.ndarray:
+        return self.algo.act_states(self.algo.obs_states(obs))
+
+
+def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[Algorithm]) -> AlgoPolicy:
+    """Rebuild a saved policy from ``policy.json`` + ``actor.safetensors`` (never pickle)."""
+    from rlmtf.policy.registry import PolicyLoadError
+
+    try:
+        spec = FeatureSpec.from_json(doc["feature_spec"])
+        cfg = config_from_json(algo_cls.config_cls, dict(doc["config"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise PolicyLoadError(f"{path / 'policy.json'}: malformed {algo_cls.kind} policy ({e})") from e
+    weights = path / "actor.safetensors"
+    if not weights.is_file():
+        raise PolicyLoadError(f"{weights}: missing model file")
+    try:
+        sd = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise PolicyLoadError(f"{weights}: cannot read model weights ({e})") from e
+    algo = algo_cls(spec, cfg)
+    mods = algo._modules()
+    try:
+        Algorithm._load_modules(sd, {name: mods[name] for name in algo_cls.acting})
+    except RuntimeError as e:
+        raise PolicyLoadError(f"{weights}: weights do not match policy.json ({e})") from e
+    for m in mods.values():
+        m.eval()
+    algo.step = int(doc.get("step", 0))
+    return AlgoPolicy(algo, str(doc.get("name", algo_cls.kind)))
+
+
+def register(algo_cls: type[Algorithm]) -> None:
+    """Make ``load_policy`` load this algorithm's saved policies."""
+    from rlmtf.policy.registry import register_loader
+
+    register_loader(algo_cls.kind, lambda p, d, s: load_saved_policy(p, d, s, algo_cls))
