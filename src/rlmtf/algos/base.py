@@ -90,7 +90,10 @@ class Algorithm:
         self.device = torch.device(device)
         self.seed = seed
         self.step = 0
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # network initialisation
+        #: the algorithm's own random stream for sampling inside ``update`` (saved with the state, so a
+        #: resumed run draws what an uninterrupted one would); pass ``generator=self.gen`` to torch draws
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
     # --- the view of a batch: user level by default ----------------------------------------------------
 
@@ -172,6 +175,7 @@ class Algorithm:
             t, m = flatten_optimizer(name, opt)
             tensors.update({k: v.cpu() for k, v in t.items()})
             meta["optimizers"][name] = m
+        tensors["rng.state"] = self.gen.get_state()
         meta.update(self._extra_state())
         return tensors, meta
 
@@ -187,6 +191,8 @@ class Algorithm:
         for name, opt in self._optimizers().items():
             restore_optimizer(name, opt, {k: v.to(self.device) for k, v in tensors.items()}, meta["optimizers"][name])
         self.step = int(meta["step"])
+        if "rng.state" in tensors:
+            self.gen.set_state(tensors["rng.state"].cpu())
         self._load_extra_state(meta)
 
     @staticmethod
