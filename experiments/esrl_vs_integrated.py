@@ -75,7 +75,7 @@ def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Simulator, log) -
     ptm_rows = run_ptm("integrated", sim, out / "ptm", PTMConfig(
         rounds=a.rounds, sessions_per_round=per_round, steps_per_round=a.steps // a.rounds,
         test_sessions=a.test_sessions, online_users=a.users // 2, online_days=1, seed=seed, workers=a.workers),
-        algo_cfg, dataclasses.replace(tc, steps=a.steps // a.rounds), log=log)
+        algo_cfg, dataclasses.replace(tc, steps=a.steps // a.rounds), log=log).rows
     ptm_policy = ptm_rows[-1]["policy"]
     ptm_final = read_ptm_policy(out / "ptm" / f"round_{a.rounds}" / "run" / "policy")
     once = train("integrated", out / "ptm" / "round_1" / "data", out / "run_integrated_once", cfg=tc,

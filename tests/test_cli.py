@@ -1,5 +1,5 @@
 """The ``rlmtf`` command line, run in a subprocess as a user would: simulate, validate, evaluate,
-sim config/calibrate, demo, and exit code 2 with a message that names the problem on bad input."""
+sim config/calibrate, and exit code 2 with a message that names the problem on bad input."""
 
 from __future__ import annotations
 
@@ -221,20 +221,3 @@ def test_corrupted_dataset_is_rejected_naming_file_row_and_column(dataset, work)
     names = (rel, f"row {row}", "'action'")
     fails("evaluate", "gauc", "--policy", "baseline", "--data", bad, names=names)
     fails("data", "validate", bad, names=names)
-
-
-# --- demo ------------------------------------------------------------------------------------------------
-
-
-def test_demo(work):
-    out = work / "demo"
-    ok("demo", "--out", out, "--sessions", "400", "--test-sessions", "300", "--users", "300", "--days", "1",
-       "--steps", "20")
-    for name in ("report.md", "results.json", "gauc.png", "online_lifts.png"):
-        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["gauc"]) == {"baseline", "random", "valid-only", "oracle", "fixed-search", "integrated", "esrl"}
-    assert all(0 < g["gauc"] < 1 for g in results["gauc"].values())
-    assert results["online"]["control"] == "baseline" and len(results["online"]["arms"]) == 7
-    assert (out / "gauc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "weighted GAUC" in (out / "report.md").read_text()

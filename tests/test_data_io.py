@@ -402,3 +402,25 @@ def test_shuffled_file_rows_keep_row_numbers(tmp_path: Path) -> None:
     write_dataset(tmp_path / "ds", [(0, shuffled)])
     data = read_logs(tmp_path / "ds")
     _assert_columns_equal(data.columns, shuffled)
+
+
+def test_concat_logs_keeps_rows_and_locations(tmp_path: Path) -> None:
+    from rlmtf.data import build_transitions, concat_logs
+
+    a = make_columns((3, 1), day=0, seed=1)
+    b = make_columns((2,), day=1, first_session=10, seed=2)
+    write_dataset(tmp_path / "a", [(0, a)])
+    write_dataset(tmp_path / "b", [(1, b)])
+    da, db = read_logs(tmp_path / "a"), read_logs(tmp_path / "b")
+    both = concat_logs([da, db])
+    assert len(both) == len(da) + len(db) == 30
+    _assert_columns_equal(both.columns, _concat(a, b))
+    assert both.files == da.files + db.files
+    # a row of the second part is located in the second part's file
+    assert both.locate(len(da) + 3) == db.locate(3)
+    assert len(build_transitions(both)) == 6  # requests of both parts
+    # the same sessions twice would merge their requests: refused, naming the session
+    with pytest.raises(LogDataError, match="repeats session_id 100"):
+        concat_logs([da, da])
+    with pytest.raises(LogDataError, match="columns"):
+        concat_logs([da, read_logs(tmp_path / "b", columns=["session_id", "t"])])

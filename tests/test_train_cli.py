@@ -101,7 +101,7 @@ def test_ptm_rounds(small_sim, tmp_path):
                     online_days=1, seed=1)
     rows = run_ptm("integrated", small_sim, tmp_path / "ptm", cfg,
                    dataclasses.replace(ESRLConfig(), hidden=(16,), ensemble_size=2, batch_size=16, warmup_steps=2),
-                   TrainConfig(steps=4, eval_every=0, log_every=2, checkpoint_every=100), log=lambda m: None)
+                   TrainConfig(steps=4, eval_every=0, log_every=2, checkpoint_every=100), log=lambda m: None).rows
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert all(0 < r["weighted_gauc"] < 1 for r in rows)
     for f in ("ptm.json", "ptm.csv", "ptm.png"):

@@ -33,6 +33,8 @@ analyze_app = typer.Typer(help="Analyses of logged data.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
 logs_app = typer.Typer(help="The serving log.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
+experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 
 console = Console(stderr=True)
 
@@ -340,8 +342,10 @@ def analyze_exploration(
 
 @app.command()
 def train(
-    algo: Annotated[str, typer.Option(help="esrl (Enhanced-State RL) or integrated (IntegratedRL-MTF).")],
-    data: Annotated[Path, typer.Option(help="Logged exploration data (Parquet dataset).")],
+    algo: Annotated[str, typer.Option(help="esrl (Enhanced-State RL), integrated (IntegratedRL-MTF), ddpg, cql_sac, "
+                                      "bcq (BatchRL-MTF), iql, or es (online CMA-ES in the simulator).")],
+    data: Annotated[Path, typer.Option(help="Logged exploration data (Parquet dataset); for es, the data that "
+                                       "fixes the input standardisation and the validation set.")],
     out: Annotated[Path, typer.Option(help="Run directory: config, metrics.jsonl, checkpoint/, policy/.")],
     steps: Annotated[int, typer.Option(help="Gradient steps (the paper: 300,000).")] = 2000,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
@@ -353,9 +357,11 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Steps between validation weighted GAUCs.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    sim_config: SimConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Train a fusion policy from logged data (losses, Q, steps/s on the progress bar)."""
+    """Train a fusion policy from logged data (losses, Q, steps/s on the progress bar). For es a step is
+    one CMA-ES generation evaluated in the simulator (``--sim-config``)."""
     import dataclasses
 
     import torch
@@ -379,6 +385,7 @@ def train(
         algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names})
         cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,
                           checkpoint_every=checkpoint_every)
+        sim = _load_sim(sim_config) if getattr(algorithm_class(algo), "online", False) else None
         with _progress() as bar:
             task = bar.add_task(f"train {algo}", total=steps, extra="")
             last = {"gauc": float("nan")}
@@ -387,12 +394,13 @@ def train(
                 if "eval/val_weighted_gauc" in m:
                     last["gauc"] = m["eval/val_weighted_gauc"]
                 sps = m.get("charts/steps_per_s")
-                extra = (f"critic {m['losses/critic']:.3g} actor {m['losses/actor']:.3g} "
-                         f"Q {m['q/mean']:.3g}±{m['q/std_critics']:.2g} val GAUC {last['gauc']:.4f}"
-                         + (f" {sps:.1f} steps/s" if sps else ""))
+                shown = [f"{k.split('/', 1)[1]} {m[k]:.3g}" for k in m
+                         if k.startswith(("losses/", "es/fitness")) or k == "q/mean"][:4]
+                extra = " ".join(shown) + f" val GAUC {last['gauc']:.4f}" + (f" {sps:.1f} steps/s" if sps else "")
                 bar.update(task, completed=step, extra=extra)
 
-            trained = run_train(algo, data, out, cfg=cfg, algo_cfg=algo_cfg, resume=resume, on_step=on_step)
+            trained = run_train(algo, data, out, cfg=cfg, algo_cfg=algo_cfg, resume=resume, on_step=on_step,
+                                sim=sim)
     summary = {"out": str(out), "algo": algo, "steps": trained.step, "policy": str(Path(out) / "policy"),
                "val_weighted_gauc": last["gauc"]}
     if json_out:
@@ -424,18 +432,18 @@ def ptm(
 
     from rlmtf.algos.esrl import ESRLConfig
     from rlmtf.algos.ptm import PTMConfig, run_ptm
-    from rlmtf.algos.train import ALGORITHMS, TrainConfig
+    from rlmtf.algos.train import TrainConfig
 
     with _errors():
-        if algo not in ALGORITHMS:
-            raise ValueError(f"--algo must be one of {', '.join(ALGORITHMS)}, got {algo!r}")
+        if algo not in ("esrl", "integrated"):
+            raise ValueError(f"--algo must be esrl or integrated, got {algo!r}")
         hid = tuple(int(h) for h in hidden.split(","))
         sim = _load_sim(sim_config)
         cfg = PTMConfig(rounds=rounds, sessions_per_round=sessions_per_round, steps_per_round=steps_per_round,
                         test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers)
         rows = run_ptm(algo, sim, out, cfg, dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics),
                        TrainConfig(steps=steps_per_round, device=device, eval_every=0, seed=seed),
-                       log=console.print)
+                       log=console.print).rows
     if json_out:
         _print_json(rows)
         return
@@ -535,23 +543,79 @@ def logs_export(
 
 # --- demo -----------------------------------------------------------------------------------------
 
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the demo's data, results and report.")] = Path("runs/demo"),
-    sessions: Annotated[int, typer.Option(help="Exploration sessions to log.")] = 3000,
-    test_sessions: Annotated[int, typer.Option(help="Baseline-policy test sessions to log.")] = 2000,
-    users: Annotated[int, typer.Option(help="Users in the online A/B test.")] = 2000,
-    days: Annotated[int, typer.Option(help="Days of the online A/B test.")] = 2,
-    steps: Annotated[int, typer.Option(help="Training steps of IntegratedRL-MTF and Enhanced-State RL.")] = 300,
-    seed: Annotated[int, typer.Option()] = 0,
-    sim_config: SimConfigOpt = None,
-) -> None:
-    """End to end on the default simulator: log exploration and test data, train, evaluate, A/B test, report."""
-    from rlmtf.demo import run_demo
+EnvOpt = Annotated[str, typer.Option("--env", help="Environment: sim (the embedded simulator).")]
+
+
+def _make_env(env: str, sim_config: Path | None):
+    if env != "sim":
+        raise ValueError(f"unknown --env {env!r}; available: sim")
+    return _load_sim(sim_config)
+
+
+def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, methods: str | None, workers: int,
+               device: str, threads: int | None, env: str, sim_config: Path | None, json_out: bool) -> None:
+    import time
+
+    from rlmtf.algos.train import resolve_device
+    from rlmtf.experiment.paper import PRESETS, run_paper
 
     with _errors():
-        run_demo(out, sessions=sessions, test_sessions=test_sessions, users=users, days=days, seed=seed,
-                 sim_config=sim_config, console=console, progress=_progress, steps=steps)
+        if preset not in PRESETS:
+            raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        sim = _make_env(env, sim_config)
+        t0 = time.perf_counter()
+
+        def log(msg: str) -> None:
+            console.print(f"[dim]{time.perf_counter() - t0:7.1f}s[/] {msg}")
+
+        tables = run_paper(out, preset=preset, seeds=seeds, first_seed=first_seed, sim=sim, env=env,
+                           methods=tuple(m.strip() for m in methods.split(",")) if methods else None,
+                           workers=workers, device=resolve_device(device), log=log)
+    if json_out:
+        _print_json(tables)
+        return
+    from rlmtf.experiment.paper import tables_markdown
+
+    sys.stdout.write(tables_markdown(tables))
+
+
+@experiment_app.command("paper")
+def experiment_paper(
+    out: Annotated[Path, typer.Option(help="Output directory (tables, report.html, one directory per seed).")] = Path(
+        "runs/paper"),
+    preset: Annotated[str, typer.Option(help="smoke (minutes, checks the pipeline), default (CPU-sized, under an "
+                                        "hour on 2 cores) or full (paper-sized, GPU).")] = "default",
+    seeds: Annotated[int | None, typer.Option(help="Seeds (default: the preset's).")] = None,
+    first_seed: Annotated[int, typer.Option(help="The first seed; seeds run first_seed, first_seed+1, ...")] = 0,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated subset of es, ddpg, cql_sac, bcq, iql, "
+                                                "integrated_once, integrated, esrl (default: all).")] = None,
+    workers: Annotated[int, typer.Option(help="Simulation processes.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest when other jobs share "
+                                                "the cores).")] = None,
+    env: EnvOpt = "sim",
+    sim_config: SimConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The paper's Tables 1-4 on the simulator: every method, several seeds, tables + report.html."""
+    _run_paper(out, preset, seeds, first_seed, methods, workers, device, threads, env, sim_config, json_out)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for the demo's data, runs, tables and report.")] = Path(
+        "runs/demo"),
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    sim_config: SimConfigOpt = None,
+) -> None:
+    """End to end in minutes: the paper experiment's smoke preset (simulate, train every method, evaluate
+    offline and online, write tables and report.html)."""
+    _run_paper(out, "smoke", None, seed, None, 1, "cpu", threads, "sim", sim_config, False)
 
 
 def main() -> None:  # pragma: no cover

@@ -12,6 +12,11 @@ import importlib
 ALGORITHMS: dict[str, str] = {
     "esrl": "rlmtf.algos.esrl:EnhancedStateRL",
     "integrated": "rlmtf.algos.integrated:IntegratedRL",
+    "es": "rlmtf.algos.es:EvolutionStrategy",
+    "ddpg": "rlmtf.algos.ddpg:DDPG",
+    "cql_sac": "rlmtf.algos.cql_sac:CQLSAC",
+    "bcq": "rlmtf.algos.bcq:BCQ",
+    "iql": "rlmtf.algos.iql:IQL",
 }
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from rlmtf.algos.esrl import ESRLConfig
+from rlmtf.algos.base import Algorithm
 from rlmtf.algos.train import TrainConfig, train
 from rlmtf.data.io import read_logs
 from rlmtf.eval.offline import evaluate_gauc
@@ -27,6 +28,16 @@ from rlmtf.policy.base import Policy
 from rlmtf.policy.fixed import baseline_policy
 from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.sim.simulator import Simulator
+
+
+@dataclass
+class PTMResult:
+    """What :func:`run_ptm` produced: one row per round (round 0 = the baseline), the last round's
+    trained algorithm, and each round's logged-data directory."""
+
+    rows: list[dict]
+    algo: Algorithm
+    data_dirs: list[Path] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -45,15 +56,17 @@ class PTMConfig:
 
 
 def run_ptm(algo: str, sim: Simulator, out: str | Path, cfg: PTMConfig = PTMConfig(),
-            algo_cfg: ESRLConfig = ESRLConfig(), train_cfg: TrainConfig = TrainConfig(),
-            log: Callable[[str], None] = print, progress=None) -> list[dict]:
-    """Run the rounds; write ``ptm.json``, ``ptm.csv`` and ``ptm.png`` into ``out``; return the table."""
+            algo_cfg: Any = None, train_cfg: TrainConfig = TrainConfig(),
+            log: Callable[[str], None] = print, progress=None, test_dir: Path | None = None) -> PTMResult:
+    """Run the rounds; write ``ptm.json``, ``ptm.csv`` and ``ptm.png`` into ``out``.
+
+    ``test_dir``: an existing baseline-logged test set to evaluate on (default: log one in ``out/test``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     space = sim.cfg.action_space
     base = baseline_policy(space)
     per = "item" if algo == "esrl" else "request"
-    test_dir = out / "test"
+    test_dir = Path(test_dir) if test_dir is not None else out / "test"
     if not (test_dir / "_meta.json").is_file():
         simulate_to_parquet(sim, base, test_dir, seed=cfg.seed + 10_000, sessions=cfg.test_sessions,
                             start_day=1000, overwrite=True, workers=cfg.workers)
@@ -63,12 +76,14 @@ def run_ptm(algo: str, sim: Simulator, out: str | Path, cfg: PTMConfig = PTMConf
                          "udt_lift": 0.0}]
     behaviour: Policy = base
     prev = None
+    data_dirs: list[Path] = []
     for k in range(1, cfg.rounds + 1):
         rd = out / f"round_{k}"
         log(f"round {k}/{cfg.rounds}: exploring around {behaviour.name}")
         simulate_to_parquet(sim, behaviour_policy(behaviour, "uniform", per, seed=cfg.seed + k), rd / "data",
                             seed=cfg.seed + k, sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True,
                             workers=cfg.workers, progress=progress)
+        data_dirs.append(rd / "data")
         log(f"round {k}/{cfg.rounds}: training {algo} ({'warm start' if prev else 'from the behaviour policy'})")
         prev = train(algo, rd / "data", rd / "run", cfg=TrainConfig(**{**asdict(train_cfg), "seed": cfg.seed + k}),
                      algo_cfg=algo_cfg, space=space, warm_start_from=prev)
@@ -88,7 +103,8 @@ def run_ptm(algo: str, sim: Simulator, out: str | Path, cfg: PTMConfig = PTMConf
     (out / "ptm.json").write_text(json.dumps({"algo": algo, "config": asdict(cfg), "rounds": rows}, indent=2))
     _write_csv(out / "ptm.csv", rows)
     plot_ptm(rows, out / "ptm.png", title=f"Progressive training: {algo}")
-    return rows
+    assert prev is not None  # rounds >= 1
+    return PTMResult(rows=rows, algo=prev, data_dirs=data_dirs)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:

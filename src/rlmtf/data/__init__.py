@@ -1,7 +1,7 @@
 """Logged exploration data (SPEC section 11): Parquet I/O with validation, and the request-level
 transitions every RL algorithm trains on (SPEC section 5)."""
 
-from rlmtf.data.io import LogDataError, LoggedData, LogWriter, read_logs, validate_logs
+from rlmtf.data.io import LogDataError, LoggedData, LogWriter, concat_logs, read_logs, validate_logs
 from rlmtf.data.transitions import RequestBatch, Transitions, build_transitions, group_requests
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "RequestBatch",
     "Transitions",
     "build_transitions",
+    "concat_logs",
     "group_requests",
     "read_logs",
     "validate_logs",

@@ -59,7 +59,7 @@ from rlmtf.schema import (
     list_columns,
 )
 
-__all__ = ["LogDataError", "LogWriter", "LoggedData", "read_logs", "validate_logs"]
+__all__ = ["LogDataError", "LogWriter", "LoggedData", "concat_logs", "read_logs", "validate_logs"]
 
 META_FILE = "_meta.json"
 _SPEC_KEY = b"rlmtf.feature_spec"
@@ -423,6 +423,37 @@ class LoggedData:
         rows = np.asarray(rows, dtype=np.int64)
         return LoggedData(meta=self.meta, columns={k: v[rows] for k, v in self.columns.items()}, files=self.files,
                           file_index=self.file_index[rows], file_row=self.file_row[rows])
+
+
+def concat_logs(parts: list[LoggedData]) -> LoggedData:
+    """Several datasets as one (e.g. the rounds of progressive exploration), rows in the given order.
+
+    Raises :class:`LogDataError` if the parts disagree on the feature spec, the list length or the
+    loaded columns, or if a session id occurs in more than one part (their requests would merge)."""
+    if not parts:
+        raise ValueError("concat_logs needs at least one dataset")
+    first = parts[0]
+    for i, p in enumerate(parts[1:], 1):
+        if p.meta.feature_spec != first.meta.feature_spec or p.meta.list_len != first.meta.list_len:
+            raise LogDataError(f"dataset {i} ({p.files[:1]}) has another feature spec or list length than dataset 0")
+        if set(p.columns) != set(first.columns):
+            raise LogDataError(f"dataset {i} loaded columns {sorted(set(p.columns) ^ set(first.columns))} "
+                               "that dataset 0 did not (or the reverse)")
+    if "session_id" in first.columns:
+        seen: set[int] = set()
+        for i, p in enumerate(parts):
+            ids = set(np.unique(p.columns["session_id"]).tolist())
+            clash = ids & seen
+            if clash:
+                raise LogDataError(f"dataset {i} repeats session_id {min(clash)} of an earlier dataset")
+            seen |= ids
+    offsets = np.cumsum([0] + [len(p.files) for p in parts[:-1]])
+    return LoggedData(
+        meta=first.meta,
+        columns={k: np.concatenate([p.columns[k] for p in parts]) for k in first.columns},
+        files=[f for p in parts for f in p.files],
+        file_index=np.concatenate([p.file_index + o for p, o in zip(parts, offsets, strict=True)]).astype(np.int32),
+        file_row=np.concatenate([p.file_row for p in parts]))
 
 
 def _read_meta(path: Path) -> DatasetMeta:

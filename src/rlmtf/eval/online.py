@@ -52,6 +52,9 @@ class ABResult:
     days: int
     seed: int
     arms: list[ArmResult]
+    per_user: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+    """Per arm, each metric per user (same users, same order in every arm); for lifts against any arm
+    and for pooling over seeds. Not part of ``to_dict``."""
 
     def to_dict(self) -> dict:
         return {"users": self.users, "days": self.days, "seed": self.seed, "control": self.arms[0].policy,
@@ -96,7 +99,7 @@ def online_ab(policies: Sequence[Policy], sim: Simulator, *, users: int, days: i
                 arm.lifts[k] = paired_lift(control[k][ok], m[k][ok]).to_dict()
             except ValueError as e:  # e.g. a control mean of zero: report rather than crash
                 arm.lifts[k] = {"error": str(e)}
-    return ABResult(users=users, days=days, seed=seed, arms=arms)
+    return ABResult(users=users, days=days, seed=seed, arms=arms, per_user=per_arm)
 
 
 __all__ = ["METRICS", "ABResult", "ArmResult", "Lift", "online_ab", "per_user_metrics"]

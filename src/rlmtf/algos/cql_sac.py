@@ -1,0 +1,217 @@
+"""Conservative Q-Learning on Soft Actor-Critic (CQL+SAC): the conservative offline baseline.
+
+Paper: A. Kumar, A. Zhou, G. Tucker, S. Levine, "Conservative Q-Learning for Offline Reinforcement
+Learning", NeurIPS 2020; built on T. Haarnoja, A. Zhou, P. Abbeel, S. Levine, "Soft Actor-Critic:
+Off-Policy Maximum Entropy Deep Reinforcement Learning with a Stochastic Actor", ICML 2018 (and its
+automatic entropy tuning, Haarnoja et al., "Soft Actor-Critic Algorithms and Applications", 2018).
+
+On the *user state* s_t (one action per request, reward r_t):
+
+- SAC: a tanh-squashed Gaussian actor, twin critics whose targets use min_i Q'_i(s', a'), a' ~ pi(s'),
+  Polyak-averaged target critics (rate 0.005 every step), the actor minimising
+  E[alpha log pi(a|s) - min_i Q_i(s, a)], and the temperature alpha tuned automatically towards the
+  target entropy -A (loss -log_alpha * (log pi + target_entropy));
+- CQL(H): every critic additionally minimises alpha_cql * E_s[log sum_a exp Q(s, a) - Q(s, a_data)],
+  with the log-sum-exp estimated by importance sampling over n uniform actions (density 2^-A) and n
+  actions of the current policy drawn at s and n drawn at s' (all evaluated at s, each divided by its
+  density), as in the authors' code: logsumexp over the 3n values Q(s, a_k) - log p(a_k).
+
+Differences from the paper: alpha_cql is fixed (5.0; no Lagrange dual on a target action gap); the
+target omits the entropy bonus by default (``backup_entropy``), as the CQL reference implementations
+do; no behaviour-cloning warm-up of the actor; learning rates 3e-4 everywhere; the networks use the
+shared encoder of :mod:`rlmtf.nets`. The deterministic action that is served is tanh(mean(s)).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from rlmtf.algos._gaussian import TanhGaussianActor
+from rlmtf.algos.base import Algorithm, register
+from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, scalars, user_tensors
+from rlmtf.algos.losses import soft_update
+from rlmtf.data.transitions import RequestBatch
+from rlmtf.nets import CriticEnsemble
+from rlmtf.schema import FeatureSpec
+
+# --- pure helpers -------------------------------------------------------------------------------------
+
+
+def cql_logsumexp(q_ood: torch.Tensor, log_density: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
+    """Importance-sampled soft maximum temp * logsumexp_k((Q(s, a_k) - log p(a_k)) / temp):
+    q_ood (m, B, K), log_density (B, K) -> (m, B). (The constant -log K of a proper sample mean is
+    left out, as in the authors' code; it does not change any gradient.)"""
+    return temp * torch.logsumexp((q_ood - log_density.unsqueeze(0)) / temp, dim=-1)
+
+
+def cql_penalty(q_ood: torch.Tensor, log_density: torch.Tensor, q_data: torch.Tensor,
+                temp: float = 1.0) -> torch.Tensor:
+    """CQL(H) regulariser per critic: mean_s [soft max of Q(s, .) - Q(s, a_data)]: q_ood (m, B, K),
+    log_density (B, K), q_data (m, B) -> (m,)."""
+    return (cql_logsumexp(q_ood, log_density, temp) - q_data).mean(-1)
+
+
+def sac_actor_loss(q_pi: torch.Tensor, log_pi: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
+    """E[alpha log pi(a|s) - Q(s, a)], a ~ pi(s): q_pi (B,) (min over critics), log_pi (B,)."""
+    return (alpha * log_pi - q_pi).mean()
+
+
+def temperature_loss(log_alpha: torch.Tensor, log_pi: torch.Tensor, target_entropy: float) -> torch.Tensor:
+    """-E[log_alpha * (log pi + target_entropy)]: alpha grows while the entropy -log pi is below the target.
+    Pass a detached log_pi (B,)."""
+    return -(log_alpha * (log_pi + target_entropy)).mean()
+
+
+# --- networks -----------------------------------------------------------------------------------------
+
+
+class LogAlpha(nn.Module):
+    """The learned log-temperature of SAC, a module so that it is saved with the networks."""
+
+    def __init__(self, init: float = 0.0):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self) -> torch.Tensor:
+        return self.value
+
+
+# --- the algorithm --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CQLSACConfig:
+    """Hyper-parameters; CQL ones from the paper / reference code, shared ones as ``ESRLConfig``."""
+
+    gamma: float = 0.9
+    """Discount over requests of a session."""
+    cql_alpha: float = 5.0
+    """Weight of the CQL(H) regulariser in every critic's loss (fixed: no Lagrange tuning)."""
+    n_action_samples: int = 10
+    """n: uniform actions, and policy actions at s and at s', drawn per state for the log-sum-exp."""
+    cql_temp: float = 1.0
+    """Temperature of the log-sum-exp."""
+    backup_entropy: bool = False
+    """Subtract alpha log pi(a'|s') in the TD target (plain SAC); off, as in CQL's reference code."""
+    init_log_alpha: float = 0.0
+    """Initial log of the entropy temperature alpha."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layers of the actor and of every critic."""
+    embed_dim: int = 32
+    """Per-feature-group embedding size of the state encoders."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the twin critics."""
+    alpha_lr: float = 3e-4
+    """Adam learning rate of log alpha."""
+    batch_size: int = 256
+    """Requests per batch."""
+    tau: float = 0.005
+    """Polyak rate of the target critics, applied after every step."""
+
+
+class CQLSAC(Algorithm):
+    """CQL(H) on SAC on the user state: tanh-Gaussian actor, twin conservative critics, auto-tuned alpha."""
+
+    kind: ClassVar[str] = "cql_sac"
+    level: ClassVar[Literal["user", "item"]] = "user"
+    config_cls: ClassVar[type] = CQLSACConfig
+    cfg: CQLSACConfig
+
+    def __init__(self, spec: FeatureSpec, cfg: CQLSACConfig | None = None, device: str = "cpu", seed: int = 0):
+        super().__init__(spec, cfg, device, seed)
+        cfg = self.cfg
+        dims, a = self.group_dims(spec), spec.action_dim
+        self.target_entropy = -float(a)
+        self.actor = TanhGaussianActor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
+        self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = LogAlpha(cfg.init_log_alpha).to(self.device)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.alpha_opt = torch.optim.Adam(self.log_alpha.parameters(), lr=cfg.alpha_lr)
+
+    def act_tensor(self, state: torch.Tensor) -> torch.Tensor:
+        """The deterministic action tanh(mean(s))."""
+        return self.actor(state)
+
+    def _repeat(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, D) -> (B * n, D), each row n times in a row."""
+        return x.unsqueeze(1).expand(-1, n, -1).reshape(-1, x.shape[-1])
+
+    def critic_loss(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, done: torch.Tensor,
+                    s2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of both critics + cql_alpha * CQL(H) penalty, and pieces for the metrics."""
+        cfg = self.cfg
+        bsz, a_dim = a.shape
+        n = cfg.n_action_samples
+        alpha = self.log_alpha().detach()
+        with torch.no_grad():
+            a2, logp2 = self.actor.sample(s2, self.gen)  # (B, A), (B,)
+            q2 = self.critic_target(s2, a2).min(0).values  # (B,)
+            if cfg.backup_entropy:
+                q2 = q2 - alpha * logp2
+            y = bellman_target(r, done, q2, cfg.gamma)  # (B,)
+            a_rand = torch.rand((bsz, n, a_dim), generator=self.gen, device=self.device) * 2.0 - 1.0  # (B, n, A)
+            a_cur, logp_cur = self.actor.sample(self._repeat(s, n), self.gen)  # (B*n, A), (B*n,)
+            a_nxt, logp_nxt = self.actor.sample(self._repeat(s2, n), self.gen)  # (B*n, A), (B*n,)
+            a_ood = torch.cat([a_rand, a_cur.reshape(bsz, n, a_dim), a_nxt.reshape(bsz, n, a_dim)], 1)  # (B, 3n, A)
+            log_density = torch.cat([torch.full((bsz, n), -a_dim * math.log(2.0), device=self.device),
+                                     logp_cur.reshape(bsz, n), logp_nxt.reshape(bsz, n)], 1)  # (B, 3n)
+        q = self.critic(s, a)  # (2, B)
+        q_ood = self.critic(self._repeat(s, 3 * n), a_ood.reshape(-1, a_dim)).reshape(-1, bsz, 3 * n)  # (2, B, 3n)
+        td = critic_mse(q, y)
+        pen = cql_penalty(q_ood, log_density, q, cfg.cql_temp)  # (2,)
+        return td + cfg.cql_alpha * pen.sum(), {"td": td, "cql": pen.mean(), "q": q, "y": y,
+                                                 "q_rand": q_ood[:, :, :n]}
+
+    def actor_loss(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAC's actor loss with the current alpha, and the (detached) log pi of the draws; call with the
+        critic frozen (``update`` does)."""
+        a_pi, logp = self.actor.sample(s, self.gen)  # (B, A), (B,)
+        q_pi = self.critic(s, a_pi).min(0).values  # (B,)
+        return sac_actor_loss(q_pi, logp, self.log_alpha().detach()), logp.detach()
+
+    def update(self, batch: RequestBatch) -> dict[str, float]:
+        """One step of the critics, then of the actor, then of alpha, then the soft target update."""
+        s, a, r, done, s2 = user_tensors(self, batch)
+
+        loss_c, parts = self.critic_loss(s, a, r, done, s2)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss_c.backward()
+        self.critic_opt.step()
+
+        with frozen(self.critic):  # the actor loss leaves no gradient on the critics
+            loss_a, logp = self.actor_loss(s)
+            self.actor_opt.zero_grad(set_to_none=True)
+            loss_a.backward()
+            self.actor_opt.step()
+
+        loss_t = temperature_loss(self.log_alpha(), logp, self.target_entropy)
+        self.alpha_opt.zero_grad(set_to_none=True)
+        loss_t.backward()
+        self.alpha_opt.step()
+
+        self.step += 1
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        return scalars({"losses/critic": loss_c, "losses/td": parts["td"], "losses/cql": parts["cql"],
+                        "losses/actor": loss_a, "losses/alpha": loss_t, "alpha": self.log_alpha().exp(),
+                        "actor/entropy": -logp.mean(), "q/mean": parts["q"].mean(), "q/target_mean": parts["y"].mean(),
+                        "q/random_mean": parts["q_rand"].mean()})
+
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                "log_alpha": self.log_alpha}
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+
+
+register(CQLSAC)
