@@ -130,3 +130,19 @@ def test_analyze_cli(explore_dir, tmp_path):
     out = cli("analyze", "exploration", "--data", str(explore_dir), "--plot", str(tmp_path / "f.png"), "--json")
     rep = json.loads(out.stdout)
     assert rep["logged_by"] == "uniform" and (tmp_path / "f.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("algo", ["ddpg", "cql_sac", "bcq", "iql", "es"])
+def test_train_cli_runs_every_baseline(algo, explore_dir, tmp_path):
+    """Every baseline trains from the command line and leaves a policy that the evaluator loads (ES, an
+    online method, runs its generations in the simulator named by --sim-config)."""
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text("n_users = 300\nn_items = 2000\n")
+    run = tmp_path / algo
+    out = cli("train", "--algo", algo, "--data", str(explore_dir), "--out", str(run), "--steps", "2",
+              "--eval-every", "0", "--threads", "1", "--sim-config", str(cfg), "--json", *TINY)
+    summary = json.loads(out.stdout)
+    assert summary["steps"] == 2 and 0 < summary["val_weighted_gauc"] < 1
+    pol = load_policy(str(run / "policy"))
+    assert pol.kind == algo and pol.level == "user"
+    assert json.loads((run / "config.json").read_text())["algo"] == algo
