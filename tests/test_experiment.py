@@ -129,7 +129,7 @@ def _cli(*args, timeout=900):
 @pytest.mark.parametrize("args, message", [
     (("--preset", "huge"), "unknown --preset 'huge'"),
     (("--methods", "es,foo"), "unknown method(s) ['foo']"),
-    (("--env", "nowhere"), "unknown --env 'nowhere'"),
+    (("--env", "nowhere"), "unknown environment 'nowhere'"),
     (("--preset", "smoke", "--seeds", "0"), "seeds must be >= 1"),
 ])
 def test_experiment_cli_rejects_bad_options(tmp_path, args, message):
@@ -163,3 +163,11 @@ def test_demo_runs_the_smoke_experiment_end_to_end(tmp_path):
     assert html.count("data:image/png;base64,") >= 5
     assert not re.search(r"""(src|href)=['"](?!data:)""", html)  # self-contained: no external resources
     assert "Table 1" in p.stdout and "Enhanced-State RL" in p.stdout
+    # the tables can be rebuilt from the seed directories alone, identically
+    (out / "tables.json").rename(out / "first.json")
+    r = _cli("experiment", "render", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    first, again = (json.loads((out / f).read_text()) for f in ("first.json", "tables.json"))
+    assert again["entries"] == first["entries"] and again["agreement"] == first["agreement"]
+    nothing = _cli("experiment", "render", tmp_path)
+    assert nothing.returncode == 2 and "not an experiment directory" in nothing.stderr

@@ -41,6 +41,12 @@ console = Console(stderr=True)
 SimConfigOpt = Annotated[Path | None, typer.Option("--sim-config", help="YAML/TOML/JSON file overriding simulator "
                                                                           "parameters (see `rlmtf sim config`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+EnvOpt = Annotated[str, typer.Option("--env", help="Environment: sim (the embedded simulator) or kuairand (built "
+                                                  "from the KuaiRand-Pure log; models fitted on first use).")]
+KuaiRandDirOpt = Annotated[Path | None, typer.Option("--kuairand-dir", help="KuaiRand-Pure directory (default: "
+                                                     "$RLMTF_KUAIRAND_DIR or shared/data/kuairand_pure).")]
+KuaiRandModelsOpt = Annotated[Path | None, typer.Option("--kuairand-models", help="Fitted KuaiRand models (default: "
+                                                        "$RLMTF_KUAIRAND_MODELS or a cache; fitted if missing).")]
 
 
 def _fail(msg: str) -> None:
@@ -75,6 +81,16 @@ def _load_sim(sim_config: Path | None):
     return Simulator(load_sim_config(sim_config))
 
 
+def _make_env(env: str = "sim", sim_config: Path | None = None, kuairand_dir: Path | None = None,
+              kuairand_models: Path | None = None):
+    """The environment of ``--env``: the embedded simulator, or the KuaiRand-Pure environment."""
+    if env == "sim":
+        return _load_sim(sim_config)
+    from rlmtf.kuairand.env import make_env
+
+    return make_env(env, sim_config, kuairand_dir, kuairand_models, log=console.print)
+
+
 def _print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=float) + "\n")
 
@@ -102,6 +118,9 @@ def simulate(
     workers: Annotated[int, typer.Option(help="Processes; each simulates a block of users and writes its own "
                                               "shard.")] = 1,
     sim_config: SimConfigOpt = None,
+    env: EnvOpt = "sim",
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset in OUT.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -116,7 +135,7 @@ def simulate(
     with _errors():
         if per not in ("request", "item"):
             raise ValueError(f"--per must be 'request' or 'item', got {per!r}")
-        sim = _load_sim(sim_config)
+        sim = _make_env(env, sim_config, kuairand_dir, kuairand_models)
         if days is None and sessions is None:
             days = 1
         base = load_policy(policy, sim.cfg.action_space, seed=seed)
@@ -262,6 +281,9 @@ def evaluate_online_cmd(
     seed: Annotated[int, typer.Option(help="Seed shared by all arms (common random numbers).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes per arm (users are split between them).")] = 1,
     sim_config: SimConfigOpt = None,
+    env: EnvOpt = "sim",
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Simulated online A/B test: UVC, UDT, sessions, reward and session length, with lifts over the first."""
@@ -269,7 +291,7 @@ def evaluate_online_cmd(
     from rlmtf.policy.registry import load_policy
 
     with _errors():
-        sim = _load_sim(sim_config)
+        sim = _make_env(env, sim_config, kuairand_dir, kuairand_models)
         pols = [load_policy(p, sim.cfg.action_space, seed=seed) for p in policy]
         names = [p.name for p in pols]
         if len(set(names)) != len(names):
@@ -358,6 +380,9 @@ def train(
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     sim_config: SimConfigOpt = None,
+    env: EnvOpt = "sim",
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a fusion policy from logged data (losses, Q, steps/s on the progress bar). For es a step is
@@ -385,7 +410,8 @@ def train(
         algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names})
         cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,
                           checkpoint_every=checkpoint_every)
-        sim = _load_sim(sim_config) if getattr(algorithm_class(algo), "online", False) else None
+        online = getattr(algorithm_class(algo), "online", False)
+        sim = _make_env(env, sim_config, kuairand_dir, kuairand_models) if online else None
         with _progress() as bar:
             task = bar.add_task(f"train {algo}", total=steps, extra="")
             last = {"gauc": float("nan")}
@@ -425,6 +451,9 @@ def ptm(
     workers: Annotated[int, typer.Option(help="Simulation processes.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     sim_config: SimConfigOpt = None,
+    env: EnvOpt = "sim",
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Progressive training: explore around the newest policy, train (warm start), evaluate; repeat."""
@@ -438,7 +467,7 @@ def ptm(
         if algo not in ("esrl", "integrated"):
             raise ValueError(f"--algo must be esrl or integrated, got {algo!r}")
         hid = tuple(int(h) for h in hidden.split(","))
-        sim = _load_sim(sim_config)
+        sim = _make_env(env, sim_config, kuairand_dir, kuairand_models)
         cfg = PTMConfig(rounds=rounds, sessions_per_round=sessions_per_round, steps_per_round=steps_per_round,
                         test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers)
         rows = run_ptm(algo, sim, out, cfg, dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics),
@@ -543,17 +572,11 @@ def logs_export(
 
 # --- demo -----------------------------------------------------------------------------------------
 
-EnvOpt = Annotated[str, typer.Option("--env", help="Environment: sim (the embedded simulator).")]
-
-
-def _make_env(env: str, sim_config: Path | None):
-    if env != "sim":
-        raise ValueError(f"unknown --env {env!r}; available: sim")
-    return _load_sim(sim_config)
 
 
 def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, methods: str | None, workers: int,
-               device: str, threads: int | None, env: str, sim_config: Path | None, json_out: bool) -> None:
+               device: str, threads: int | None, env: str, sim_config: Path | None, json_out: bool,
+               resume: bool = False, kuairand_dir: Path | None = None, kuairand_models: Path | None = None) -> None:
     import time
 
     from rlmtf.algos.train import resolve_device
@@ -566,7 +589,7 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
             import torch
 
             torch.set_num_threads(threads)
-        sim = _make_env(env, sim_config)
+        sim = _make_env(env, sim_config, kuairand_dir, kuairand_models)
         t0 = time.perf_counter()
 
         def log(msg: str) -> None:
@@ -574,7 +597,7 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
 
         tables = run_paper(out, preset=preset, seeds=seeds, first_seed=first_seed, sim=sim, env=env,
                            methods=tuple(m.strip() for m in methods.split(",")) if methods else None,
-                           workers=workers, device=resolve_device(device), log=log)
+                           workers=workers, device=resolve_device(device), resume=resume, log=log)
     if json_out:
         _print_json(tables)
         return
@@ -599,10 +622,30 @@ def experiment_paper(
                                                 "the cores).")] = None,
     env: EnvOpt = "sim",
     sim_config: SimConfigOpt = None,
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
+    resume: Annotated[bool, typer.Option(help="Reuse the seeds that already finished in OUT.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """The paper's Tables 1-4 on the simulator: every method, several seeds, tables + report.html."""
-    _run_paper(out, preset, seeds, first_seed, methods, workers, device, threads, env, sim_config, json_out)
+    _run_paper(out, preset, seeds, first_seed, methods, workers, device, threads, env, sim_config, json_out, resume,
+               kuairand_dir, kuairand_models)
+
+
+@experiment_app.command("render")
+def experiment_render(
+    out: Annotated[Path, typer.Argument(help="An experiment directory (of `rlmtf experiment paper`).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild tables and report.html from the seeds that finished (while a run goes on, or after a crash)."""
+    from rlmtf.experiment.paper import render, tables_markdown
+
+    with _errors():
+        tables = render(out, log=console.print)
+    if json_out:
+        _print_json(tables)
+    else:
+        sys.stdout.write(tables_markdown(tables))
 
 
 @app.command()

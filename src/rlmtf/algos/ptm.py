@@ -22,7 +22,7 @@ from typing import Any
 from rlmtf.algos.base import Algorithm
 from rlmtf.algos.train import TrainConfig, train
 from rlmtf.data.io import read_logs
-from rlmtf.eval.offline import evaluate_gauc
+from rlmtf.eval.offline import evaluate_gauc, mean_policy_action
 from rlmtf.eval.online import online_ab
 from rlmtf.policy.base import Policy
 from rlmtf.policy.fixed import baseline_policy
@@ -73,7 +73,7 @@ def run_ptm(algo: str, sim: Simulator, out: str | Path, cfg: PTMConfig = PTMConf
     test = read_logs(test_dir)
     base_gauc = evaluate_gauc(base, test, space).gauc
     rows: list[dict] = [{"round": 0, "policy": "baseline", "weighted_gauc": base_gauc, "uvc_lift": 0.0,
-                         "udt_lift": 0.0}]
+                         "udt_lift": 0.0, "mean_action": mean_policy_action(base, test).round(4).tolist()}]
     behaviour: Policy = base
     prev = None
     data_dirs: list[Path] = []
@@ -92,7 +92,8 @@ def run_ptm(algo: str, sim: Simulator, out: str | Path, cfg: PTMConfig = PTMConf
         ab = online_ab([base, policy], sim, users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 20_000,
                        workers=cfg.workers)
         arm = ab.arms[1]
-        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc}
+        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc,
+               "mean_action": mean_policy_action(policy, test).round(4).tolist()}
         for m in ("uvc", "udt"):
             lift = arm.lifts[m]
             row.update({f"{m}_lift": lift["lift"], f"{m}_ci": [lift["ci_low"], lift["ci_high"]],

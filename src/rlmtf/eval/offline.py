@@ -62,6 +62,22 @@ def policy_log_scores(policy: Policy, data: LoggedData, space: ActionSpace = Act
     return out
 
 
+def mean_policy_action(policy: Policy, data: LoggedData, batch_requests: int = 8192) -> np.ndarray:
+    """The policy's mean action (A,) over the logged requests of ``data`` (over items for item-level
+    policies): where a trained policy sits in action space, e.g. how far progressive training moved it."""
+    rows = group_requests(data)
+    total, n = None, 0
+    for lo in range(0, rows.shape[0], batch_requests):
+        obs = logged_requests_obs(data, rows[lo: lo + batch_requests])
+        a = np.asarray(policy.act(obs), dtype=np.float64)
+        a = a.reshape(-1, a.shape[-1])
+        total = a.sum(0) if total is None else total + a.sum(0)
+        n += a.shape[0]
+    if total is None:
+        raise ValueError("no logged requests to act on")
+    return total / n
+
+
 def evaluate_gauc(policy: Policy, data: LoggedData, space: ActionSpace = ActionSpace()) -> OfflineResult:
     """Weighted GAUC of ``policy`` on logged data (label valid, weight reward + 1)."""
     c = data.columns

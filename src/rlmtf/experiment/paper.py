@@ -236,6 +236,21 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
     return res
 
 
+def load_seed_result(seed_dir: Path) -> SeedResult | None:
+    """A finished seed's result from its directory (``result.json`` + ``online.npz``), or None."""
+    rj, npz = seed_dir / "result.json", seed_dir / "online.npz"
+    if not rj.is_file() or not npz.is_file():
+        return None
+    d = json.loads(rj.read_text())
+    per_user: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(npz) as z:
+        for key in z.files:
+            m, metric = key.rsplit(".", 1)
+            per_user.setdefault(m, {})[metric] = z[key]
+    return SeedResult(seed=int(d["seed"]), gauc=d["gauc"], per_user=per_user, ptm=d["ptm"], runs=d["runs"],
+                      seconds=d.get("seconds", {}))
+
+
 # --- aggregation over seeds -----------------------------------------------------------------------------
 
 def _t_interval(x: np.ndarray) -> tuple[float, float]:
@@ -404,9 +419,10 @@ def _json_default(o):
 
 def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int | None = None, first_seed: int = 0,
               sim=None, methods: tuple[str, ...] | None = None, workers: int = 1, device: str = "cpu",
-              env: str = "sim", log: Callable[[str], None] = print) -> dict:
-    """Run the experiment; write tables and ``report.html`` into ``out``; return the tables."""
-    from rlmtf.experiment.report import write_report
+              env: str = "sim", resume: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Run the experiment; write tables and ``report.html`` into ``out``; return the tables.
+
+    ``resume``: reuse every seed that already finished in ``out`` (its ``result.json`` and ``online.npz``)."""
     from rlmtf.sim.collect import git_commit
     from rlmtf.sim.config import to_toml
     from rlmtf.sim.simulator import Simulator
@@ -433,13 +449,43 @@ def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int |
     (out / "config.json").write_text(json.dumps(meta, indent=2))
     results = []
     for s in meta["seeds"]:
+        done = load_seed_result(out / f"seed_{s}") if resume else None
+        if done is not None and set(methods) <= set(done.gauc):
+            log(f"seed {s}: already finished in {out / f'seed_{s}'}; reusing it")
+            results.append(done)
+            continue
         results.append(run_seed(sim, p, s, out / f"seed_{s}", methods=methods, workers=workers, log=log,
                                 device=device))
-    tables = build_tables(results)
     meta["seconds"] = time.perf_counter() - t0
-    meta["subtitle"] = (f"Preset `{p.name}`, {n_seeds} seed(s), env `{env}`, commit `{meta['commit']}`, "
-                        f"{meta['seconds'] / 60:.1f} min.")
+    return finish(out, results, meta, log)
+
+
+def finish(out: Path, results: list[SeedResult], meta: dict, log: Callable[[str], None] = print) -> dict:
+    """Tables (Markdown, CSV, JSON) and ``report.html`` from finished seeds."""
+    from rlmtf.experiment.report import write_report
+
+    n_seeds = len(results)
+    tables = build_tables(results)
+    meta["seeds"] = [r.seed for r in results]
+    meta["subtitle"] = (f"Preset `{meta['preset']['name']}`, {n_seeds} seed(s), env `{meta['env']}`, commit "
+                        f"`{meta['commit']}`, {meta['seconds'] / 60:.1f} min.")
     write_outputs(out, tables, meta)
     write_report(out / "report.html", tables, results, meta, out)
     log(f"wrote {out / 'tables.md'}, {out / 'tables.json'}, {out / 'report.html'} in {meta['seconds'] / 60:.1f} min")
     return tables
+
+
+def render(out: str | Path, log: Callable[[str], None] = print) -> dict:
+    """Rebuild the tables and report of ``out`` from the seeds that finished there (e.g. while a long run
+    is still going, or after one was interrupted)."""
+    out = Path(out)
+    if not (out / "config.json").is_file():
+        raise FileNotFoundError(f"{out}: no config.json; not an experiment directory")
+    meta = json.loads((out / "config.json").read_text())
+    dirs = sorted(out.glob("seed_*"), key=lambda d: int(d.name.split("_", 1)[1]))
+    results = [r for r in (load_seed_result(d) for d in dirs) if r is not None]
+    if not results:
+        raise FileNotFoundError(f"{out}: no finished seed yet (a seed_N directory with result.json and online.npz)")
+    seconds = sum(sum(r.seconds.values()) for r in results)
+    meta["seconds"] = seconds
+    return finish(out, results, meta, log)

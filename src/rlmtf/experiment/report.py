@@ -108,6 +108,30 @@ def fig_ptm(results) -> str | None:
     return _png(fig)
 
 
+def fig_ptm_actions(results) -> str | None:
+    """Mean action of each round's policy on the test set: where progressive training moves the policy."""
+    from rlmtf.fusion import MTL_TASKS
+
+    kinds = [k for k in ("integrated", "esrl") if all(k in r.ptm for r in results)
+             and all("mean_action" in row for row in results[0].ptm[k])]
+    if not kinds:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 3.0), squeeze=False)
+    labels = [f"power {t}" for t in MTL_TASKS] + [f"bias {t}" for t in MTL_TASKS]
+    for ax, k in zip(axes[0], kinds, strict=True):
+        m = np.mean([[row["mean_action"] for row in r.ptm[k]] for r in results], axis=0)  # (rounds + 1, A)
+        im = ax.imshow(m.T, aspect="auto", cmap="coolwarm", vmin=-1, vmax=1)
+        ax.set_yticks(range(m.shape[1]), labels[: m.shape[1]], fontsize=7)
+        ax.set_xticks(range(m.shape[0]), [str(row["round"]) for row in results[0].ptm[k]])
+        ax.set_xlabel("round (0 = hand-set baseline)")
+        ax.set_title(LABELS[k], fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), label="mean action on the test set")
+    fig.suptitle("Where progressive training moves the policy (the bound penalty keeps each round near the "
+                 "previous round's exploration box)", y=1.04, fontsize=10)
+    return _png(fig)
+
+
 def _read_metrics(run: Path) -> list[dict]:
     f = run / "metrics.jsonl"
     if not f.is_file():
@@ -201,6 +225,9 @@ def write_report(path: Path, tables: dict, results, meta: dict, out: Path) -> Pa
              "(common random numbers: every arm serves the same users with the same randomness).")),
             ("Progressive training", fig_ptm(results),
              "Weighted GAUC and online UVC lift over the baseline after each round (band: min-max over seeds)."),
+            ("Policy drift over the rounds", fig_ptm_actions(results),
+             ("Mean normalised action ([-1, 1]; -1 = the low end of the power or bias range) of each round's policy "
+             "on the test set, averaged over seeds.")),
             ("Training curves", fig_training(results), "Losses per logged interval (ES: fitness per generation)."),
             ("Action distributions (Figure 2)", fig_actions(out, results),
              ("Logged actions of round 1 of progressive exploration: the bounded uniform exploration box against "

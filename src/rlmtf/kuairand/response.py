@@ -200,8 +200,13 @@ class ResponseModel:
     # --- prediction -----------------------------------------------------------------------------------
     @torch.no_grad()
     def _predict_chunk(self, x: torch.Tensor, dur: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.outputs_from_trunk(self.net(x), dur)
+
+    @torch.no_grad()
+    def outputs_from_trunk(self, h: torch.Tensor, dur: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every output of :class:`ResponseOutput` (as tensors) from the trunk's activations ``h = net(x)``
+        (B, H) and the items' durations (B,) in seconds; for callers that compute the trunk themselves."""
         cfg, net, j = self.cfg, self.net, self.cfg.nodes_per_region
-        h = net(x)
         z, ml, mu, sd = net.mixture(h)
         p0, pi = torch.sigmoid(z), torch.softmax(ml, -1)  # (B,), (B, K)
         lo, hi = np.log(cfg.min_ratio), np.log(cfg.max_ratio)

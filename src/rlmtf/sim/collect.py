@@ -51,8 +51,8 @@ def simulate_to_parquet(sim: Simulator, policy: Policy, out: str | Path, *, seed
     explore = ("uniform" if isinstance(policy, UniformExploration) else
                "noise" if isinstance(policy, ActionNoiseExploration) else "none")
     per = getattr(policy, "per", None)
-    meta_info = {"env": "sim", "policy": policy.name, "explore": explore, "per": per, "seed": seed,
-                 "sessions": sessions, "days": days,
+    meta_info = {"env": getattr(sim, "name", "sim"), "policy": policy.name, "explore": explore, "per": per,
+                 "seed": seed, "sessions": sessions, "days": days,
                  "start_day": start_day, "workers": workers, "sim_config": sim.cfg.to_dict(),
                  "commit": git_commit(), **(info or {})}
     meta = DatasetMeta(feature_spec=sim.spec, list_len=sim.cfg.list_len, info=meta_info)

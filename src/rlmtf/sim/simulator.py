@@ -110,7 +110,7 @@ class Simulator:
         if user_ids.size == 0 or user_ids.min() < 0 or user_ids.max() >= cfg.n_users:
             raise ValueError(f"user ids must lie in [0, {cfg.n_users}) and not be empty")
         n_days = days if days is not None else 1_000_000
-        st = _UserState(self, user_ids)
+        st = self._user_state(user_ids)
         metrics = ("valid", "watch_time", "sessions", "requests", "reward", "items", "clickbait_shown")
         per_day: list[dict[str, np.ndarray]] = []
         result = RunResult(user_ids=user_ids, days=np.zeros(0, np.int64),
@@ -120,7 +120,7 @@ class Simulator:
             if budget[0] <= 0:
                 break
             acc = {k: np.zeros(user_ids.size) for k in metrics}
-            _Day(self, policy, seed, start_day + d, st, acc, result, budget, sink, progress, log_true_scores).run()
+            self._day(policy, seed, start_day + d, st, acc, result, budget, sink, progress, log_true_scores).run()
             per_day.append(acc)
             if days is None and d >= 29 and not any(a["sessions"].any() for a in per_day[-30:]):
                 raise RuntimeError(f"no user opened a session in 30 simulated days; {max_sessions} sessions cannot "
@@ -129,6 +129,17 @@ class Simulator:
         for name in metrics:
             setattr(result, name, np.stack([a[name] for a in per_day], 1))
         return result
+
+    # --- hooks: another environment (``rlmtf.kuairand.env``) subclasses Simulator and _Day -----------
+
+    def _user_state(self, user_ids: np.ndarray) -> _UserState:
+        """Per-user state that persists across the sessions and days of one :meth:`run`."""
+        return _UserState(self, user_ids)
+
+    def _day(self, policy: Policy, seed: int, day: int, st, acc: dict[str, np.ndarray], result: RunResult,
+             budget: list, sink: Sink | None, progress: Progress | None, log_true: bool) -> _Day:
+        """The object that plays one day (its ``run()``)."""
+        return _Day(self, policy, seed, day, st, acc, result, budget, sink, progress, log_true)
 
     # --- pieces used by _Day -----------------------------------------------------------------------
 
@@ -144,7 +155,11 @@ class Simulator:
 
 
 class _Day:
-    """One simulated day: slots of concurrent sessions, refilled from a queue of active users."""
+    """One simulated day: slots of concurrent sessions, refilled from a queue of active users.
+
+    The slot machinery (queue, admission, session budget, session ids, buffered sink) is generic; the
+    world-specific parts are the hooks ``_p_active``, ``_init_slots``, ``_reset_slots``, ``_draw_hour``,
+    ``_close_sessions`` and ``_step``, which an environment subclass overrides."""
 
     def __init__(self, sim: Simulator, policy: Policy, seed: int, day: int, st: _UserState,
                  acc: dict[str, np.ndarray], result: RunResult, budget: list, sink: Sink | None,
@@ -152,40 +167,65 @@ class _Day:
         self.sim, self.cfg, self.policy, self.seed, self.day = sim, sim.cfg, policy, seed, day
         self.st, self.acc, self.result, self.budget = st, acc, result, budget
         self.sink, self.progress, self.log_true = sink, progress, log_true
-        dc = self.cfg.days
         st.new_day()
-        p_active = expit(dc.active_bias + dc.active_activity * (st.activity - 0.5)
-                         + dc.active_satisfaction * (st.long_term_sat - st.base_sat))
-        self.queue = np.flatnonzero(crng.uniform(crng.key(seed, st.user_ids, day), _S_ACTIVE) < p_active)
+        self.queue = np.flatnonzero(crng.uniform(crng.key(seed, st.user_ids, day), _S_ACTIVE) < self._p_active())
         self.next_in_queue = 0
         n_slots = min(self.cfg.max_concurrent_sessions, max(self.queue.size, 1))
         if budget[0] < np.iinfo(np.int64).max:  # a session budget: bound the overshoot of whole user-days
             n_slots = min(n_slots, max(64, int(budget[0]) // 8))
-        c = self.cfg.n_categories
         self.g = np.full(n_slots, -1, np.int64)  # index into the run's users; -1 = free slot
         self.k = np.zeros(n_slots, np.int64)  # session index of the day
         self.t = np.zeros(n_slots, np.int64)  # request index in the session
-        self.sat = np.zeros(n_slots)
-        self.fatigue = np.zeros(n_slots)
-        self.prev_cat = np.zeros((n_slots, c), dtype=bool)
         self.hour = np.zeros(n_slots)
-        self.valid_in_session = np.zeros(n_slots)
+        self._init_slots(n_slots)
         self.buffer: list[dict[str, np.ndarray]] = []
         self.buffer_rows = 0
         self.finished_sessions: list[np.ndarray] = []
+
+    # world-specific hooks ----------------------------------------------------------------------------
+
+    def _p_active(self) -> np.ndarray:
+        """P(each user of the run opens the app today), (U,)."""
+        dc, st = self.cfg.days, self.st
+        return expit(dc.active_bias + dc.active_activity * (st.activity - 0.5)
+                     + dc.active_satisfaction * (st.long_term_sat - st.base_sat))
+
+    def _init_slots(self, n_slots: int) -> None:
+        """Allocate the per-slot session state."""
+        self.sat = np.zeros(n_slots)
+        self.fatigue = np.zeros(n_slots)
+        self.prev_cat = np.zeros((n_slots, self.cfg.n_categories), dtype=bool)
+        self.valid_in_session = np.zeros(n_slots)
+
+    def _reset_slots(self, slots: np.ndarray, g: np.ndarray) -> None:
+        """Session state at the start of a session of users g in the given slots."""
+        sc, st = self.cfg.session, self.st
+        self.sat[slots] = (1 - sc.start_carry) * st.base_sat[g] + sc.start_carry * st.long_term_sat[g]
+        self.fatigue[slots] = 0.0
+        self.prev_cat[slots] = False
+        self.valid_in_session[slots] = 0.0
+
+    def _draw_hour(self, g: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Hour of day of session k of users g, as an angle in [0, 2 pi)."""
+        return crng.uniform(crng.key(self.seed, self.st.user_ids[g], self.day, k), _S_HOUR) * 2 * np.pi
+
+    def _close_sessions(self, slots: np.ndarray, g: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Update the users' state at the end of sessions k in the given slots; return P(another session today)."""
+        dc, st = self.cfg.days, self.st
+        sat = self.sat[slots]
+        st.end_sessions(g, sat, self.t[slots], self.valid_in_session[slots], self.cfg.session.long_term_rate)
+        return expit(dc.return_bias + dc.return_satisfaction * (sat - st.base_sat[g])
+                     + dc.return_activity * (st.activity[g] - 0.5) - dc.return_per_session * k)
 
     # session bookkeeping ---------------------------------------------------------------------------
 
     def _start(self, slots: np.ndarray, g: np.ndarray, k: np.ndarray) -> None:
         """Open session k for users g in the given slots (counted against the session budget)."""
         self.budget[0] -= slots.size
-        sc, st = self.cfg.session, self.st
+        st = self.st
         self.g[slots], self.k[slots], self.t[slots] = g, k, 0
-        self.sat[slots] = (1 - sc.start_carry) * st.base_sat[g] + sc.start_carry * st.long_term_sat[g]
-        self.fatigue[slots] = 0.0
-        self.prev_cat[slots] = False
-        self.valid_in_session[slots] = 0.0
-        self.hour[slots] = crng.uniform(crng.key(self.seed, st.user_ids[g], self.day, k), _S_HOUR) * 2 * np.pi
+        self._reset_slots(slots, g)
+        self.hour[slots] = self._draw_hour(g, k)
         st.sessions_today[g] += 1
         self.acc["sessions"][g] += 1
 
@@ -198,15 +238,13 @@ class _Day:
 
     def _end(self, slots: np.ndarray) -> None:
         """Close sessions, decide who opens another one today, refill the rest from the queue."""
-        dc, st = self.cfg.days, self.st
-        g, k, sat = self.g[slots], self.k[slots], self.sat[slots]
-        st.end_sessions(g, sat, self.t[slots], self.valid_in_session[slots], self.cfg.session.long_term_rate)
+        st = self.st
+        g, k = self.g[slots], self.k[slots]
+        p_ret = self._close_sessions(slots, g, k)
         self.result.session_lengths.append(self.t[slots].copy())
         self.result.n_sessions += slots.size
-        p_ret = expit(dc.return_bias + dc.return_satisfaction * (sat - st.base_sat[g])
-                      + dc.return_activity * (st.activity[g] - 0.5) - dc.return_per_session * k)
         back = crng.uniform(crng.key(self.seed, st.user_ids[g], self.day, k), _S_RETURN) < p_ret
-        back &= k + 1 < dc.max_sessions_per_day
+        back &= k + 1 < self.cfg.days.max_sessions_per_day
         self.g[slots] = -1
         self._start(slots[back], g[back], k[back] + 1)
         free = slots[self.g[slots] < 0]
@@ -277,20 +315,7 @@ class _Day:
                          true_scores=truth, session_id=self._session_id(a))
         dec = self.policy.decide(obs)
         action = check_actions(dec.action, obs, dec.level, self.policy.name)
-        remote = getattr(self.policy, "rank_remote", None)
-        if remote is not None:  # the ranking happens elsewhere (a ranking service); it returns the shown lists
-            shown = remote(obs, l)  # (b, l)
-        else:
-            ranked = truth if self.policy.score_source == "true" else obs.mtl_scores
-            log_score = fused_log_score(ranked, action if action.ndim == 3 else action[:, None, :],
-                                        cfg.action_space)  # (b, N)
-            shown = rank_top_l(log_score, l)  # (b, l)
-            # retrieval can return an item twice; if a shown list repeats one, rank that row without repeats
-            top = np.sort(np.take_along_axis(cand, shown, 1), 1)
-            rep_rows = np.flatnonzero((top[:, 1:] == top[:, :-1]).any(1))
-            if rep_rows.size:
-                ls = np.where(_duplicates(cand[rep_rows]), -np.inf, log_score[rep_rows])
-                shown[rep_rows] = rank_top_l(ls, l)
+        shown = rank_shown(self.policy, obs, action, l, cfg.action_space, truth)  # (b, l)
         items = np.take_along_axis(cand, shown, 1)
         r = resp0.take(shown)
         # fatigue lowers engagement on what is actually shown
@@ -338,6 +363,29 @@ class _Day:
             self.buffer_rows += b * l
         self.t[a] += 1
         return done, b * l
+
+
+def rank_shown(policy: Policy, obs: RequestObs, action: np.ndarray, l: int, space, truth: np.ndarray | None
+               ) -> np.ndarray:
+    """Positions (b, l) in ``obs.item_id`` of the items shown: the policy's own ranking service if it has
+    one (``rank_remote``), else the top l by the fused score of the MTL scores (or of ``truth`` for a
+    policy whose ``score_source`` is "true"), never showing one item twice in a list."""
+    remote = getattr(policy, "rank_remote", None)
+    if remote is not None:  # the ranking happens elsewhere (a ranking service); it returns the shown lists
+        return remote(obs, l)  # (b, l)
+    cand = obs.item_id
+    ranked = truth if policy.score_source == "true" else obs.mtl_scores
+    if ranked is None:
+        raise ValueError(f"{policy.name}: ranks by the true scores, which this environment did not compute")
+    log_score = fused_log_score(ranked, action if action.ndim == 3 else action[:, None, :], space)  # (b, N)
+    shown = rank_top_l(log_score, l)  # (b, l)
+    # retrieval can return an item twice; if a shown list repeats one, rank that row without repeats
+    top = np.sort(np.take_along_axis(cand, shown, 1), 1)
+    rep_rows = np.flatnonzero((top[:, 1:] == top[:, :-1]).any(1))
+    if rep_rows.size:
+        ls = np.where(_duplicates(cand[rep_rows]), -np.inf, log_score[rep_rows])
+        shown[rep_rows] = rank_top_l(ls, l)
+    return shown
 
 
 def _log_rows(day, session_id, u, t, items, obs: RequestObs, dec, action, shown, fb, rew, done, truth):
