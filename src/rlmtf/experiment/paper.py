@@ -347,12 +347,18 @@ def _pct(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.2f}%"
 
 
+def _sd(x: float) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}%"
+
+
 def _num(x: float | None, nd: int = 4) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
 
 
 def _p(x: float) -> str:
-    return "—" if not np.isfinite(x) else (f"{x:.3f}" if x >= 0.001 else f"{x:.1e}")
+    if not np.isfinite(x):
+        return "—"
+    return f"{x:.3f}" if x >= 0.001 else (f"{x:.1e}" if x > 0 else "< 1e-300")
 
 
 def tables_markdown(tables: dict) -> str:
@@ -366,7 +372,7 @@ def tables_markdown(tables: dict) -> str:
                   "| method | metric | lift | 95% CI | p | per-seed sd | paper |", "|---|---|---|---|---|---|---|"]
         for e in tables["table2"]:
             lines.append(f"| {e['label']} | {e['metric'].removesuffix('_lift').upper()} | {_pct(e['mean'])} | "
-                         f"[{_pct(e['ci_low'])}, {_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_pct(e['std'])} | "
+                         f"[{_pct(e['ci_low'])}, {_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_sd(e['std'])} | "
                          f"{_pct(e['paper']) if e['paper'] is not None else '—'} |")
     if tables["table3"]:
         lines += ["", "## Table 3: IntegratedRL-MTF vs Enhanced-State RL, weighted GAUC", "",
@@ -381,7 +387,7 @@ def tables_markdown(tables: dict) -> str:
                   "| metric | lift | 95% CI | p | per-seed sd | paper |", "|---|---|---|---|---|---|"]
         for e in tables["table4"]:
             lines.append(f"| {e['metric'].removesuffix('_lift')} | {_pct(e['mean'])} | [{_pct(e['ci_low'])}, "
-                         f"{_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_pct(e['std'])} | "
+                         f"{_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_sd(e['std'])} | "
                          f"{_pct(e['paper']) if e['paper'] is not None else '—'} |")
     ag = tables["agreement"]
     lines += ["", "## Offline vs online agreement", "",
