@@ -32,7 +32,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from rlmtf.algos._gaussian import TanhGaussianActor
+from rlmtf.algos._gaussian import TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.base import Algorithm, register
 from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, scalars, user_tensors
 from rlmtf.algos.losses import soft_update
@@ -134,9 +134,11 @@ class CQLSAC(Algorithm):
         self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = LogAlpha(cfg.init_log_alpha).to(self.device)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
-        self.alpha_opt = torch.optim.Adam(self.log_alpha.parameters(), lr=cfg.alpha_lr)
+        # foreach: Adam updates all of a network's tensors with one multi-tensor kernel per operation; on the
+        # CPU the default loops over them one by one (the same arithmetic; the optimizer step takes ~40% less time)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
+        self.alpha_opt = torch.optim.Adam(self.log_alpha.parameters(), lr=cfg.alpha_lr, foreach=True)
 
     def act_tensor(self, state: torch.Tensor) -> torch.Tensor:
         """The deterministic action tanh(mean(s))."""
@@ -145,6 +147,15 @@ class CQLSAC(Algorithm):
     def _repeat(self, x: torch.Tensor, n: int) -> torch.Tensor:
         """(B, D) -> (B * n, D), each row n times in a row."""
         return x.unsqueeze(1).expand(-1, n, -1).reshape(-1, x.shape[-1])
+
+    def _sample_n(self, s: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws of the policy at every state, as ``self.actor.sample(self._repeat(s, n), self.gen)``
+        gives them (the same noise in the same order: (B*n, A), (B*n,)), but with the actor's network run
+        once per state instead of once per draw: its mean and log-std are repeated, not recomputed."""
+        mean, log_std = (self._repeat(x, n) for x in self.actor.dist(s))  # (B*n, A) each
+        eps = torch.randn(mean.shape, generator=self.gen, device=mean.device, dtype=mean.dtype)
+        u = mean + torch.exp(log_std) * eps  # (B*n, A)
+        return torch.tanh(u), gaussian_log_prob(u, mean, log_std) - tanh_log_det(u)
 
     def critic_loss(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, done: torch.Tensor,
                     s2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -160,13 +171,17 @@ class CQLSAC(Algorithm):
                 q2 = q2 - alpha * logp2
             y = bellman_target(r, done, q2, cfg.gamma)  # (B,)
             a_rand = torch.rand((bsz, n, a_dim), generator=self.gen, device=self.device) * 2.0 - 1.0  # (B, n, A)
-            a_cur, logp_cur = self.actor.sample(self._repeat(s, n), self.gen)  # (B*n, A), (B*n,)
-            a_nxt, logp_nxt = self.actor.sample(self._repeat(s2, n), self.gen)  # (B*n, A), (B*n,)
-            a_ood = torch.cat([a_rand, a_cur.reshape(bsz, n, a_dim), a_nxt.reshape(bsz, n, a_dim)], 1)  # (B, 3n, A)
+            a_cur, logp_cur = self._sample_n(s, n)  # (B*n, A), (B*n,)
+            a_nxt, logp_nxt = self._sample_n(s2, n)  # (B*n, A), (B*n,)
             log_density = torch.cat([torch.full((bsz, n), -a_dim * math.log(2.0), device=self.device),
                                      logp_cur.reshape(bsz, n), logp_nxt.reshape(bsz, n)], 1)  # (B, 3n)
         q = self.critic(s, a)  # (2, B)
-        q_ood = self.critic(self._repeat(s, 3 * n), a_ood.reshape(-1, a_dim)).reshape(-1, bsz, 3 * n)  # (2, B, 3n)
+        # Q(s, a_k) for the 3n actions of every state, one kind (uniform, pi(s), pi(s')) at a time: the same
+        # values as one call on all 3*B*n rows, with activations a third the size; measured 9-15% faster per
+        # update on a 2-core CPU (benchmarks/bench_algos.py)
+        s_rep = self._repeat(s, n)  # (B*n, D)
+        q_ood = torch.cat([self.critic(s_rep, x.reshape(-1, a_dim)).reshape(-1, bsz, n)
+                           for x in (a_rand, a_cur, a_nxt)], 2)  # (2, B, 3n)
         td = critic_mse(q, y)
         pen = cql_penalty(q_ood, log_density, q, cfg.cql_temp)  # (2,)
         return td + cfg.cql_alpha * pen.sum(), {"td": td, "cql": pen.mean(), "q": q, "y": y,
