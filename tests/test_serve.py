@@ -15,7 +15,7 @@ from rlmtf.data import build_transitions, read_logs
 from rlmtf.policy.fixed import baseline_policy
 from rlmtf.reward import RewardWeights
 from rlmtf.serve import create_app, explore_assigned, export_logs, stable_id
-from rlmtf.serve.store import DB_NAME
+from rlmtf.serve.store import DB_NAME, decode_vector
 from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.sim.config import SimConfig
 from rlmtf.sim.simulator import Simulator
@@ -94,7 +94,7 @@ def test_rank_happy_path_and_logged(client, log_dir):
         shown = db.execute("SELECT position, item_id, lower_b, upper_b FROM shown WHERE request_id = ? "
                            "ORDER BY position", (out["request_id"],)).fetchall()
     assert n_req == 1 and [s[1] for s in shown] == best
-    assert json.loads(shown[0][2]) == [0.0] * 10 == json.loads(shown[0][3])  # no exploration: empty box
+    assert decode_vector(shown[0][2]) == [0.0] * 10 == decode_vector(shown[0][3])  # no exploration: empty box
 
 
 def _bad(client, body, *field):
@@ -209,7 +209,7 @@ def test_exploration_all_users(log_dir):
                           "JOIN requests r USING (request_id)").fetchall()
     assert len(rows) == 25
     for *vecs, explored in rows:
-        mu, lo, hi, act = (np.asarray(json.loads(x)) for x in vecs)
+        mu, lo, hi, act = (np.asarray(decode_vector(x)) for x in vecs)
         assert explored == 1
         np.testing.assert_allclose(mu, base, atol=1e-6)
         np.testing.assert_allclose(lo, -0.15, atol=1e-6)
@@ -362,3 +362,325 @@ def test_export_round_trip(log_dir, tmp_path):
     assert sorted(set(col["t"][carol].tolist())) == [0, 1]
     np.testing.assert_allclose(trans.reward, trans.item_reward.sum(1), rtol=1e-6)
     assert np.all(trans.lower_b <= trans.upper_b)
+
+
+# --- the fast parser ----------------------------------------------------------------------------------------
+
+BAD_RANK_MORE = [
+    (_set(["candidates", 4, "item_features", "freshness"], "0.5"), ("candidates", 4, "item_features", "freshness")),
+    (_set(["candidates", 4, "mtl_scores", "finish"], True), ("candidates", 4, "mtl_scores", "finish")),
+    (_set(["candidates", 5, "item_features", "category"], 0.5), ("candidates", 5, "item_features", "category")),
+    (_set(["candidates", 5, "item_features", "freshness"], [0.1, 0.2]),
+     ("candidates", 5, "item_features", "freshness")),
+    (_set(["candidates", 6, "item_features", "category", 2], 1e300),
+     ("candidates", 6, "item_features", "category", 2)),
+    (_set(["candidates", 6, "mtl_scores", "like"], 1e39), ("candidates", 6, "mtl_scores", "like")),
+    (_set(["candidates", 7, "item_features", "colour"], 1.0), ("candidates", 7, "item_features", "colour")),
+    (_set(["candidates", 7, "mtl_scores", "dwell"], 0.1), ("candidates", 7, "mtl_scores", "dwell")),
+    (_set(["candidates", 7, "extra"], 1), ("candidates", 7, "extra")),
+    (_set(["candidates", 2, "item_id"], ""), ("candidates", 2, "item_id")),
+    (_set(["user_features", "top_interests"], [0.0] * 15), ("user_features", "top_interests")),
+    (_set(["context", "hour_sin"], 1e40), ("context", "hour_sin")),
+    (_set(["shoe_size"], 42), ("shoe_size",)),
+    (_set(["candidates", 1], "i1"), ("candidates", 1)),
+]
+
+
+@pytest.mark.parametrize("mutate,field", BAD_RANK_MORE, ids=["/".join(map(str, f)) + f"#{i}" for i, (_, f) in
+                                                              enumerate(BAD_RANK_MORE)])
+def test_rank_validation_more_cases(client, log_dir, mutate, field):
+    body = rank_body(n=8)
+    mutate(body)
+    _bad(client, body, *field)
+    with _db(log_dir) as db:
+        assert db.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 0
+
+
+def test_rank_invalid_json_and_first_error_in_order(client):
+    r = client.post("/v1/rank", content=b'{"user_id": "u1", "candidates": [',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "body"
+    body = rank_body(n=8)
+    body["candidates"][6]["mtl_scores"]["like"] = -1.0  # two errors: the exact walk reports the first in order
+    body["candidates"][3]["item_features"]["category"] = [0.0] * 15
+    locs = [d["loc"] for d in _bad(client, body, "candidates", 3, "item_features", "category").json()["detail"]]
+    assert locs == [["body", "candidates", 3, "item_features", "category"]]
+
+
+def test_fast_and_exact_paths_agree():
+    """The bulk path and the per-field walk build the same arrays; a one-element list for a scalar
+    feature is not for the bulk path (it falls back) but is accepted, as before."""
+    from rlmtf.serve.wire import RankParser, RankRequest
+
+    parser = RankParser(SPEC)
+    for seed in range(5):
+        body = rank_body(n=30, seed=seed)
+        cands = RankRequest.model_validate(body).candidates
+        fast, exact = parser._items_fast(cands), parser._items_exact(cands)
+        assert fast is not None and fast[0] == exact[0]
+        np.testing.assert_array_equal(fast[1], exact[1])
+        np.testing.assert_array_equal(fast[2], exact[2])
+    body = rank_body(n=6)
+    body["candidates"][2]["item_features"]["freshness"] = [0.25]
+    cands = RankRequest.model_validate(body).candidates
+    assert parser._items_fast(cands) is None
+    parsed = parser.parse(json.dumps(body).encode())
+    assert parsed.item_features[2, SPEC.item_features.slices()["freshness"]].tolist() == [0.25]
+
+
+def test_rank_with_list_for_scalar_feature_is_served(client):
+    body = rank_body(n=6)
+    body["candidates"][1]["item_features"]["freshness"] = [0.5]
+    body["user_features"]["age"] = [0.3]
+    assert client.post("/v1/rank", json=body).status_code == 200
+
+
+# --- the durable log: group commit, durability settings -------------------------------------------------------
+
+def test_group_commit_many_threads(tmp_path):
+    """Concurrent writes share commits; every acknowledged write is in the database, and a failing write
+    (a duplicate request id) fails alone without taking its group down."""
+    import threading
+
+    from rlmtf.serve.store import ServeStore, ShownItem
+
+    store = ServeStore(tmp_path, SPEC.to_json())
+    item = ShownItem(position=0, item_id="i0", item_features=np.zeros(20), mtl_scores=np.full(5, 0.1),
+                     mu_bp=np.zeros(10), lower_b=np.zeros(10), upper_b=np.zeros(10), action=np.zeros(10), score=1.0)
+
+    def log(rid: str):
+        return store.log_request_async(request_id=rid, user_id="u", session_id="s", policy_version="v",
+                                       explored=False, user_profile=np.zeros(19), user_history=np.zeros(23),
+                                       context=np.zeros(4), shown=[item])
+
+    futures, lock = [], threading.Lock()
+
+    def worker(w: int) -> None:
+        for i in range(50):
+            f = log(f"r{w}-{i}")
+            with lock:
+                futures.append(f)
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    dup = log("r0-0")
+    for f in futures:
+        f.result(timeout=30)
+    with pytest.raises(sqlite3.IntegrityError):
+        dup.result(timeout=30)
+    assert store.log_feedback(event_id="e1", request_id="r1-1", item_id="i0", behaviours={"like": 1.0},
+                              session_end=False) is True
+    assert store.log_feedback(event_id="e1", request_id="r1-1", item_id="i0", behaviours={"like": 1.0},
+                              session_end=False) is False
+    assert store.counts() == {"requests": 200, "shown": 200, "feedback": 1}
+    assert store.shown_status("r1-1", "i0") == (True, True) and store.shown_status("r1-1", "i9") == (True, False)
+    assert store.shown_status("nope", "i0") == (False, False)
+    assert store.writes == 203 and store.groups <= store.writes
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        log("late")
+    with pytest.raises(ValueError, match="durability"):
+        ServeStore(tmp_path / "other", durability="sometimes")
+
+
+@pytest.mark.parametrize("durability,synchronous", [("fsync", 2), ("process", 1)])
+def test_durability_setting(tmp_path, durability, synchronous):
+    with TestClient(create_app(feature_spec=SPEC, log_dir=tmp_path, durability=durability)) as c:
+        store = c.app.state.store
+        assert store._wconn.execute("PRAGMA synchronous").fetchone()[0] == synchronous  # 2 = FULL, 1 = NORMAL
+        assert store._wconn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert c.post("/v1/rank", json=rank_body()).status_code == 200
+        assert "rlmtf_log_writes_total 1" in c.get("/metrics").text
+
+
+def test_old_json_vectors_still_export(log_dir, tmp_path):
+    """Logs written before vectors became float32 BLOBs (JSON text in the same columns) still export."""
+    from rlmtf.serve.store import decode_vector
+
+    with TestClient(create_app(feature_spec=SPEC, log_dir=log_dir)) as c:
+        for t in range(2):
+            c.post("/v1/rank", json=rank_body(user="old", seed=t))
+    with _db(log_dir) as db:
+        for col in ("item_features", "mtl_scores", "mu_bp", "lower_b", "upper_b", "action"):
+            for rowid, v in db.execute(f"SELECT rowid, {col} FROM shown").fetchall():
+                db.execute(f"UPDATE shown SET {col} = ? WHERE rowid = ?", (json.dumps(decode_vector(v)), rowid))
+        for col in ("user_profile", "user_history", "context"):
+            for rowid, v in db.execute(f"SELECT rowid, {col} FROM requests").fetchall():
+                db.execute(f"UPDATE requests SET {col} = ? WHERE rowid = ?", (json.dumps(decode_vector(v)), rowid))
+    assert export_logs(log_dir, tmp_path / "out", SPEC)["rows"] == 10
+    assert read_logs(tmp_path / "out").columns["mtl_scores"].shape == (10, 5)
+
+
+def test_listening_socket_gets_tcp_nodelay():
+    """The multi-worker socket: accepted connections must get TCP_NODELAY (uvicorn's own socket has
+    proto 0, so asyncio skipped it and Nagle + delayed ACK held responses ~40 ms)."""
+    import asyncio
+    import socket
+
+    from rlmtf.serve.run import listening_socket
+
+    async def nodelay_of(sock: socket.socket) -> int:
+        got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                s = transport.get_extra_info("socket")
+                got.set_result(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(P, sock=sock)
+        _, w = await asyncio.open_connection(*sock.getsockname()[:2])
+        value = await asyncio.wait_for(got, 10)
+        w.close()
+        server.close()
+        return value
+
+    assert asyncio.run(nodelay_of(listening_socket("127.0.0.1", 0))) != 0
+    like_uvicorn = socket.socket(family=socket.AF_INET)  # what uvicorn's Config.bind_socket makes
+    like_uvicorn.bind(("127.0.0.1", 0))
+    assert asyncio.run(nodelay_of(like_uvicorn)) == 0
+
+
+# --- per-user exploration bounds --------------------------------------------------------------------------
+
+ALICE = ([0.0] * 10, [0.3] * 10)  # only upwards
+BOB = (-0.02, 0.02)  # a narrow box, given as numbers
+
+
+def _bounds_file(tmp_path, users=None):
+    users = users or {"alice": {"lower_b": ALICE[0], "upper_b": ALICE[1]},
+                      "bob": {"lower_b": BOB[0], "upper_b": BOB[1]}}
+    path = tmp_path / "bounds.json"
+    path.write_text(json.dumps({"users": users}))
+    return path
+
+
+def _box(user):
+    if user == "alice":
+        return np.asarray(ALICE[0]), np.asarray(ALICE[1])
+    if user == "bob":
+        return np.full(10, BOB[0]), np.full(10, BOB[1])
+    return np.full(10, -0.15), np.full(10, 0.15)
+
+
+def test_per_user_bounds_served_logged_exported(log_dir, tmp_path):
+    base = np.asarray(baseline_policy().action, dtype=np.float64)
+    users = ("alice", "bob", "carol")  # carol is not in the file: the default box
+    with TestClient(create_app(feature_spec=SPEC, log_dir=log_dir, explore_fraction=1.0, seed=2,
+                               bounds=_bounds_file(tmp_path))) as c:
+        assert len(c.app.state.user_bounds) == 2
+        for user in users:
+            for t in range(4):
+                out = c.post("/v1/rank", json=rank_body(user=user, session="s", seed=t)).json()
+                assert out["explored"] is True
+                lo, hi = _box(user)
+                for it in out["items"]:
+                    a = np.asarray(it["action"])
+                    assert np.all(a >= np.clip(base + lo, -1, 1) - 1e-6)
+                    assert np.all(a <= np.clip(base + hi, -1, 1) + 1e-6)
+                if user == "alice":  # noise only upwards: never below mu_bp
+                    assert np.all(np.asarray(out["items"][0]["action"]) >= base - 1e-6)
+    with _db(log_dir) as db:
+        rows = db.execute("SELECT r.user_id, s.mu_bp, s.lower_b, s.upper_b, s.action FROM shown s "
+                          "JOIN requests r USING (request_id)").fetchall()
+    assert len(rows) == 3 * 4 * 5
+    for user, *vecs in rows:
+        mu, lo, hi, act = (np.asarray(decode_vector(v), dtype=np.float64) for v in vecs)
+        want_lo, want_hi = _box(user)
+        np.testing.assert_allclose(lo, want_lo, atol=1e-6)
+        np.testing.assert_allclose(hi, want_hi, atol=1e-6)
+        assert np.all(act >= np.clip(mu + lo, -1, 1) - 1e-6) and np.all(act <= np.clip(mu + hi, -1, 1) + 1e-6)
+    export_logs(log_dir, tmp_path / "out", SPEC)
+    col = read_logs(tmp_path / "out").columns
+    for user in users:
+        m = col["user_id"] == stable_id(user)
+        assert m.sum() == 4 * 5
+        want_lo, want_hi = _box(user)
+        np.testing.assert_allclose(col["lower_b"][m], np.broadcast_to(want_lo, (m.sum(), 10)), atol=1e-6)
+        np.testing.assert_allclose(col["upper_b"][m], np.broadcast_to(want_hi, (m.sum(), 10)), atol=1e-6)
+        d = col["action"][m] - col["mu_bp"][m]
+        assert np.all(d >= want_lo - 1e-5) and np.all(d <= want_hi + 1e-5)  # clipping only shrinks |noise|
+
+
+def test_per_user_bounds_do_not_change_who_explores(log_dir, tmp_path):
+    bounds = _bounds_file(tmp_path)
+    with TestClient(create_app(feature_spec=SPEC, log_dir=log_dir, explore_fraction=0.0, bounds=bounds)) as c:
+        out = c.post("/v1/rank", json=rank_body(user="alice")).json()
+        assert out["explored"] is False
+    with _db(log_dir) as db:
+        lo, hi = db.execute("SELECT lower_b, upper_b FROM shown LIMIT 1").fetchone()
+    assert decode_vector(lo) == [0.0] * 10 == decode_vector(hi)
+
+
+def test_per_user_bounds_item_level_policy(log_dir, tmp_path, trained_policy):
+    """An item-level policy: noise per user-item pair, each inside the user's own box."""
+    with TestClient(create_app(str(trained_policy), feature_spec=SPEC, log_dir=log_dir, explore_fraction=1.0,
+                               bounds=_bounds_file(tmp_path))) as c:
+        out = c.post("/v1/rank", json=rank_body(user="alice", n=20)).json()
+        assert out["explored"] is True
+    with _db(log_dir) as db:
+        rows = db.execute("SELECT mu_bp, lower_b, upper_b, action FROM shown").fetchall()
+    acts = []
+    for vecs in rows:
+        mu, lo, hi, act = (np.asarray(decode_vector(v), dtype=np.float64) for v in vecs)
+        np.testing.assert_allclose(lo, ALICE[0], atol=1e-6)
+        np.testing.assert_allclose(hi, ALICE[1], atol=1e-6)
+        assert np.all(act >= np.clip(mu, -1, 1) - 1e-6) and np.all(act <= np.clip(mu + 0.3, -1, 1) + 1e-6)
+        acts.append(act - mu)
+    assert np.abs(np.asarray(acts) - acts[0]).max() > 1e-4  # a draw per user-item pair
+
+
+def test_bounds_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlmtf.serve.bounds import load_user_bounds
+
+    path = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"user_id": ["u1", "u2"], "lower_b": [[-0.1] * 10, [0.0] * 10],
+                             "upper_b": [[0.1] * 10, [0.05] * 10]}), path)
+    b = load_user_bounds(path)
+    assert len(b) == 2 and b.get("u3") is None
+    np.testing.assert_allclose(b.get("u2")[1], 0.05, atol=1e-7)
+    pq.write_table(pa.table({"user_id": ["u1"], "lower_b": [-0.1]}), tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match="upper_b"):
+        load_user_bounds(tmp_path / "bad.parquet")
+
+
+BAD_BOUNDS = [
+    ({"users": {"u1": {"lower_b": [0.0] * 9, "upper_b": 0.1}}}, "u1.*lower_b.*10 numbers"),
+    ({"users": {"u1": {"lower_b": 0.2, "upper_b": 0.1}}}, "u1.*lower_b > upper_b in dimension 0"),
+    ({"users": {"u1": {"lower_b": [0.0] * 9 + [float("nan")], "upper_b": 0.1}}}, r"u1.*lower_b\[9\].*finite"),
+    ({"users": {"u1": {"lower_b": -0.1}}}, "u1.*exactly lower_b and upper_b"),
+    ({"users": {"u1": {"lower_b": True, "upper_b": 0.1}}}, "u1.*lower_b"),
+    ({"u1": {"lower_b": -0.1, "upper_b": 0.1}}, '"users"'),
+    ([1, 2], '"users"'),
+]
+
+
+@pytest.mark.parametrize("doc,match", BAD_BOUNDS)
+def test_bad_bounds_files_are_refused(tmp_path, doc, match):
+    from rlmtf.serve.bounds import load_user_bounds
+
+    path = tmp_path / "bounds.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=match):
+        load_user_bounds(path)
+    with pytest.raises(ValueError, match="bounds.json"):
+        create_app(feature_spec=SPEC, log_dir=tmp_path / "log", bounds=path)
+
+
+def test_missing_bounds_file(tmp_path):
+    with pytest.raises(ValueError, match="no such bounds file"):
+        create_app(feature_spec=SPEC, log_dir=tmp_path / "log", bounds=tmp_path / "nope.json")
+
+
+def test_openapi_documents_the_bodies_the_handlers_parse(client):
+    doc = client.get("/openapi.json").json()
+    for path, model in (("/v1/rank", "RankRequest"), ("/v1/feedback", "FeedbackRequest")):
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{model}"
+    assert "Candidate" in doc["components"]["schemas"]

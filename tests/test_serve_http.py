@@ -24,9 +24,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(log_dir: Path, port: int) -> subprocess.Popen:
+def start_server(log_dir: Path, port: int, *extra: str) -> subprocess.Popen:
+    args = extra or ("--explore-fraction", "0.5")
     proc = subprocess.Popen([sys.executable, "-m", "rlmtf.cli", "serve", "--log-dir", str(log_dir), "--port",
-                             str(port), "--explore-fraction", "0.5"], cwd=REPO, stdout=subprocess.DEVNULL,
+                             str(port), *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "RLMTF_ADMIN_TOKEN": "secret"})
     deadline = time.time() + 60
     while True:
@@ -209,3 +210,81 @@ def test_closing_the_loop(server, tmp_path):
     versions = {v for (v,) in con.execute("SELECT DISTINCT policy_version FROM requests")}
     con.close()
     assert {before, after} <= versions
+
+
+def test_load_through_two_workers(tmp_path):
+    """`rlmtf serve --workers 2` under a bounded load (300 ranking requests and their feedback from 4
+    threads, well under 30 s): no errors, every acknowledged request, shown item and feedback event in the
+    log, and the per-user bounds file (--bounds) applied by both workers."""
+    import sqlite3
+    import threading
+
+    from rlmtf.serve.store import decode_vector
+
+    bounds = tmp_path / "bounds.json"
+    bounds.write_text(json.dumps({"users": {"u0": {"lower_b": 0.0, "upper_b": 0.05}}}))
+    port, log_dir = free_port(), tmp_path / "log"
+    proc = start_server(log_dir, port, "--workers", "2", "--explore-fraction", "1", "--bounds", str(bounds))
+    url = f"http://127.0.0.1:{port}"
+    acked: dict[str, tuple[str, list[str]]] = {}  # request_id -> (user, shown item ids)
+    events: set[str] = set()
+    errors: list[str] = []
+    lock = threading.Lock()
+    try:
+        schema = httpx.get(f"{url}/v1/schema").json()
+        deadline = time.time() + 60
+
+        def client(c: int) -> None:
+            rng = np.random.default_rng(c)
+            with httpx.Client(timeout=10) as http:
+                for i in range(75):
+                    if time.time() > deadline:
+                        errors.append(f"client {c}: out of time after {i} requests")
+                        return
+                    user = f"u{(c + i) % 3}"
+                    r = http.post(f"{url}/v1/rank", json=_request(schema, rng, user, f"s{c}", n=20))
+                    if r.status_code != 200:
+                        errors.append(f"rank {r.status_code}: {r.text[:200]}")
+                        continue
+                    out = r.json()
+                    items = [it["item_id"] for it in out["items"]]
+                    with lock:
+                        acked[out["request_id"]] = (user, items)
+                    fb = {"request_id": out["request_id"], "item_id": items[i % 5], "event_id": f"{c}-{i}",
+                          "behaviours": {"watch_time": 3.0, "valid": 0}, "session_end": i == 74}
+                    f = http.post(f"{url}/v1/feedback", json=fb)
+                    if f.status_code != 200:
+                        errors.append(f"feedback {f.status_code}: {f.text[:200]}")
+                        continue
+                    with lock:
+                        events.add(fb["event_id"])
+
+        t0 = time.time()
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.time() - t0
+    finally:
+        stop(proc)
+    assert errors == [], errors[:5]
+    assert len(acked) == 300 and len(events) == 300
+    assert elapsed < 30, f"the load took {elapsed:.1f} s"
+    con = sqlite3.connect(log_dir / "serve.sqlite3")
+    try:
+        logged = dict(con.execute("SELECT request_id, user_id FROM requests").fetchall())
+        shown = con.execute("SELECT request_id, item_id, lower_b, upper_b FROM shown ORDER BY request_id, position"
+                            ).fetchall()
+        logged_events = {e for (e,) in con.execute("SELECT event_id FROM feedback")}
+    finally:
+        con.close()
+    assert logged == {rid: user for rid, (user, _) in acked.items()}
+    by_request: dict[str, list[str]] = {}
+    for rid, item, lo, hi in shown:
+        by_request.setdefault(rid, []).append(item)
+        want = (0.0, 0.05) if logged[rid] == "u0" else (-0.15, 0.15)
+        np.testing.assert_allclose(decode_vector(lo), [want[0]] * 10, atol=1e-6)
+        np.testing.assert_allclose(decode_vector(hi), [want[1]] * 10, atol=1e-6)
+    assert by_request == {rid: items for rid, (_, items) in acked.items()}
+    assert logged_events == events

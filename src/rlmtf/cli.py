@@ -497,6 +497,12 @@ def serve(
     = 0.0,
     lower_b: Annotated[float, typer.Option()] = -0.15,
     upper_b: Annotated[float, typer.Option()] = 0.15,
+    bounds: Annotated[Path | None, typer.Option(help="Per-user exploration bounds: a JSON or Parquet file mapping "
+                                                     "user ids to lower_b/upper_b (see rlmtf.serve.bounds).")]
+    = None,
+    durability: Annotated[str, typer.Option(help="fsync: an acknowledged record survives a power loss (fsync per "
+                                                 "group commit); process: it survives a killed server process.")]
+    = "fsync",
     max_candidates: Annotated[int, typer.Option()] = 2000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
@@ -505,20 +511,25 @@ def serve(
     /v1/admin/reload (token in $RLMTF_ADMIN_TOKEN)."""
     import os
 
-    import uvicorn
-
     from rlmtf.serve.app import create_app
+    from rlmtf.serve.run import run_server
 
+    # a torch policy gets an equal share of the cores per worker (no oversubscription)
+    torch_threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     with _errors():
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         create_app(policy, log_dir=log_dir, explore_fraction=explore_fraction, lower_b=lower_b, upper_b=upper_b,
-                   max_candidates=max_candidates, seed=seed)  # fail here, with a clear message, not in a worker
+                   max_candidates=max_candidates, seed=seed, bounds=bounds, durability=durability,
+                   torch_threads=torch_threads).state.store.close()  # fail here, with a clear message, not in a worker
     os.environ.update({"RLMTF_SERVE_POLICY": policy, "RLMTF_SERVE_LOG_DIR": str(log_dir),
                        "RLMTF_SERVE_EXPLORE_FRACTION": str(explore_fraction), "RLMTF_SERVE_LOWER_B": str(lower_b),
                        "RLMTF_SERVE_UPPER_B": str(upper_b), "RLMTF_SERVE_MAX_CANDIDATES": str(max_candidates),
-                       "RLMTF_SERVE_SEED": str(seed)})
-    uvicorn.run("rlmtf.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")
+                       "RLMTF_SERVE_SEED": str(seed), "RLMTF_SERVE_BOUNDS": str(bounds) if bounds else "",
+                       "RLMTF_SERVE_DURABILITY": durability, "RLMTF_SERVE_TORCH_THREADS": str(torch_threads)})
+    try:
+        run_server("rlmtf.serve.app:app_from_env", host=host, port=port, workers=workers)
+    except OSError as e:  # the port is taken, or the address is not ours
+        _fail(f"cannot listen on {host}:{port}: {e}")
 
 
 @app.command()

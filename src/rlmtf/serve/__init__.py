@@ -1,7 +1,9 @@
 """Online serving (SPEC section 12): the ranking service, its durable log and the log -> Parquet export."""
 
 from rlmtf.serve.app import create_app, explore_assigned, policy_version
+from rlmtf.serve.bounds import UserBounds, load_user_bounds
 from rlmtf.serve.export import export_logs, stable_id
 from rlmtf.serve.store import ServeStore
 
-__all__ = ["ServeStore", "create_app", "explore_assigned", "export_logs", "policy_version", "stable_id"]
+__all__ = ["ServeStore", "UserBounds", "create_app", "explore_assigned", "export_logs", "load_user_bounds",
+           "policy_version", "stable_id"]

@@ -19,9 +19,28 @@ noise per request for user-level policies and per user-item pair for item-level 
 is logged with mu_bp, lower_b, upper_b and the action; without exploration mu_bp is the action and the
 box is empty (lower_b = upper_b = 0).
 
+Per-user exploration bounds: ``bounds`` (``rlmtf serve --bounds FILE``, env ``RLMTF_SERVE_BOUNDS``)
+names a JSON or Parquet file mapping user ids to their own ``lower_b``/``upper_b`` vectors
+(:mod:`rlmtf.serve.bounds`). An explored user listed there is served and logged with that box; every
+other explored user with the default one. The file does not change who explores.
+
 Validation errors are 422 with FastAPI's ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``
 shape; ``loc`` names the offending field (e.g. ``["body", "candidates", 3, "mtl_scores", "like"]``).
-A body over ``max_body_bytes`` gets 413.
+Feature values and MTL scores are JSON numbers (strict: no strings, no booleans). A body over
+``max_body_bytes`` gets 413.
+
+Speed (see BENCHMARKS.md, "HTTP ranking service"): ``/v1/rank`` and ``/v1/feedback`` are ``async``
+handlers that read the raw body and parse it with pydantic-core in one pass
+(:class:`rlmtf.serve.wire.RankParser`: the structure in Rust, the features into arrays with bulk
+numpy checks, the exact per-field walk only to name an error); the response is one ``json.dumps``.
+The scoring runs on the event loop (a few milliseconds of CPU: a thread would only add a hop); the
+durable write is encoded (float32 BLOBs) on the event loop, handed to the store's writer thread and
+awaited, so the event loop parses the next request while the commit (and its fsync) runs, and
+concurrent requests share one commit (group commit, :mod:`rlmtf.serve.store`). Metrics and the body
+limit are one plain ASGI middleware. Under ``rlmtf serve`` (``app_from_env``) the start-up heap is
+frozen out of the garbage collector (``gc.freeze``) and a torch policy gets one intra-op thread per
+worker; with several workers the listening socket is made by :mod:`rlmtf.serve.run` so that
+connections get ``TCP_NODELAY`` (uvicorn's own socket left Nagle on: ~40 ms per response).
 
 Policy version: ``baseline`` (or the built-in's name) for built-ins, else the first 12 hex digits of a
 blake2b hash of the policy's files (policy.json and every ``*.safetensors``, by name).
@@ -34,38 +53,57 @@ once, so it is answered and logged entirely by the old or entirely by the new on
 
 Feedback: ``event_id`` is an idempotency key; a repeat (same id, whatever its payload) is stored
 once and answered ``{"duplicate": true}``. Feedback may only name an item shown in that request.
-Every request and feedback event is committed to SQLite (:mod:`rlmtf.serve.store`) before the
-response is sent; :func:`rlmtf.serve.export.export_logs` turns the log into SPEC 11 Parquet.
+Every request and feedback event is committed to SQLite (:mod:`rlmtf.serve.store`, WAL) before the
+response is sent; ``durability`` (``rlmtf serve --durability``) says what a commit survives:
+``fsync`` (default, ``synchronous=FULL``) a power loss, ``process`` (``synchronous=NORMAL``) a
+killed server process. :func:`rlmtf.serve.export.export_logs` turns the log into SPEC 11 Parquet.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import json
 import math
 import os
 import threading
 import time
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ValidationError
 
 from rlmtf.fusion import ActionSpace, fused_log_score, rank_top_l
 from rlmtf.policy.base import Policy, RequestObs, check_actions
 from rlmtf.policy.explore import UniformExploration
 from rlmtf.policy.registry import BUILTIN, PolicyLoadError, load_policy
 from rlmtf.reward import REWARD_BEHAVIOURS
-from rlmtf.schema import FEEDBACK_COLUMNS, FeatureGroup, FeatureSpec
+from rlmtf.schema import FEEDBACK_COLUMNS, FeatureSpec
+from rlmtf.serve.bounds import UserBounds, load_user_bounds
 from rlmtf.serve.store import ServeStore, ShownItem
+from rlmtf.serve.wire import (
+    Candidate,
+    FeedbackRequest,
+    RankedItem,
+    RankParser,
+    RankRequest,
+    RankResponse,
+    ReloadRequest,
+    WireError,
+    clean_errors,
+)
 
-__all__ = ["create_app", "policy_version", "explore_assigned", "ADMIN_TOKEN_ENV"]
+__all__ = ["create_app", "policy_version", "explore_assigned", "ADMIN_TOKEN_ENV", "Candidate", "FeedbackRequest",
+           "RankRequest", "RankResponse", "RankedItem", "ReloadRequest"]
 
 ADMIN_TOKEN_ENV = "RLMTF_ADMIN_TOKEN"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -73,56 +111,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: watch_ratio are non-negative numbers, the others 0/1.
 FEEDBACK_KEYS: tuple[str, ...] = tuple(FEEDBACK_COLUMNS)
 _CONTINUOUS = ("watch_time", "watch_ratio")
-
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-FeatureValue = Finite | list[Finite]
-
-
-# --- wire models ------------------------------------------------------------------------------------
-
-
-class Candidate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    item_id: str = Field(min_length=1)
-    item_features: dict[str, FeatureValue]
-    mtl_scores: dict[str, Finite]
-
-
-class RankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user_id: str = Field(min_length=1)
-    session_id: str = Field(min_length=1)
-    k: int = 5
-    user_features: dict[str, FeatureValue]
-    context: dict[str, FeatureValue]
-    candidates: list[Candidate]
-
-
-class RankedItem(BaseModel):
-    item_id: str
-    score: float
-    action: list[float]
-
-
-class RankResponse(BaseModel):
-    request_id: str
-    policy_version: str
-    explored: bool
-    items: list[RankedItem]
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(min_length=1)
-    item_id: str = Field(min_length=1)
-    event_id: str | None = Field(default=None, min_length=1)
-    behaviours: dict[str, Finite] = Field(default_factory=dict)
-    session_end: bool = False
-
-
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    policy: str = Field(min_length=1)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -156,24 +144,6 @@ def _err(loc: list[Any], msg: str, status: int = 422) -> HTTPException:
     return HTTPException(status, detail=[{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
 
-def _vector(group: FeatureGroup, given: dict[str, Any], loc: list[Any]) -> np.ndarray:
-    """Named features -> one float32 vector in the group's order; 422 naming the field otherwise."""
-    dims = group.names()
-    unknown = [n for n in given if n not in dims]
-    if unknown:
-        raise _err([*loc, unknown[0]], f"unknown feature {unknown[0]!r} (expected: {', '.join(dims)})")
-    out = np.empty(group.dim, dtype=np.float32)
-    for (name, d), sl in zip(group.fields, group.slices().values(), strict=True):
-        if name not in given:
-            raise _err([*loc, name], f"missing feature {name!r} (dim {d})")
-        v = given[name]
-        vals = v if isinstance(v, list) else [v]
-        if len(vals) != d:
-            raise _err([*loc, name], f"feature {name!r} has length {len(vals)}, expected {d}")
-        out[sl] = vals
-    return out
-
-
 def _smoke_test(policy: Policy, spec: FeatureSpec) -> None:
     """Act on a dummy request so that a policy built for another feature spec fails at load time."""
     n = 3
@@ -187,19 +157,49 @@ def _smoke_test(policy: Policy, spec: FeatureSpec) -> None:
     check_actions(np.asarray(policy.act(obs)), obs, policy.level, policy.name)
 
 
-_UNION_TAGS = frozenset({"float", "list[float]"})
+def _limit_torch_threads(threads: int | None) -> None:
+    """Cap torch's intra-op threads (only if a policy pulled torch in: fixed policies never import it)."""
+    import sys
+
+    if threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
-def _clean_errors(errors) -> list[dict]:
-    """Pydantic errors without the echoed input (NaN is not JSON) and without union-branch tags in
-    ``loc``; one error per location, preferring the one that says 'finite'."""
-    out: dict[tuple, dict] = {}
-    for e in errors:
-        loc = tuple(p for p in e.get("loc", ()) if p not in _UNION_TAGS)
-        item = {"loc": list(loc), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-        if loc not in out or item["type"] == "finite_number":
-            out[loc] = item
-    return list(out.values())
+def _freeze_heap() -> None:
+    """Collect, then move every live object to the permanent generation (unfrozen first, so that a
+    reload's old policy, if it holds reference cycles, is collected rather than kept)."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def _json_response(content: Any, status: int = 200) -> Response:
+    return Response(json.dumps(content, separators=(",", ":")).encode(), status_code=status,
+                    media_type="application/json")
+
+
+def _openapi_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
+    """Document request bodies that handlers parse themselves (``{path: model}``) in /openapi.json."""
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        comps = doc.setdefault("components", {}).setdefault("schemas", {})
+        for path, model in bodies.items():
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            comps.update(js.pop("$defs", {}))
+            comps[model.__name__] = js
+            op = doc.get("paths", {}).get(path, {}).get("post")
+            if op is not None:
+                op["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,7 @@ class _Served:
     version: str
     policy: Policy
     explorer: UniformExploration
+    per: str  # exploration noise per "request" (user-level policy) or per "item" (item-level)
     #: serialises inference: a torch actor toggles eval/train mode inside ``act``
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -237,7 +238,7 @@ class _Metrics:
                     if seconds <= b:
                         self.buckets[i] += 1
 
-    def render(self, version: str) -> str:
+    def render(self, version: str, store: ServeStore | None = None) -> str:
         with self.lock:
             lines = ["# HELP rlmtf_requests_total HTTP requests by path and status.",
                      "# TYPE rlmtf_requests_total counter"]
@@ -259,25 +260,30 @@ class _Metrics:
                       f"rlmtf_rank_latency_seconds_count {self.lat_count}",
                       "# HELP rlmtf_model_info The policy being served.", "# TYPE rlmtf_model_info gauge",
                       f'rlmtf_model_info{{version="{version}"}} 1']
+        if store is not None:
+            lines += ["# HELP rlmtf_log_commits_total Group commits of the durable log (this process).",
+                      "# TYPE rlmtf_log_commits_total counter", f"rlmtf_log_commits_total {store.groups}",
+                      "# HELP rlmtf_log_writes_total Records committed to the durable log (this process).",
+                      "# TYPE rlmtf_log_writes_total counter", f"rlmtf_log_writes_total {store.writes}"]
         return "\n".join(lines) + "\n"
 
 
-class _BodyLimit:
-    """ASGI middleware: 413 for a body over ``limit`` bytes (by Content-Length or as it streams in)."""
+class _Edge:
+    """Plain ASGI middleware: request metrics (path, status, latency) and 413 for a body over ``limit``
+    bytes (by Content-Length or as it streams in)."""
 
     class _TooLarge(Exception):
         """Raised from ``receive`` when a streamed body passes the limit."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, metrics: _Metrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
         too_large = PlainTextResponse(f"request body over {self.limit} bytes", status_code=413)
-        for k, v in scope.get("headers", []):
-            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                return await too_large(scope, receive, send)
         seen = 0
         started = False
 
@@ -291,16 +297,24 @@ class _BodyLimit:
             return msg
 
         async def tracking_send(msg):
-            nonlocal started
+            nonlocal started, status
             if msg["type"] == "http.response.start":
-                started = True
+                started, status = True, msg["status"]
             await send(msg)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except self._TooLarge:
-            if not started:
-                await too_large(scope, receive, send)
+            for k, v in scope.get("headers", []):
+                if k == b"content-length" and v.isdigit() and int(v) > self.limit:
+                    status = 413
+                    return await too_large(scope, receive, send)
+            try:
+                await self.app(scope, limited_receive, tracking_send)
+            except self._TooLarge:
+                if not started:
+                    status = 413
+                    await too_large(scope, receive, send)
+        finally:
+            self.metrics.observe(scope["path"], status, time.perf_counter() - t0)
 
 
 # --- the app ----------------------------------------------------------------------------------------
@@ -309,8 +323,17 @@ class _BodyLimit:
 def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | None = None,
                log_dir: str | os.PathLike[str], explore_fraction: float = 0.0, lower_b: float = -0.15,
                upper_b: float = 0.15, max_candidates: int = 2000, max_body_bytes: int = 8 * 1024 * 1024,
-               seed: int = 0, action_space: ActionSpace = ActionSpace()) -> FastAPI:
-    """The ranking service; see the module docstring. ``feature_spec`` defaults to the simulator's."""
+               seed: int = 0, action_space: ActionSpace = ActionSpace(),
+               bounds: str | os.PathLike[str] | UserBounds | None = None,
+               torch_threads: int | None = None, durability: str = "fsync", freeze_gc: bool = False) -> FastAPI:
+    """The ranking service; see the module docstring. ``feature_spec`` defaults to the simulator's.
+    ``bounds``: a per-user bounds file (:mod:`rlmtf.serve.bounds`) or a loaded :class:`UserBounds`.
+    ``torch_threads``: cap torch's intra-op threads when the policy uses torch (one per worker process
+    is right when there are as many workers as cores). ``durability``: ``fsync`` or ``process``, what an
+    acknowledged record survives (:mod:`rlmtf.serve.store`). ``freeze_gc``: move everything alive after start-up
+    (and after each reload) to the garbage collector's permanent generation (``gc.freeze``), so that the
+    collections a request's many small objects trigger do not walk the whole heap (torch, numpy, the policy):
+    for a server process, not for a library caller."""
     if feature_spec is None:
         from rlmtf.sim.config import SimConfig
         from rlmtf.sim.world import feature_spec as sim_feature_spec
@@ -321,47 +344,46 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
         raise ValueError(f"explore_fraction must be in [0, 1], got {explore_fraction}")
     if max_candidates < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
-    user_group = FeatureGroup(spec.user_profile.fields + spec.user_history.fields)
-    if len(user_group.names()) != len(user_group.fields):
-        raise ValueError("user_profile and user_history share a feature name; the wire format cannot tell them apart")
+    parser = RankParser(spec, max_candidates)
+    user_group = parser.user_group
     n_profile = spec.user_profile.dim
+    user_bounds = bounds if isinstance(bounds, UserBounds) else load_user_bounds(bounds, lower_b, upper_b,
+                                                                                  spec.action_dim)
 
     def build(policy_str: str) -> _Served:
         try:
             pol = load_policy(policy_str, action_space, seed=seed)
+            _limit_torch_threads(torch_threads)
             _smoke_test(pol, spec)
             version = policy_version(policy_str)
         except Exception as e:  # anything a bad file can raise: report it, keep serving the old one
             raise PolicyLoadError(f"{type(e).__name__}: {e}") from e
         per = "item" if pol.level == "item" else "request"
         explorer = UniformExploration(pol, lower_b, upper_b, per=per, seed=seed)
-        return _Served(policy_str, version, pol, explorer)
+        return _Served(policy_str, version, pol, explorer, per)
 
-    store = ServeStore(log_dir, spec.to_json())
+    store = ServeStore(log_dir, spec.to_json(), durability=durability)
     metrics = _Metrics()
     swap_lock = threading.Lock()
     state = {"served": build(policy_spec)}
+    if freeze_gc:
+        _freeze_heap()
 
-    app = FastAPI(title="rlmtf ranking service", version="1")
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        store.close()  # commits whatever is queued
+
+    app = FastAPI(title="rlmtf ranking service", version="1", lifespan=lifespan)
     app.state.store = store
     app.state.metrics = metrics
-
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            metrics.observe(request.url.path, status, time.perf_counter() - t0)
-
-    app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.state.user_bounds = user_bounds
+    app.add_middleware(_Edge, limit=max_body_bytes, metrics=metrics)
+    _openapi_bodies(app, {"/v1/rank": RankRequest, "/v1/feedback": FeedbackRequest})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": _clean_errors(exc.errors())})
+        return JSONResponse(status_code=422, content={"detail": clean_errors(exc.errors())})
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -376,34 +398,18 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
 
     @app.get("/metrics")
     def prom() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(state["served"].version),
+        return PlainTextResponse(metrics.render(state["served"].version, store),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/v1/rank", response_model=RankResponse)
-    def rank(req: RankRequest) -> RankResponse:
+    async def rank(request: Request) -> Response:
+        try:
+            req = parser.parse(await request.body())
+        except WireError as e:
+            return _json_response({"detail": e.errors}, e.status)
         served = state["served"]  # one read: a concurrent reload cannot mix two policies in a request
-        n = len(req.candidates)
-        if n == 0:
-            raise _err(["candidates"], "no candidates")
-        if n > max_candidates:
-            raise _err(["candidates"], f"{n} candidates, at most {max_candidates} allowed")
-        if not 1 <= req.k <= n:
-            raise _err(["k"], f"k={req.k} out of range: must be in [1, {n}] (the number of candidates)")
-        user = _vector(user_group, req.user_features, ["user_features"])
-        ctx = _vector(spec.context, req.context, ["context"])
-        tasks = FeatureGroup(tuple((t, 1) for t in spec.mtl_tasks))
-        feats = np.empty((n, spec.item_features.dim), np.float32)
-        scores = np.empty((n, len(spec.mtl_tasks)), np.float32)
-        seen: set[str] = set()
-        for i, c in enumerate(req.candidates):
-            if c.item_id in seen:
-                raise _err(["candidates", i, "item_id"], f"duplicate item_id {c.item_id!r}")
-            seen.add(c.item_id)
-            feats[i] = _vector(spec.item_features, c.item_features, ["candidates", i, "item_features"])
-            scores[i] = _vector(tasks, c.mtl_scores, ["candidates", i, "mtl_scores"])
-            neg = np.flatnonzero(scores[i] < 0)
-            if neg.size:
-                raise _err(["candidates", i, "mtl_scores", spec.mtl_tasks[int(neg[0])]], "scores must be >= 0")
+        n = len(req.item_ids)
+        feats, scores, user, ctx = req.item_features, req.mtl_scores, req.user, req.context
         request_id = uuid.uuid4().hex
         obs = RequestObs(
             user_id=np.array([int(_unit_hash(req.user_id) * 2**62)], np.int64),
@@ -412,8 +418,13 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
             item_id=np.arange(n, dtype=np.int64)[None], mtl_scores=scores[None], item_features_=feats[None])
         explored = explore_assigned(req.user_id, explore_fraction, seed)
         try:
+            policy: Policy = served.policy
+            if explored:
+                box = user_bounds.get(req.user_id)
+                policy = served.explorer if box is None else UniformExploration(served.policy, *box, per=served.per,
+                                                                                seed=seed)
             with served.lock:
-                dec = served.explorer.decide(obs) if explored else served.policy.decide(obs)
+                dec = policy.decide(obs)
             action = check_actions(np.asarray(dec.action), obs, dec.level, served.policy.name)
         except Exception as e:
             raise HTTPException(500, detail=f"policy failed: {type(e).__name__}: {e}") from e
@@ -423,29 +434,39 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
         lo = np.broadcast_to(np.asarray(dec.lower_b, np.float32), (1, *a_item.shape)).reshape(a_item.shape)
         hi = np.broadcast_to(np.asarray(dec.upper_b, np.float32), (1, *a_item.shape)).reshape(a_item.shape)
         log_s = fused_log_score(scores.astype(np.float64), a_item.astype(np.float64), action_space)  # (N,)
-        top = rank_top_l(log_s[None], req.k)[0]
+        top = rank_top_l(log_s[None], req.k)[0].tolist()
         items, shown = [], []
-        for pos, j in enumerate(top.tolist()):
-            score = float(math.exp(log_s[j]))
-            act = [float(x) for x in a_item[j]]
-            cid = req.candidates[j].item_id
-            items.append(RankedItem(item_id=cid, score=score, action=act))
-            shown.append(ShownItem(position=pos, item_id=cid, item_features=feats[j].tolist(),
-                                   mtl_scores=scores[j].tolist(), mu_bp=mu_item[j].tolist(),
-                                   lower_b=lo[j].tolist(), upper_b=hi[j].tolist(), action=act, score=score))
-        store.log_request(request_id=request_id, user_id=req.user_id, session_id=req.session_id,
-                          policy_version=served.version, explored=explored, user_profile=user[:n_profile].tolist(),
-                          user_history=user[n_profile:].tolist(), context=ctx.tolist(), shown=shown)
+        for pos, j in enumerate(top):
+            score = math.exp(float(log_s[j]))
+            act = a_item[j].tolist()
+            cid = req.item_ids[j]
+            items.append({"item_id": cid, "score": score, "action": act})
+            shown.append(ShownItem(position=pos, item_id=cid, item_features=feats[j], mtl_scores=scores[j],
+                                   mu_bp=mu_item[j], lower_b=lo[j], upper_b=hi[j], action=a_item[j], score=score))
+        committed = store.log_request_async(
+            request_id=request_id, user_id=req.user_id, session_id=req.session_id, policy_version=served.version,
+            explored=explored, user_profile=user[:n_profile], user_history=user[n_profile:], context=ctx,
+            shown=shown)
+        body = {"request_id": request_id, "policy_version": served.version, "explored": explored, "items": items}
+        try:
+            await asyncio.wrap_future(committed)  # on disk before the answer
+        except Exception as e:
+            raise HTTPException(503, detail=f"could not log the request: {type(e).__name__}: {e}") from e
         with metrics.lock:
             metrics.ranked += 1
             metrics.explored += int(explored)
-        return RankResponse(request_id=request_id, policy_version=served.version, explored=explored, items=items)
+        return _json_response(body)
 
     @app.post("/v1/feedback")
-    def feedback(fb: FeedbackRequest) -> dict:
-        if not store.request_exists(fb.request_id):
+    async def feedback(request: Request) -> Response:
+        try:
+            fb = FeedbackRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            return _json_response({"detail": clean_errors(e.errors(), ("body",))}, 422)
+        logged, shown = store.shown_status(fb.request_id, fb.item_id)
+        if not logged:
             raise HTTPException(404, detail=f"unknown request_id {fb.request_id!r}")
-        if not store.item_shown(fb.request_id, fb.item_id):
+        if not shown:
             raise _err(["item_id"], f"item {fb.item_id!r} was not shown in request {fb.request_id!r}")
         for name, v in fb.behaviours.items():
             if name not in FEEDBACK_KEYS:
@@ -455,9 +476,13 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
             if name not in _CONTINUOUS and v not in (0, 1):
                 raise _err(["behaviours", name], f"{name} must be 0 or 1")
         event_id = fb.event_id or uuid.uuid4().hex
-        new = store.log_feedback(event_id=event_id, request_id=fb.request_id, item_id=fb.item_id,
-                                 behaviours=dict(fb.behaviours), session_end=fb.session_end)
-        return {"event_id": event_id, "accepted": True, "duplicate": not new}
+        committed = store.log_feedback_async(event_id=event_id, request_id=fb.request_id, item_id=fb.item_id,
+                                             behaviours=dict(fb.behaviours), session_end=fb.session_end)
+        try:
+            new = await asyncio.wrap_future(committed)
+        except Exception as e:
+            raise HTTPException(503, detail=f"could not log the feedback: {type(e).__name__}: {e}") from e
+        return _json_response({"event_id": event_id, "accepted": True, "duplicate": not new})
 
     @app.post("/v1/admin/reload")
     def reload(body: ReloadRequest, authorization: str | None = Header(default=None)) -> dict:
@@ -475,6 +500,8 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
             except PolicyLoadError as e:
                 return JSONResponse(status_code=422, content={"detail": str(e), "policy_version": old.version})
             state["served"] = new
+        if freeze_gc:
+            _freeze_heap()
         return {"policy_version": new.version, "previous_version": old.version, "level": new.policy.level}
 
     return app
@@ -487,11 +514,14 @@ __all__ += ["REWARD_BEHAVIOURS", "FEEDBACK_KEYS"]
 def app_from_env() -> FastAPI:
     """An app configured by ``RLMTF_SERVE_*`` environment variables (how ``rlmtf serve`` passes its
     options to every uvicorn worker process): POLICY, LOG_DIR, EXPLORE_FRACTION, LOWER_B, UPPER_B,
-    MAX_CANDIDATES, SEED."""
+    MAX_CANDIDATES, SEED, BOUNDS (a per-user bounds file), TORCH_THREADS, DURABILITY."""
     env = os.environ
+    threads = env.get("RLMTF_SERVE_TORCH_THREADS", "")
     return create_app(env.get("RLMTF_SERVE_POLICY", "baseline"), log_dir=env["RLMTF_SERVE_LOG_DIR"],
                       explore_fraction=float(env.get("RLMTF_SERVE_EXPLORE_FRACTION", "0")),
                       lower_b=float(env.get("RLMTF_SERVE_LOWER_B", "-0.15")),
                       upper_b=float(env.get("RLMTF_SERVE_UPPER_B", "0.15")),
                       max_candidates=int(env.get("RLMTF_SERVE_MAX_CANDIDATES", "2000")),
-                      seed=int(env.get("RLMTF_SERVE_SEED", "0")))
+                      seed=int(env.get("RLMTF_SERVE_SEED", "0")), bounds=env.get("RLMTF_SERVE_BOUNDS") or None,
+                      torch_threads=int(threads) if threads else None,
+                      durability=env.get("RLMTF_SERVE_DURABILITY", "fsync"), freeze_gc=True)

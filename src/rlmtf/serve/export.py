@@ -36,7 +36,7 @@ import numpy as np
 from rlmtf.data.io import BINARY_FEEDBACK, LogWriter
 from rlmtf.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward
 from rlmtf.schema import FEEDBACK_COLUMNS, DatasetMeta, FeatureSpec
-from rlmtf.serve.store import DB_NAME
+from rlmtf.serve.store import DB_NAME, decode_vector
 
 __all__ = ["export_logs", "stable_id"]
 
@@ -117,7 +117,7 @@ def export_logs(log_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
             day = int(seg[0][3] // _DAY_S) - day0
             for t, (request_id, _, _, _, _, up_js, uh_js, ctx_js) in enumerate(seg):
                 n_requests += 1
-                up, uh, ctx = json.loads(up_js), json.loads(uh_js), json.loads(ctx_js)
+                up, uh, ctx = decode_vector(up_js), decode_vector(uh_js), decode_vector(ctx_js)
                 done = t == len(seg) - 1
                 for _, pos, item_id, feats, scores, mu, lo, hi, act in shown[request_id]:
                     cols["day"].append(day)
@@ -129,10 +129,10 @@ def export_logs(log_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                     cols["user_profile"].append(up)
                     cols["user_history"].append(uh)
                     cols["context"].append(ctx)
-                    cols["item_features"].append(json.loads(feats))
-                    cols["mtl_scores"].append(json.loads(scores))
+                    cols["item_features"].append(decode_vector(feats))
+                    cols["mtl_scores"].append(decode_vector(scores))
                     for name, v in (("mu_bp", mu), ("lower_b", lo), ("upper_b", hi), ("action", act)):
-                        cols[name].append(json.loads(v))
+                        cols[name].append(decode_vector(v))
                     beh = feedback.get((request_id, item_id), {})
                     for name in FEEDBACK_COLUMNS:
                         cols[name].append(beh.get(name, 0.0))

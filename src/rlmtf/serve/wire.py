@@ -1,0 +1,260 @@
+"""Wire models and the parser of ``POST /v1/rank`` bodies (SPEC section 12).
+
+A ranking request names every feature of every candidate (about 2,500 numbers for 100 candidates),
+so how it becomes arrays decides the service's latency. :meth:`RankParser.parse`:
+
+1. ``RankRequest.model_validate_json(raw)``: pydantic-core parses the bytes and checks the structure
+   in Rust (types, required fields, no unknown fields, finite numbers). Numbers are strict: a JSON
+   number (an integer or a float); a string such as ``"0.5"`` or a boolean is refused.
+2. A bulk assembly (:meth:`RankParser._items_fast`) builds the (N, F) item-feature and (N, K) score
+   arrays with C-level ``map`` over the candidates and one ``np.array`` per feature, and checks in
+   bulk: every name present and no extra one, every length right, no duplicate item id, no
+   negative score, every value representable in float32.
+3. When any bulk check fails, the exact walk (:meth:`RankParser._items_exact`, per candidate, per
+   feature) raises the first error in request order, naming the field, e.g.
+   ``["body", "candidates", 17, "mtl_scores", "like"]``. The bulk assembly never accepts what the
+   walk refuses and builds the same arrays; it only skips the walk when there is nothing to find.
+
+(A road around pydantic, ``pydantic_core.from_json`` plus type checks with ``map``/``set``, measured
+no faster at 100 candidates and 10-40 % faster in the parse at 500: not worth a second validator.)
+
+Errors are :class:`WireError` holding FastAPI's ``[{"loc": [...], "msg": ..., "type": ...}]`` list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rlmtf.schema import FeatureGroup, FeatureSpec
+
+__all__ = ["Candidate", "FeedbackRequest", "ParsedRank", "RankParser", "RankRequest", "RankResponse",
+           "RankedItem", "ReloadRequest", "WireError", "clean_errors", "vector"]
+
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
+FeatureValue = Finite | list[Finite]
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+# --- wire models ------------------------------------------------------------------------------------
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item_id: str = Field(min_length=1)
+    item_features: dict[str, FeatureValue]
+    mtl_scores: dict[str, Finite]
+
+
+class RankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1)
+    session_id: str = Field(min_length=1)
+    k: int = 5
+    user_features: dict[str, FeatureValue]
+    context: dict[str, FeatureValue]
+    candidates: list[Candidate]
+
+
+class RankedItem(BaseModel):
+    item_id: str
+    score: float
+    action: list[float]
+
+
+class RankResponse(BaseModel):
+    request_id: str
+    policy_version: str
+    explored: bool
+    items: list[RankedItem]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1)
+    item_id: str = Field(min_length=1)
+    event_id: str | None = Field(default=None, min_length=1)
+    behaviours: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
+    session_end: bool = False
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: str = Field(min_length=1)
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+
+class WireError(Exception):
+    """A request the service refuses (422 by default); ``errors`` is FastAPI's ``detail`` list."""
+
+    def __init__(self, errors: list[dict], status: int = 422):
+        super().__init__(errors[0]["msg"] if errors else "invalid request")
+        self.errors, self.status = errors, status
+
+
+def _err(loc: list[Any], msg: str, kind: str = "value_error") -> WireError:
+    return WireError([{"loc": ["body", *loc], "msg": msg, "type": kind}])
+
+
+_UNION_TAGS = frozenset({"float", "list[float]", "list[constrained-float]", "constrained-float"})
+
+
+def clean_errors(errors, prefix: tuple = ()) -> list[dict]:
+    """Pydantic errors without the echoed input (NaN is not JSON) and without union-branch tags in
+    ``loc``; one error per location, preferring the one that says 'finite'."""
+    out: dict[tuple, dict] = {}
+    for e in errors:
+        loc = (*prefix, *(p for p in e.get("loc", ()) if p not in _UNION_TAGS))
+        item = {"loc": list(loc), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        if loc not in out or item["type"] == "finite_number":
+            out[loc] = item
+    return list(out.values())
+
+
+def vector(group: FeatureGroup, given: dict[str, Any], loc: list[Any]) -> np.ndarray:
+    """Named features -> one float32 vector in the group's order; :class:`WireError` naming the field
+    otherwise (unknown, missing, wrong length, outside float32's range)."""
+    if len(given) != len(group.fields):  # cheap test first: the names are checked one by one below
+        dims = group.names()
+        unknown = [n for n in given if n not in dims]
+        if unknown:
+            raise _err([*loc, unknown[0]], f"unknown feature {unknown[0]!r} (expected: {', '.join(dims)})")
+    out = np.empty(group.dim, dtype=np.float64)  # float64 first: a value beyond float32 stays visible
+    start = 0
+    for name, d in group.fields:
+        v = given.get(name)
+        if v is None:
+            dims = group.names()
+            unknown = [n for n in given if n not in dims]
+            if unknown:
+                raise _err([*loc, unknown[0]], f"unknown feature {unknown[0]!r} (expected: {', '.join(dims)})")
+            raise _err([*loc, name], f"missing feature {name!r} (dim {d})", "missing")
+        if isinstance(v, list):
+            if len(v) != d:
+                raise _err([*loc, name], f"feature {name!r} has length {len(v)}, expected {d}")
+            out[start:start + d] = v
+        elif d != 1:
+            raise _err([*loc, name], f"feature {name!r} has length 1, expected {d}")
+        else:
+            out[start] = v
+        start += d
+    if np.abs(out).max(initial=0.0) > _F32_MAX:  # finite float64 values beyond float32's range
+        start = 0
+        for name, d in group.fields:
+            bad = np.flatnonzero(np.abs(out[start:start + d]) > _F32_MAX)
+            if bad.size:
+                v = given[name]
+                i = int(bad[0])
+                raise _err([*loc, name, *([i] if isinstance(v, list) else [])],
+                           f"{v[i] if isinstance(v, list) else v!r} is outside the float32 range")
+            start += d
+    return out.astype(np.float32)
+
+
+# --- the parser -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedRank:
+    """A validated ranking request as arrays in FeatureSpec order."""
+
+    user_id: str
+    session_id: str
+    k: int
+    user: np.ndarray  # (P + H,) float32: user_profile ++ user_history
+    context: np.ndarray  # (X,) float32
+    item_ids: list[str]  # (N,)
+    item_features: np.ndarray  # (N, F) float32
+    mtl_scores: np.ndarray  # (N, K) float32, >= 0
+
+
+class RankParser:
+    """``parse(raw_bytes) -> ParsedRank`` or :class:`WireError`; see the module docstring."""
+
+    def __init__(self, spec: FeatureSpec, max_candidates: int = 2000):
+        self.spec, self.max_candidates = spec, max_candidates
+        self.user_group = FeatureGroup(spec.user_profile.fields + spec.user_history.fields)
+        if len(self.user_group.names()) != len(self.user_group.fields):
+            raise ValueError("user_profile and user_history share a feature name; the wire format cannot tell "
+                             "them apart")
+        self.tasks = FeatureGroup(tuple((t, 1) for t in spec.mtl_tasks))
+        self._item_fields = spec.item_features.fields
+        self._item_getters = [(d, itemgetter(name)) for name, d in self._item_fields]
+        self._task_names = tuple(spec.mtl_tasks)
+        getter = itemgetter(*self._task_names)
+        self._score_getter = getter if len(self._task_names) > 1 else (lambda m: (getter(m),))
+
+    def parse(self, raw: bytes) -> ParsedRank:
+        try:
+            req = RankRequest.model_validate_json(raw)
+        except ValidationError as e:
+            raise WireError(clean_errors(e.errors(), ("body",))) from None
+        n = len(req.candidates)
+        if n == 0:
+            raise _err(["candidates"], "no candidates")
+        if n > self.max_candidates:
+            raise _err(["candidates"], f"{n} candidates, at most {self.max_candidates} allowed")
+        if not 1 <= req.k <= n:
+            raise _err(["k"], f"k={req.k} out of range: must be in [1, {n}] (the number of candidates)")
+        user = vector(self.user_group, req.user_features, ["user_features"])
+        ctx = vector(self.spec.context, req.context, ["context"])
+        arrays = self._items_fast(req.candidates)
+        if arrays is None:
+            arrays = self._items_exact(req.candidates)
+        ids, feats, scores = arrays
+        return ParsedRank(req.user_id, req.session_id, req.k, user, ctx, ids, feats, scores)
+
+    def _items_fast(self, cands: list[Candidate]) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        """Bulk assembly and checks; None when anything looks wrong (then the exact walk reports it).
+
+        Names: every expected name is looked up in every candidate (a KeyError means one is missing)
+        and the total number of names equals N x the expected count, so no candidate has an extra one.
+        """
+        n = len(cands)
+        ids = [c.item_id for c in cands]
+        ifs = [c.item_features for c in cands]
+        mss = [c.mtl_scores for c in cands]
+        if len(set(ids)) != n:
+            return None
+        if sum(map(len, ifs)) != n * len(self._item_fields) or sum(map(len, mss)) != n * len(self._task_names):
+            return None
+        feats = np.empty((n, self.spec.item_features.dim), np.float32)
+        start = 0
+        with np.errstate(over="ignore"):
+            try:
+                for d, get in self._item_getters:
+                    col = np.array(list(map(get, ifs)), dtype=np.float32)
+                    if col.shape != ((n,) if d == 1 else (n, d)):
+                        return None  # e.g. [x] for a scalar feature, or a wrong length: the walk decides
+                    feats[:, start:start + d] = col.reshape(n, d)
+                    start += d
+                scores = np.array(list(map(self._score_getter, mss)), dtype=np.float32)
+            except (KeyError, ValueError, TypeError, OverflowError):  # a name missing, ragged lists, a list
+                return None  # where a number belongs
+        if scores.shape != (n, len(self._task_names)):
+            return None
+        if not (np.isfinite(feats).all() and np.isfinite(scores).all()) or (scores < 0).any():
+            return None
+        return ids, feats, scores
+
+    def _items_exact(self, cands: list[Candidate]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        n, spec = len(cands), self.spec
+        feats = np.empty((n, spec.item_features.dim), np.float32)
+        scores = np.empty((n, len(spec.mtl_tasks)), np.float32)
+        seen: set[str] = set()
+        for i, c in enumerate(cands):
+            if c.item_id in seen:
+                raise _err(["candidates", i, "item_id"], f"duplicate item_id {c.item_id!r}")
+            seen.add(c.item_id)
+            feats[i] = vector(spec.item_features, c.item_features, ["candidates", i, "item_features"])
+            scores[i] = vector(self.tasks, c.mtl_scores, ["candidates", i, "mtl_scores"])
+            neg = np.flatnonzero(scores[i] < 0)
+            if neg.size:
+                raise _err(["candidates", i, "mtl_scores", spec.mtl_tasks[int(neg[0])]], "scores must be >= 0")
+        return [c.item_id for c in cands], feats, scores
