@@ -237,6 +237,40 @@ def data_validate(path: Annotated[Path, typer.Argument(help="Dataset directory o
         console.print("ok: " + ", ".join(f"{v:,} {k}" for k, v in summary.items()))
 
 
+@data_app.command("kuairand")
+def data_kuairand(
+    download: Annotated[Path | None, typer.Option(help="Fetch the official KuaiRand-Pure release into DIR, unpack "
+                                                  "and validate it.")] = None,
+    check: Annotated[Path | None, typer.Option(help="Validate a KuaiRand-Pure directory and summarise it.")] = None,
+    fit: Annotated[Path | None, typer.Option(help="Fit the response and MTL models (first 10 days) into DIR.")] = None,
+    kuairand_dir: KuaiRandDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """KuaiRand-Pure: download, validate, fit the models of the kuairand environment."""
+    from rlmtf.kuairand.data import download as fetch
+    from rlmtf.kuairand.data import load_kuairand
+    from rlmtf.kuairand.env import _resolve_data_dir
+
+    with _errors():
+        if not (download or check or fit):
+            raise ValueError("give --download DIR, --check DIR or --fit DIR")
+        out: dict = {}
+        if download:
+            out["downloaded"] = str(fetch(download, log=console.print))
+        if check or download:
+            d = load_kuairand(check or download)
+            out["summary"] = d.summary()
+        if fit:
+            from rlmtf.kuairand.fit import fit_all
+
+            out["fit"] = fit_all(_resolve_data_dir(kuairand_dir), fit, log=console.print)
+    if json_out:
+        _print_json(out)
+    else:
+        for k, v in out.items():
+            console.print(f"[bold]{k}[/]: {v if not isinstance(v, dict) else json.dumps(v, default=str)[:2000]}")
+
+
 # --- evaluate -------------------------------------------------------------------------------------
 
 @eval_app.command("gauc")
@@ -270,6 +304,44 @@ def evaluate_gauc_cmd(
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(r["policy"], f"{r['gauc']:.4f}", f"{r['n_users']:,}", f"{r['n_users_skipped']:,}")
+    Console().print(table)
+
+
+@eval_app.command("real-gauc")
+def evaluate_real_gauc_cmd(
+    policy: Annotated[list[str], typer.Option(help="Policy (repeatable): built-in, fixed-fusion JSON, or a policy "
+                                              "trained with --env kuairand.")],
+    split: Annotated[str, typer.Option(help="test (2022-05-05..08) or train (the first 10 days).")] = "test",
+    mtl_scores: Annotated[bool, typer.Option("--mtl-scores", help="Also rank by each single MTL score.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of stochastic policies.")] = 0,
+    sim_config: SimConfigOpt = None,
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Weighted GAUC on the real KuaiRand-Pure interactions (label long view, weight real reward + 1)."""
+    from rlmtf.fusion import MTL_TASKS
+    from rlmtf.kuairand.data import load_kuairand
+    from rlmtf.kuairand.env import _resolve_data_dir
+    from rlmtf.kuairand.real_gauc import RealGAUCEvaluator
+    from rlmtf.policy.registry import load_policy
+
+    with _errors():
+        env = _make_env("kuairand", sim_config, kuairand_dir, kuairand_models)
+        with console.status("reading KuaiRand-Pure and scoring its rows..."):
+            ev = RealGAUCEvaluator(env, load_kuairand(_resolve_data_dir(kuairand_dir)), split=split)
+        results = [ev.policy_gauc(load_policy(p, env.cfg.action_space, seed=seed)).to_dict() for p in policy]
+        if mtl_scores:
+            results += [ev.score_gauc(t).to_dict() for t in MTL_TASKS]
+    if json_out:
+        _print_json(results[0] if len(results) == 1 else results)
+        return
+    table = Table(title=f"Weighted GAUC on the real KuaiRand-Pure interactions ({split} days)")
+    for col in ("policy", "level", "GAUC (long view)", "GAUC (play > 10 s)", "users", "users skipped"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(str(r["policy"]), str(r.get("level", "")), f"{r['gauc']:.4f}", f"{r['gauc_play10s']:.4f}",
+                      str(r["n_users"]), str(r["n_users_skipped"]))
     Console().print(table)
 
 
