@@ -415,3 +415,25 @@ def test_cli_env_kuairand_simulates_trains_and_evaluates(kuairand_dir, models_di
             "--json")
     res = json.loads(p.stdout)
     assert [a["policy"] for a in res["arms"]][0] == "baseline" and len(res["arms"]) == 2
+
+
+def test_progressive_training_and_the_paper_experiment_run_on_kuairand(env, tmp_path):
+    """`ptm` and `experiment paper --env kuairand`: a tiny preset end to end (PTM rounds for both of the
+    paper's methods, an offline baseline, ES online in the environment, GAUC, A/B, tables, report)."""
+    from rlmtf.experiment.paper import Preset, run_paper
+
+    tiny = Preset("tiny", rounds=2, sessions_per_round=30, test_sessions=40, steps_per_round=3, hidden=(8,),
+                  embed_dim=4, batch_size=16, ensemble_size=2, warmup_steps=2, es_generations=1, es_popsize=4,
+                  es_sessions_per_candidate=4, online_users=40, online_days=1, ptm_online_users=30, seeds=1)
+    tables = run_paper(tmp_path / "paper", preset=tiny, sim=env, env="kuairand",
+                       methods=("es", "ddpg", "integrated", "esrl"), log=lambda m: None)
+    assert {e["method"] for e in tables["table1"]} == {"es", "ddpg", "integrated", "baseline"}
+    assert all(0 < e["mean"] < 1 for e in tables["table1"])
+    assert {e["metric"] for e in tables["table4"]} >= {"uvc_lift", "udt_lift"}
+    meta = json.loads((tmp_path / "paper" / "config.json").read_text())
+    assert meta["env"] == "kuairand"
+    rounds = json.loads((tmp_path / "paper" / "seed_0" / "ptm_esrl" / "ptm.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    data_meta = json.loads((tmp_path / "paper" / "seed_0" / "ptm_esrl" / "round_1" / "data" / "_meta.json").read_text())
+    assert data_meta["info"]["env"] == "kuairand"
+    assert (tmp_path / "paper" / "report.html").stat().st_size > 10_000
