@@ -184,7 +184,7 @@ class Algorithm:
         return {}
 
     def _load_extra_state(self, meta: dict) -> None:
-        pass
+        """Restore what ``_extra_state`` saved; algorithms without extra state keep nothing (no-op)."""
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self._load_modules(tensors, self._modules())

@@ -47,7 +47,7 @@ def run_server(app: str, *, host: str, port: int, workers: int = 1, log_level: s
     sock = listening_socket(host, port)
     try:
         Multiprocess(config, sockets=[sock]).run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C is the normal way to stop the server: exit without a traceback
         pass
     finally:
         sock.close()
