@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -237,6 +238,35 @@ def data_validate(path: Annotated[Path, typer.Argument(help="Dataset directory o
         console.print("ok: " + ", ".join(f"{v:,} {k}" for k, v in summary.items()))
 
 
+@data_app.command("shard")
+def data_shard(
+    src: Annotated[Path, typer.Argument(help="Dataset directory (or Parquet file) to repartition.")],
+    dst: Annotated[Path, typer.Argument(help="Output: DST/shard=K/, each a dataset of whole sessions.")],
+    shards: Annotated[int, typer.Option(help="Number of shards (at least the number of training processes; "
+                                        "sized so that a few fit in memory at once).")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it is a dataset.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Repartition logged data by a hash of session_id, so that no session spans two shards: what
+    `rlmtf train --stream` and torchrun training read. Reads one input file at a time."""
+    from rlmtf.data.io import _read_meta
+    from rlmtf.data.shard import shard_dataset
+
+    with _errors():
+        total = _read_meta(src).info.get("rows") if src.is_dir() else None
+        with _progress() as bar:
+            task = bar.add_task(f"shard into {shards}", total=total, extra="")
+            info = shard_dataset(src, dst, shards, overwrite=overwrite,
+                                 progress=lambda n: bar.update(task, advance=n))
+    summary = {"out": str(dst), "shards": info.n_shards, "rows": sum(info.rows_per_shard), "files": info.files,
+               "rows_per_shard_min": min(info.rows_per_shard), "rows_per_shard_max": max(info.rows_per_shard)}
+    if json_out:
+        _print_json(summary)
+    else:
+        console.print(f"{summary['rows']:,} rows into {info.n_shards} shards ({summary['rows_per_shard_min']:,}-"
+                      f"{summary['rows_per_shard_max']:,} rows each) in {dst}")
+
+
 @data_app.command("kuairand")
 def data_kuairand(
     download: Annotated[Path | None, typer.Option(help="Fetch the official KuaiRand-Pure release into DIR, unpack "
@@ -451,6 +481,12 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Steps between validation weighted GAUCs.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    stream: Annotated[bool, typer.Option(help="Stream DATA in units of whole sessions (shards from `rlmtf data "
+                                         "shard`, or files) with bounded memory instead of loading it.")] = False,
+    buffer_shards: Annotated[int, typer.Option(help="--stream: units in memory at once (one more loads ahead).")] = 4,
+    reuse: Annotated[float, typer.Option(help="--stream: draws per request before its unit is replaced.")] = 1.0,
+    compile: Annotated[str, typer.Option(help="torch.compile the networks: none, default, reduce-overhead "
+                                         "(CUDA graphs), max-autotune.")] = "none",
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
     kuairand_dir: KuaiRandDirOpt = None,
@@ -458,7 +494,10 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a fusion policy from logged data (losses, Q, steps/s on the progress bar). For es a step is
-    one CMA-ES generation evaluated in the simulator (``--sim-config``)."""
+    one CMA-ES generation evaluated in the simulator (``--sim-config``).
+
+    Data-parallel on several processes, GPUs or nodes: ``torchrun --nproc_per_node N -m rlmtf train ...``
+    (the global --batch-size is split over the processes; rank 0 writes OUT)."""
     import dataclasses
 
     import torch
@@ -481,9 +520,14 @@ def train(
         names = {f.name for f in dataclasses.fields(config_cls)}
         algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names})
         cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,
-                          checkpoint_every=checkpoint_every)
+                          checkpoint_every=checkpoint_every, stream=stream, buffer_shards=buffer_shards,
+                          reuse=reuse, compile=compile)
+        main_rank = int(os.environ.get("RANK", "0")) == 0
         online = getattr(algorithm_class(algo), "online", False)
         sim = _make_env(env, sim_config, kuairand_dir, kuairand_models) if online else None
+        if not main_rank:  # the other torchrun processes train silently; rank 0 reports
+            run_train(algo, data, out, cfg=cfg, algo_cfg=algo_cfg, resume=resume, sim=sim)
+            return
         with _progress() as bar:
             task = bar.add_task(f"train {algo}", total=steps, extra="")
             last = {"gauc": float("nan")}

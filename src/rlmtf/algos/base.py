@@ -94,6 +94,8 @@ class Algorithm:
         #: the algorithm's own random stream for sampling inside ``update`` (saved with the state, so a
         #: resumed run draws what an uninterrupted one would); pass ``generator=self.gen`` to torch draws
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        #: DistributedDataParallel wrappers of the trained modules under torchrun (see ``distribute``)
+        self._ddp: dict[str, nn.Module] = {}
 
     # --- the view of a batch: user level by default ----------------------------------------------------
 
@@ -134,11 +136,40 @@ class Algorithm:
     def set_normalisation(self, t: Transitions) -> None:
         """Standardise inputs with training-set statistics: every module exposing ``set_normalisation``."""
         s = torch.as_tensor(self.train_states(t), dtype=torch.float32)
-        mean, std = s.mean(0).to(self.device), s.std(0).to(self.device)
+        self.set_normalisation_stats(s.mean(0), s.std(0))
+
+    def set_normalisation_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise inputs with the given per-feature mean and standard deviation (D,)."""
+        mean, std = mean.to(self.device, torch.float32), std.to(self.device, torch.float32)
         for mod in self._modules().values():
             for sub in mod.modules():
                 if hasattr(sub, "set_normalisation"):
                     sub.set_normalisation(mean, std)
+
+    # --- data-parallel training ----------------------------------------------------------------------
+
+    def distribute(self) -> None:
+        """Wrap every trained module in :class:`torch.nn.parallel.DistributedDataParallel` (call inside an
+        initialised process group, after the normalisation is set and any state is loaded).
+
+        DDP broadcasts rank 0's weights, then averages gradients across ranks during ``backward`` of every
+        forward that runs through the wrapper: ``update`` reaches a module as ``self.net(name)`` wherever a
+        loss trains that module, and as the plain attribute where it only reads it (targets, frozen
+        critics in an actor loss, no-grad evaluations). Any method of the module can go through the
+        wrapper (``self.net("actor").sample(s, gen)``), not only ``forward``. Saved state is unchanged.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
+        for name, mod in self._modules().items():
+            if any(p.requires_grad for p in mod.parameters()):
+                self._ddp[name] = DistributedDataParallel(_Methods(mod), device_ids=ids, broadcast_buffers=False)
+
+    def net(self, name: str) -> Any:
+        """The module ``name`` as a loss that trains it must call it: through its DDP wrapper when
+        distributed, the module itself otherwise."""
+        wrapped = self._ddp.get(name)
+        return getattr(self, name) if wrapped is None else _ViaDDP(wrapped)
 
     def warm_start(self, t: Transitions, rng: np.random.Generator) -> float:
         """Optional pre-training before ``update`` (Enhanced-State RL regresses its actor on mu_bp)."""
@@ -212,6 +243,32 @@ class Algorithm:
                "feature_spec": self.spec.to_json(), "step": self.step, **(extra or {})}
         (path / "policy.json").write_text(json.dumps(doc, indent=2))
         return path
+
+
+class _Methods(nn.Module):
+    """Lets DistributedDataParallel run any method of a module: ``self(name, *args)`` is ``module.name(*args)``."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.inner = module
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "forward":  # through __call__: a compiled module runs compiled
+            return self.inner(*args, **kwargs)
+        return getattr(self.inner, method)(*args, **kwargs)
+
+
+class _ViaDDP:
+    """Calls and method calls of a module, routed through its DDP wrapper (see ``Algorithm.net``)."""
+
+    def __init__(self, ddp: nn.Module):
+        self._ddp = ddp
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ddp("forward", *args, **kwargs)
+
+    def __getattr__(self, method: str) -> Any:
+        return lambda *args, **kwargs: self._ddp(method, *args, **kwargs)
 
 
 class AlgoPolicy(Policy):

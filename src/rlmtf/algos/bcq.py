@@ -202,7 +202,7 @@ class BCQ(Algorithm):
         bsz = s.shape[0]
 
         # generative model of the logged actions
-        recon, mean, std = self.vae(s, a, self.gen)  # (B, A), (B, L), (B, L)
+        recon, mean, std = self.net("vae")(s, a, self.gen)  # (B, A), (B, L), (B, L)
         loss_v, recon_l, kl = vae_loss(recon, a, mean, std, cfg.kl_weight)
         self.vae_opt.zero_grad(set_to_none=True)
         loss_v.backward()
@@ -215,7 +215,7 @@ class BCQ(Algorithm):
             a2 = self.perturb_target(s2_rep, self.vae.decode(s2_rep, z2))  # (B*n, A)
             q2 = self.critic_target(s2_rep, a2).reshape(2, bsz, n)  # (2, B, n)
             y = bcq_target(r, done, q2, cfg.gamma, cfg.lambda_)  # (B,)
-        q = self.critic(s, a)  # (2, B)
+        q = self.net("critic")(s, a)  # (2, B)
         loss_c = critic_mse(q, y)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_c.backward()
@@ -227,7 +227,7 @@ class BCQ(Algorithm):
             gen_a = self.vae.decode(s, self.vae.sample_latents(bsz, self.gen))  # (B, A)
         self.critic.requires_grad_(False)
         try:
-            pert = self.perturb(s, gen_a)  # (B, A)
+            pert = self.net("perturb")(s, gen_a)  # (B, A)
             loss_a = -self.critic(s, pert)[0].mean()
             self.actor_opt.zero_grad(set_to_none=True)
             loss_a.backward()

@@ -127,12 +127,12 @@ class DDPG(Algorithm):
         with torch.no_grad():
             q2 = self.critic_target(s2, self.actor_target(s2))[0]  # (B,)
             y = bellman_target(r, done, q2, self.cfg.gamma)  # (B,)
-        q = self.critic(s, a)  # (1, B)
+        q = self.net("critic")(s, a)  # (1, B)
         return critic_mse(q, y), q, y
 
     def actor_loss(self, s: torch.Tensor) -> torch.Tensor:
         """-Q(s, mu(s)); call with the critic frozen (``update`` does)."""
-        return ddpg_actor_loss(self.critic(s, self.actor(s)))  # critic output (1, B)
+        return ddpg_actor_loss(self.critic(s, self.net("actor")(s)))  # critic output (1, B)
 
     def update(self, batch: RequestBatch) -> dict[str, float]:
         """One gradient step of the critic, then of the actor, then the soft target update."""

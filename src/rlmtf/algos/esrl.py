@@ -127,7 +127,7 @@ class EnhancedStateRL(Algorithm):
         for _ in range(self.cfg.warmup_steps):
             v = self.view(t.sample(self.cfg.batch_size, rng).to_torch(self.device))
             s, mu_bp = v["s"], v["mu_bp"]
-            loss = ((self.actor(s.reshape(-1, s.shape[-1])) - mu_bp.reshape(-1, mu_bp.shape[-1])) ** 2).mean()
+            loss = ((self.net("actor")(s.reshape(-1, s.shape[-1])) - mu_bp.reshape(-1, mu_bp.shape[-1])) ** 2).mean()
             self.actor_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.actor_opt.step()
@@ -152,7 +152,7 @@ class EnhancedStateRL(Algorithm):
             y = td_target(v["r"], v["done"], q2, pen2, cfg.gamma, cfg.delta)  # (m, B)
 
         s_flat, a_flat = s.reshape(-1, d), a.reshape(-1, a.shape[-1])
-        q = self.critic(s_flat, a_flat).reshape(-1, bsz, l)  # (m, B, l)
+        q = self.net("critic")(s_flat, a_flat).reshape(-1, bsz, l)  # (m, B, l)
         loss_c = critic_loss(q, y)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_c.backward()
@@ -161,7 +161,7 @@ class EnhancedStateRL(Algorithm):
         # actor: the critics are frozen so that the actor loss leaves no gradient on them
         self.critic.requires_grad_(False)
         try:
-            mu = self.actor(s_flat)  # (B*l, A)
+            mu = self.net("actor")(s_flat)  # (B*l, A)
             q_pi = self.critic(s_flat, mu)  # (m, B*l)
             pen = bound_penalty(mu, v["mu_bp"].reshape(mu.shape), v["lower_b"].reshape(mu.shape),
                                 v["upper_b"].reshape(mu.shape), cfg.beta)  # (B*l,)

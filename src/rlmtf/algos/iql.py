@@ -135,7 +135,7 @@ class IQL(Algorithm):
         """The expectile loss of V(s) towards min_i Q'_i(s, a) (no gradient reaches the critics); ``q_t``:
         that minimum if already computed (``target_q``)."""
         q_t = self.target_q(s, a) if q_t is None else q_t.detach()  # (B,)
-        return expectile_loss(q_t - self.value(s), self.cfg.expectile)
+        return expectile_loss(q_t - self.net("value")(s), self.cfg.expectile)
 
     @torch.no_grad()
     def advantage(self, s: torch.Tensor, a: torch.Tensor, q_t: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,13 +147,13 @@ class IQL(Algorithm):
         """The TD loss of both critics, their values (2, B) and the targets r + gamma (1 - done) V(s') (B,)."""
         with torch.no_grad():
             y = bellman_target(r, done, self.value(s2), self.cfg.gamma)  # (B,)
-        q = self.critic(s, a)  # (2, B)
+        q = self.net("critic")(s, a)  # (2, B)
         return critic_mse(q, y), q, y
 
     def actor_loss(self, s: torch.Tensor, a: torch.Tensor, adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Advantage-weighted regression on the logged actions, and the weights (B,)."""
         w = awr_weights(adv.detach(), self.cfg.beta, self.cfg.max_weight)  # (B,)
-        return awr_actor_loss(self.actor.log_prob(s, a), w), w
+        return awr_actor_loss(self.net("actor").log_prob(s, a), w), w
 
     def update(self, batch: RequestBatch) -> dict[str, float]:
         """One step of V, then of the critics, then of the actor, then the soft target update."""

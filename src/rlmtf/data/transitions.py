@@ -195,6 +195,13 @@ class Transitions:
         kw = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "next_index"}
         return Transitions(next_index=next_index, **kw)
 
+    def select(self, keep: np.ndarray) -> Transitions:
+        """The requests where ``keep`` (R,) is true; ``keep`` must hold or drop whole sessions."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"keep must have shape ({len(self)},), got {keep.shape}")
+        return self._take(np.flatnonzero(keep))
+
     def split(self, fraction: float, seed: int = 0) -> tuple[Transitions, Transitions]:
         """Split by session: a random ``fraction`` of the sessions goes to the first part.
 
