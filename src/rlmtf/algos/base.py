@@ -96,6 +96,9 @@ class Algorithm:
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         #: DistributedDataParallel wrappers of the trained modules under torchrun (see ``distribute``)
         self._ddp: dict[str, nn.Module] = {}
+        #: ``update`` returns its metrics as 0-d tensors instead of floats: on a GPU, a float() per metric
+        #: per step would wait for the device every step (the training loop converts when it logs)
+        self.lazy_metrics = False
 
     # --- the view of a batch: user level by default ----------------------------------------------------
 
@@ -146,6 +149,14 @@ class Algorithm:
                 if hasattr(sub, "set_normalisation"):
                     sub.set_normalisation(mean, std)
 
+    def adam(self, params: Any, lr: float) -> torch.optim.Adam:
+        """Adam as every algorithm uses it: on the CPU ``foreach`` (all of a network's tensors in one
+        multi-tensor kernel per operation: the same arithmetic as the default loop, ~40% less time), on a
+        GPU ``fused`` (the whole step in one kernel)."""
+        if self.device.type == "cuda":
+            return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, foreach=True)
+
     # --- data-parallel training ----------------------------------------------------------------------
 
     def distribute(self) -> None:
@@ -177,6 +188,12 @@ class Algorithm:
 
     def update(self, batch: RequestBatch) -> dict[str, float]:
         raise NotImplementedError
+
+    def metrics(self, values: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """What ``update`` returns: floats, or detached 0-d tensors when ``lazy_metrics`` is set."""
+        if self.lazy_metrics:
+            return {k: v.detach() for k, v in values.items()}
+        return {k: float(v.detach()) for k, v in values.items()}
 
     # --- acting ---------------------------------------------------------------------------------------
 

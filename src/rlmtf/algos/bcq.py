@@ -184,11 +184,9 @@ class BCQ(Algorithm):
         self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
         self.perturb_target = copy.deepcopy(self.perturb).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        # foreach: Adam updates all of a network's tensors with one multi-tensor kernel per operation; on the
-        # CPU the default loops over them one by one (the same arithmetic; the optimizer step takes ~40% less time)
-        self.vae_opt = torch.optim.Adam(self.vae.parameters(), lr=cfg.vae_lr, foreach=True)
-        self.actor_opt = torch.optim.Adam(self.perturb.parameters(), lr=cfg.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
+        self.vae_opt = self.adam(self.vae.parameters(), cfg.vae_lr)
+        self.actor_opt = self.adam(self.perturb.parameters(), cfg.actor_lr)
+        self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
 
     # --- training -------------------------------------------------------------------------------------
 
@@ -239,10 +237,10 @@ class BCQ(Algorithm):
         soft_update(self.perturb_target, self.perturb, cfg.tau)
         self.step += 1
         with torch.no_grad():
-            return {"losses/vae": float(loss_v), "losses/vae_recon": float(recon_l), "losses/vae_kl": float(kl),
-                    "losses/critic": float(loss_c), "losses/actor": float(loss_a), "q/mean": float(q.mean()),
-                    "q/std_critics": float(q.std(0, unbiased=False).mean()), "q/target_mean": float(y.mean()),
-                    "actor/perturbation": float((pert - gen_a).abs().mean())}
+            return self.metrics({"losses/vae": loss_v, "losses/vae_recon": recon_l, "losses/vae_kl": kl,
+                                 "losses/critic": loss_c, "losses/actor": loss_a, "q/mean": q.mean(),
+                                 "q/std_critics": q.std(0, unbiased=False).mean(), "q/target_mean": y.mean(),
+                                 "actor/perturbation": (pert - gen_a).abs().mean()})
 
     # --- acting ---------------------------------------------------------------------------------------
 

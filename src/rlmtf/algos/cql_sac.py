@@ -34,7 +34,7 @@ from torch import nn
 
 from rlmtf.algos._gaussian import TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.base import Algorithm, register
-from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, scalars, user_tensors
+from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, user_tensors
 from rlmtf.algos.losses import soft_update
 from rlmtf.data.transitions import RequestBatch
 from rlmtf.nets import CriticEnsemble
@@ -134,11 +134,9 @@ class CQLSAC(Algorithm):
         self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = LogAlpha(cfg.init_log_alpha).to(self.device)
-        # foreach: Adam updates all of a network's tensors with one multi-tensor kernel per operation; on the
-        # CPU the default loops over them one by one (the same arithmetic; the optimizer step takes ~40% less time)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, foreach=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, foreach=True)
-        self.alpha_opt = torch.optim.Adam(self.log_alpha.parameters(), lr=cfg.alpha_lr, foreach=True)
+        self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
+        self.alpha_opt = self.adam(self.log_alpha.parameters(), cfg.alpha_lr)
 
     def act_tensor(self, state: torch.Tensor) -> torch.Tensor:
         """The deterministic action tanh(mean(s))."""
@@ -217,7 +215,7 @@ class CQLSAC(Algorithm):
 
         self.step += 1
         soft_update(self.critic_target, self.critic, self.cfg.tau)
-        return scalars({"losses/critic": loss_c, "losses/td": parts["td"], "losses/cql": parts["cql"],
+        return self.metrics({"losses/critic": loss_c, "losses/td": parts["td"], "losses/cql": parts["cql"],
                         "losses/actor": loss_a, "losses/alpha": loss_t, "alpha": self.log_alpha().exp(),
                         "actor/entropy": -logp.mean(), "q/mean": parts["q"].mean(), "q/target_mean": parts["y"].mean(),
                         "q/random_mean": parts["q_rand"].mean()})

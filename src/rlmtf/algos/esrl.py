@@ -89,8 +89,8 @@ class EnhancedStateRL(Algorithm):
         self.critic = CriticEnsemble(dims, a, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
+        self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
 
     # --- what differs between the enhanced-state and the user-state method -------------------------
 
@@ -178,10 +178,9 @@ class EnhancedStateRL(Algorithm):
             soft_update(self.critic_target, self.critic, cfg.target_rate)
         with torch.no_grad():
             q_req = q.sum(-1)  # (m, B)
-            return {"losses/critic": float(loss_c), "losses/actor": float(loss_a),
-                    "q/mean": float(q_req.mean()), "q/std_critics": float(q_req.std(0, unbiased=False).mean()),
-                    "q/target_mean": float(y.mean()), "actor/bound_penalty": float(pen.mean()),
-                    "actor/outside_box": float((pen > 0).float().mean())}
+            return self.metrics({"losses/critic": loss_c, "losses/actor": loss_a, "q/mean": q_req.mean(),
+                                 "q/std_critics": q_req.std(0, unbiased=False).mean(), "q/target_mean": y.mean(),
+                                 "actor/bound_penalty": pen.mean(), "actor/outside_box": (pen > 0).float().mean()})
 
     # --- state ----------------------------------------------------------------------------------------
 

@@ -292,7 +292,8 @@ def _loop(algo: Algorithm, source: Any, rng: np.random.Generator, run: Path, met
           info: DistInfo, val_logs: LoggedData | None, space: ActionSpace, online: bool,
           on_step: Callable[[int, dict[str, float]], None] | None, stream: StreamingSampler | None) -> None:
     bsz = getattr(algo.cfg, "batch_size", 0)
-    acc: dict[str, float] = {}
+    algo.lazy_metrics = algo.device.type == "cuda"
+    acc: dict[str, Any] = {}
     n_acc = 0
     t_last = time.perf_counter()
     with open(metrics_path, "a") if info.is_main else open(os.devnull, "w") as mf:
@@ -305,7 +306,7 @@ def _loop(algo: Algorithm, source: Any, rng: np.random.Generator, run: Path, met
             record: dict[str, float] = {}
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
-                record = all_reduce_mean({k: v / n_acc for k, v in acc.items()}, info)
+                record = all_reduce_mean({k: float(v) / n_acc for k, v in acc.items()}, info)
                 record["charts/steps_per_s"] = n_acc / max(now - t_last, 1e-9)
                 acc, n_acc, t_last = {}, 0, now
             if val_logs is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
@@ -314,8 +315,8 @@ def _loop(algo: Algorithm, source: Any, rng: np.random.Generator, run: Path, met
                 record["step"] = step
                 mf.write(json.dumps(record) + "\n")
                 mf.flush()
-            if on_step and info.is_main:
-                on_step(step, {**m, **record})
+            if on_step and info.is_main:  # the step's own metrics only when logging (a float() waits for a GPU)
+                on_step(step, {**{k: float(v) for k, v in m.items()}, **record} if record else {})
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 _save_checkpoint(run, algo, rng, info, stream)
     if cfg.steps == 0:
