@@ -533,6 +533,9 @@ def train(
             last = {"gauc": float("nan")}
 
             def on_step(step: int, m: dict) -> None:
+                if not m:  # metrics come at logged steps only
+                    bar.update(task, completed=step)
+                    return
                 if "eval/val_weighted_gauc" in m:
                     last["gauc"] = m["eval/val_weighted_gauc"]
                 sps = m.get("charts/steps_per_s")
