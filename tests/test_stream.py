@@ -171,3 +171,15 @@ def test_stream_option_needs_a_directory(logs_dir):
     logs = read_logs(logs_dir)
     with pytest.raises(ValueError, match="dataset directory"):
         train("integrated", logs, "unused", cfg=TrainConfig(stream=True))
+
+
+def test_resident_shards_on_the_device_give_the_same_training(sharded, tmp_path):
+    """With data_on_device the resident shards are tensors and batches are gathered there: same numbers."""
+    cfg = TrainConfig(steps=10, seed=1, eval_every=0, stream=True, buffer_shards=2, reuse=0.3)
+    acfg = ESRLConfig(hidden=(16,), ensemble_size=2, batch_size=32, warmup_steps=3)
+    train("integrated", sharded, tmp_path / "np", cfg=cfg, algo_cfg=acfg)
+    train("integrated", sharded, tmp_path / "dev", cfg=dataclasses.replace(cfg, data_on_device=True), algo_cfg=acfg)
+    a = load_file(str(tmp_path / "np" / "checkpoint" / "state.safetensors"))
+    b = load_file(str(tmp_path / "dev" / "checkpoint" / "state.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -28,7 +28,8 @@ import torch
 
 from rlmtf.data.transitions import RequestBatch, Transitions
 
-__all__ = ["DeviceSampler", "DistInfo", "SliceSampler", "all_reduce_mean", "all_reduce_sum", "init_distributed"]
+__all__ = ["DeviceSampler", "DistInfo", "SliceSampler", "TensorBatch", "all_reduce_mean", "all_reduce_sum",
+           "barrier", "init_distributed"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class SliceSampler:
         return self.t.batch(idx[_rank_slice(batch_size, self.info)])
 
 
-class _TensorBatch:
+class TensorBatch:
     """A batch already on the device: ``to_torch`` hands its tensors over without a copy."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
@@ -147,14 +148,17 @@ class DeviceSampler:
     def __len__(self) -> int:
         return self.n
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> _TensorBatch:
+    def sample(self, batch_size: int, rng: np.random.Generator) -> TensorBatch:
         if self.n == 0:
             raise ValueError("cannot sample from empty transitions")
-        idx_np = rng.integers(0, self.n, size=batch_size)[_rank_slice(batch_size, self.info)]
-        idx = torch.from_numpy(idx_np).to(self.device, non_blocking=True)
+        return TensorBatch(self.gather(rng.integers(0, self.n, size=batch_size)[_rank_slice(batch_size, self.info)]))
+
+    def gather(self, idx_np: np.ndarray) -> dict[str, torch.Tensor]:
+        """The requests ``idx_np`` and their next requests, as ``RequestBatch.to_torch`` keys them."""
+        idx = torch.from_numpy(np.asarray(idx_np, dtype=np.int64)).to(self.device, non_blocking=True)
         nxt = self.next_index[idx]
         d = self.data
         out = {k: d[k][idx] for k in self._PER_REQUEST}
         out.update(next_user_state=d["user_state"][nxt], next_enhanced_state=d["enhanced_state"][nxt],
                    next_mu_bp=d["mu_bp"][nxt], next_lower_b=d["lower_b"][nxt], next_upper_b=d["upper_b"][nxt])
-        return _TensorBatch(out)
+        return out

@@ -78,7 +78,8 @@ class TrainConfig:
     val_max_requests: int = 20_000
     """Streaming: cap on the validation requests (from the first units loaded)."""
     data_on_device: bool | None = None
-    """Keep the training data as tensors on the device and gather batches there (None: on CUDA, unless streaming)."""
+    """Keep the training data (streaming: the resident shards) as tensors on the device and gather batches
+    there (None: on CUDA)."""
     compile: str = "none"
     """torch.compile the networks: none, default, reduce-overhead (CUDA graphs) or max-autotune."""
 
@@ -223,10 +224,12 @@ def _train(cls: type[Algorithm], algo_name: str, online: bool, info: DistInfo, d
         (run / "checkpoint").mkdir(parents=True, exist_ok=True)
 
     stream: StreamingSampler | None = None
+    on_device = cfg.data_on_device if cfg.data_on_device is not None else algo.device.type == "cuda"
     if cfg.stream:
         stream = StreamingSampler(data, seed=cfg.seed, rank=info.rank, world=info.world,  # type: ignore[arg-type]
                                   buffer_shards=cfg.buffer_shards, reuse=cfg.reuse, val_fraction=cfg.val_fraction,
-                                  val_max_requests=cfg.val_max_requests)
+                                  val_max_requests=cfg.val_max_requests,
+                                  device=str(algo.device) if on_device else None)
         source: Any = stream
         val_logs = stream.validation_logs() if info.is_main else None
         n_train, n_val, data_info = None, stream.val_requests, stream.meta.info
@@ -238,7 +241,6 @@ def _train(cls: type[Algorithm], algo_name: str, online: bool, info: DistInfo, d
         if len(train_t) == 0:
             raise ValueError("no training requests left after the validation split")
         val_logs = logs.take(val_t.row_index.reshape(-1)) if len(val_t) and info.is_main else None
-        on_device = cfg.data_on_device if cfg.data_on_device is not None else algo.device.type == "cuda"
         source = DeviceSampler(train_t, algo.device, info) if on_device else SliceSampler(train_t, info)
         n_train, n_val, data_info = len(train_t), len(val_t), logs.meta.info
         del logs, trans

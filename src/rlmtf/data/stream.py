@@ -31,6 +31,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -89,6 +90,7 @@ class _Loaded:
     unit: int
     train: Transitions
     val: LoggedData | None
+    on_device: Any = None  # a DeviceSampler holding ``train`` on the training device, if asked for
 
 
 class StreamingSampler:
@@ -99,7 +101,7 @@ class StreamingSampler:
 
     def __init__(self, path: str | Path, *, seed: int = 0, rank: int = 0, world: int = 1, buffer_shards: int = 4,
                  reuse: float = 1.0, val_fraction: float = 0.1, val_max_requests: int = 20_000,
-                 validate: bool = True) -> None:
+                 validate: bool = True, device: str | None = None) -> None:
         if buffer_shards < 1:
             raise ValueError(f"buffer_shards must be >= 1, got {buffer_shards}")
         if reuse <= 0:
@@ -116,6 +118,7 @@ class StreamingSampler:
         self.buffer_shards = min(buffer_shards, len(self.units))
         self.reuse, self.val_fraction, self.val_max_requests = reuse, val_fraction, val_max_requests
         self.validate = validate
+        self.device = device  # resident units also live there as tensors; batches are gathered there
         self.epoch, self.pos = 0, 0
         self.order = self._order(0)
         self.resident: list[_Loaded] = []
@@ -174,7 +177,12 @@ class StreamingSampler:
         train = t.select(~held)
         if len(train) == 0:
             raise LogDataError(f"{unit.path}: no training sessions left after holding out validation sessions")
-        return _Loaded(u, train, val)
+        on_device = None
+        if self.device is not None:  # copied in this (background) thread, not in the training step
+            from rlmtf.algos.distributed import DeviceSampler
+
+            on_device = DeviceSampler(train, self.device)
+        return _Loaded(u, train, val, on_device)
 
     def _prefetch(self) -> None:
         if len(self.units) > self.buffer_shards:
@@ -200,8 +208,9 @@ class StreamingSampler:
         """Requests in memory now (the whole dataset's size is not known without reading it)."""
         return self.resident_requests
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> RequestBatch:
-        """``batch_size`` requests drawn uniformly with replacement from the resident units."""
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Any:
+        """``batch_size`` requests drawn uniformly with replacement from the resident units: a
+        :class:`RequestBatch`, or with ``device`` the same numbers as tensors there."""
         if self._next is not None and self.drawn >= self.reuse * len(self.resident[0].train):
             self._rotate()
         sizes = np.array([len(r.train) for r in self.resident])
@@ -209,8 +218,15 @@ class StreamingSampler:
         self.drawn += batch_size
         which = np.searchsorted(np.cumsum(sizes), idx, side="right")
         starts = np.r_[0, np.cumsum(sizes)[:-1]]
-        parts = [self.resident[k].train.batch(idx[which == k] - starts[k]) for k in range(len(sizes))
-                 if (which == k).any()]
+        present = [k for k in range(len(sizes)) if (which == k).any()]
+        if self.device is not None:
+            import torch
+
+            from rlmtf.algos.distributed import TensorBatch
+
+            got = [self.resident[k].on_device.gather(idx[which == k] - starts[k]) for k in present]
+            return TensorBatch({n: torch.cat([g[n] for g in got]) for n in got[0]})
+        parts = [self.resident[k].train.batch(idx[which == k] - starts[k]) for k in present]
         if len(parts) == 1:
             return parts[0]
         return RequestBatch(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
