@@ -42,7 +42,7 @@ def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                            "--standalone", "-m", "rlmtf", "train", *args], capture_output=True, text=True,
-                          timeout=180, env=env, check=False)
+                          timeout=420, env=env, check=False)
 
 
 def _single(args: list[str]) -> subprocess.CompletedProcess:
@@ -107,13 +107,13 @@ def test_streamed_ranks_read_their_own_shards_and_resume_exactly(data, tmp_path)
 
     # a 2-process checkpoint cannot be resumed by one process: its batches belong to both ranks
     one = _single([*args, "--steps", "30", "--resume", "--out", str(tmp_path / "full")])
-    assert one.returncode != 0 and "resume with the same number of processes" in one.stderr
+    assert one.returncode != 0 and "resume with the same number of processes" in " ".join(one.stderr.split())
 
 
 def test_the_global_batch_must_split_evenly(data, tmp_path):
     out = _torchrun(["--algo", "ddpg", "--data", str(data / "logs"), "--steps", "2", "--out", str(tmp_path / "r"),
                      *COMMON[:4], "--batch-size", "33", "--threads", "1"])
-    assert out.returncode != 0 and "does not split evenly over 2 processes" in out.stderr
+    assert out.returncode != 0 and "does not split evenly over 2 processes" in " ".join(out.stderr.split())
 
 
 def test_one_process_in_library_use_is_unchanged(data, tmp_path):
