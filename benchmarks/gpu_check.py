@@ -152,7 +152,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="timed steps per algorithm and mode")
     ap.add_argument("--rtol", type=float, default=2e-3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (the CPU side and the data work)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     dev_a, dev_b = args.devices.split(",")
     if dev_b.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --devices cpu,cpu to check the logic")
@@ -163,6 +165,7 @@ def main() -> None:
              ["none", "default", "reduce-overhead"] if dev_b.startswith("cuda") else ["none"])
     steps = args.steps or (5 if args.quick else 300)
     env = {"python": platform.python_version(), "torch": torch.__version__, "devices": args.devices,
+           "threads": args.threads,
            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(json.dumps(env))
