@@ -3,6 +3,7 @@ admin reload, metrics and the export of the serving log to the logged-data Parqu
 
 import dataclasses
 import json
+import math
 import sqlite3
 
 import numpy as np
@@ -684,3 +685,17 @@ def test_openapi_documents_the_bodies_the_handlers_parse(client):
         ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref == f"#/components/schemas/{model}"
     assert "Candidate" in doc["components"]["schemas"]
+
+
+def test_huge_mtl_scores_rank_without_overflow(log_dir, tmp_path):
+    """A fused score beyond a double's range is capped in the response instead of failing the request:
+    powers of 2 on five scores near float32's maximum give log scores near 887 > log(max double) = 709.8."""
+    (tmp_path / "steep.json").write_text(json.dumps({"kind": "fixed", "action": [1.0] * 10}))
+    body = rank_body(n=4, k=4)
+    for j, cand in enumerate(body["candidates"]):
+        cand["mtl_scores"] = {t: 1e38 * (j + 1) / 4 for t in SPEC.mtl_tasks}
+    with TestClient(create_app(str(tmp_path / "steep.json"), feature_spec=SPEC, log_dir=log_dir)) as c:
+        r = c.post("/v1/rank", json=body)
+    assert r.status_code == 200, r.text
+    scores = [it["score"] for it in r.json()["items"]]
+    assert all(math.isfinite(s) and s > 1e307 for s in scores), scores

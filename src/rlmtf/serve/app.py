@@ -107,6 +107,9 @@ __all__ = ["create_app", "policy_version", "explore_assigned", "ADMIN_TOKEN_ENV"
 
 ADMIN_TOKEN_ENV = "RLMTF_ADMIN_TOKEN"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: the returned fused score is exp(log score); above this log it would overflow a double, so it is capped
+#: there (the ranking itself uses the log scores and is unaffected)
+_MAX_LOG_SCORE = math.log(np.finfo(np.float64).max)
 #: Behaviours a feedback event may report: the feedback columns of SPEC 11. watch_time and
 #: watch_ratio are non-negative numbers, the others 0/1.
 FEEDBACK_KEYS: tuple[str, ...] = tuple(FEEDBACK_COLUMNS)
@@ -437,7 +440,7 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
         top = rank_top_l(log_s[None], req.k)[0].tolist()
         items, shown = [], []
         for pos, j in enumerate(top):
-            score = math.exp(float(log_s[j]))
+            score = math.exp(min(float(log_s[j]), _MAX_LOG_SCORE))  # huge MTL scores: the largest finite double
             act = a_item[j].tolist()
             cid = req.item_ids[j]
             items.append({"item_id": cid, "score": score, "action": act})
