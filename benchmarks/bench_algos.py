@@ -291,6 +291,9 @@ def main() -> None:
     ap.add_argument("--matched-embed", type=int, default=15,
                     help="also time ours with this per-group embedding, whose trunk input (3 x it + 10) matches "
                          "d3rlpy's (46 + 10), so that both do about the same matmul work (0: skip)")
+    ap.add_argument("--plain", action="store_true",
+                    help="also time ours with embed_dim 0 (no group embeddings): the same plain architecture as "
+                         "d3rlpy's networks, the same parameter count")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--steady-malloc", action="store_true",
                     help="in both processes, keep freed memory instead of giving it back to the system (glibc "
@@ -356,6 +359,8 @@ def main() -> None:
         variants = {"ours": None}  # side -> embed_dim (None: the default, 32)
         if use_d3 and args.matched_embed:
             variants[f"ours_embed{args.matched_embed}"] = args.matched_embed
+        if use_d3 and args.plain:
+            variants["ours_plain"] = 0
         sides: dict[str, dict] = {}
         updates = {}
         online = False

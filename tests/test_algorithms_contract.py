@@ -165,3 +165,28 @@ def test_same_seed_is_deterministic(name, world):
             step(algo, trans, rng)
         runs.append(algo.act_states(algo.train_states(trans)[:32]))
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("algo_name", [a for a in sorted(ALGORITHMS) if a != "es"])
+def test_plain_trunk_without_group_embeddings(algo_name, world, tmp_path):
+    """embed_dim=0: no per-group embeddings (d3rlpy's plain networks): trains, saves, loads, acts the same."""
+    sim, logs, trans = world
+    cls = algorithm_class(algo_name)
+    plain = cls(logs.meta.feature_spec, dataclasses.replace(small_config(cls.config_cls), embed_dim=0), seed=1)
+    embedded = make(algo_name, world, seed=1)
+    n_params = {a: sum(p.numel() for m in a._modules().values() for p in m.parameters()) for a in (plain, embedded)}
+    assert not any("embeds" in k for k in plain.state_tensors()[0])
+    plain.set_normalisation(trans)
+    rng = np.random.default_rng(2)
+    plain.warm_start(trans, rng)
+    before = weights(plain)
+    metrics = step(plain, trans, rng)
+    assert all(np.isfinite(v) for v in metrics.values())
+    assert any(not torch.equal(before[k], v) for k, v in weights(plain).items())
+    states = trans.enhanced_state[:7] if plain.level == "item" else trans.user_state[:7]
+    path = plain.save_policy(tmp_path / "p")
+    loaded = load_policy(str(path))
+    np.testing.assert_array_equal(loaded.algo.act_states(states), plain.act_states(states))
+    assert n_params[plain] != n_params[embedded]
+    with pytest.raises(ValueError, match="embed_dim must be >= 0"):
+        cls(logs.meta.feature_spec, dataclasses.replace(small_config(cls.config_cls), embed_dim=-1))

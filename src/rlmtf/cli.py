@@ -478,6 +478,9 @@ def train(
     hidden: Annotated[str, typer.Option(help="Hidden layer sizes of actor and critics, e.g. 256,256.")] = "256,256",
     critics: Annotated[int, typer.Option(help="m, the number of critics.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Requests per batch.")] = 256,
+    embed_dim: Annotated[int | None, typer.Option(
+        help="Per-feature-group embedding size (0: none, a plain trunk on the standardised state; default: "
+             "the algorithm's, 32).")] = None,
     eval_every: Annotated[int, typer.Option(help="Steps between validation weighted GAUCs.")] = 500,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 1000,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
@@ -517,6 +520,8 @@ def train(
             torch.set_num_threads(threads)
         config_cls = algorithm_class(algo).config_cls
         wanted = {"hidden": hid, "ensemble_size": critics, "batch_size": batch_size}
+        if embed_dim is not None:
+            wanted["embed_dim"] = embed_dim
         names = {f.name for f in dataclasses.fields(config_cls)}
         algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names})
         cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,

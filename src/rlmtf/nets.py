@@ -39,17 +39,27 @@ def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
     return torch.sub(x, mean).div_(std).clamp_(-CLIP, CLIP)  # the same values, in one buffer instead of three
 
 
+def _check_embed_dim(embed_dim: int) -> None:
+    if embed_dim < 0:
+        raise ValueError(f"embed_dim must be >= 0 (0: no group embeddings), got {embed_dim}")
+
+
 class StateEncoder(nn.Module):
-    """Standardise, embed each feature group, concatenate: (..., D) -> (..., out_dim)."""
+    """Standardise, embed each feature group, concatenate: (..., D) -> (..., out_dim).
+
+    ``embed_dim=0``: no group embeddings; the standardised state goes to the trunk as it is (the plain
+    network of d3rlpy and most RL libraries), ``out_dim = D``."""
 
     def __init__(self, group_dims: list[int], embed_dim: int = 32):
         super().__init__()
+        _check_embed_dim(embed_dim)
         self.group_dims = list(group_dims)
         d = sum(group_dims)
         self.register_buffer("mean", torch.zeros(d))
         self.register_buffer("std", torch.ones(d))
-        self.embeds = nn.ModuleList(nn.Sequential(nn.Linear(g, embed_dim), nn.ReLU()) for g in group_dims)
-        self.out_dim = embed_dim * len(group_dims)
+        self.embeds = nn.ModuleList(nn.Sequential(nn.Linear(g, embed_dim), nn.ReLU()) for g in group_dims
+                                    if embed_dim > 0)
+        self.out_dim = embed_dim * len(group_dims) if embed_dim > 0 else d
 
     def set_normalisation(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         self.mean.copy_(mean)
@@ -57,6 +67,8 @@ class StateEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = standardise(x, self.mean, self.std)
+        if not self.embeds:
+            return x
         # every group's Linear + ReLU at once, as one Linear with the block-diagonal of the group weights:
         # the same function as ``reference_forward`` (the zero blocks add exact zeros), with one matmul and
         # a handful of autograd nodes instead of G Linears, G ReLUs, a split and a cat
@@ -67,6 +79,8 @@ class StateEncoder(nn.Module):
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` in its plain form (a Linear + ReLU per group, then cat), for tests."""
         x = standardise(x, self.mean, self.std)
+        if not self.embeds:
+            return x
         parts = torch.split(x, self.group_dims, dim=-1)
         return torch.cat([e(p) for e, p in zip(self.embeds, parts, strict=True)], -1)
 
@@ -131,13 +145,15 @@ class CriticEnsemble(nn.Module):
     def __init__(self, group_dims: list[int], action_dim: int, ensemble_size: int = 10,
                  hidden: tuple[int, ...] = (256, 256), embed_dim: int = 32):
         super().__init__()
+        _check_embed_dim(embed_dim)
         self.m = ensemble_size
         self.group_dims = list(group_dims)
         d = sum(group_dims)
         self.register_buffer("mean", torch.zeros(d))
         self.register_buffer("std", torch.ones(d))
-        self.embeds = nn.ModuleList(VectorizedLinear(g, embed_dim, ensemble_size) for g in group_dims)
-        sizes = [embed_dim * len(group_dims) + action_dim, *hidden, 1]
+        self.embeds = nn.ModuleList(VectorizedLinear(g, embed_dim, ensemble_size) for g in group_dims
+                                    if embed_dim > 0)  # embed_dim 0: the trunk reads the standardised state
+        sizes = [(embed_dim * len(group_dims) if embed_dim > 0 else d) + action_dim, *hidden, 1]
         self.layers = nn.ModuleList(VectorizedLinear(sizes[i], sizes[i + 1], ensemble_size)
                                     for i in range(len(sizes) - 1))
 
@@ -176,15 +192,18 @@ class CriticEnsemble(nn.Module):
         """
         m, bsz = self.m, state.shape[0]
         x = standardise(state, self.mean, self.std)  # (B, D)
-        ws = [self._members(e.weight) for e in self.embeds]  # per group: m x (g, E)
-        if m == 1:
-            w_emb = torch.block_diag(*[w[0] for w in ws])  # (D, G*E)
-        else:
-            w_emb = torch.cat([torch.block_diag(*[w[i] for w in ws]) for i in range(m)], 1)  # (D, m*G*E)
-        b_emb = torch.cat([e.bias for e in self.embeds], 2).reshape(-1)  # (m*G*E,): member i, group g, unit e
-        ge = w_emb.shape[1] // m
-        h_emb = torch.addmm(b_emb, x, w_emb).relu_()  # (B, m*G*E)
-        h_emb = (h_emb,) if m == 1 else h_emb.view(bsz, m, ge).unbind(1)  # m x (B, G*E)
+        if self.embeds:
+            ws = [self._members(e.weight) for e in self.embeds]  # per group: m x (g, E)
+            if m == 1:
+                w_emb = torch.block_diag(*[w[0] for w in ws])  # (D, G*E)
+            else:
+                w_emb = torch.cat([torch.block_diag(*[w[i] for w in ws]) for i in range(m)], 1)  # (D, m*G*E)
+            b_emb = torch.cat([e.bias for e in self.embeds], 2).reshape(-1)  # (m*G*E,): member i, group g, unit e
+            ge = w_emb.shape[1] // m
+            h_emb = torch.addmm(b_emb, x, w_emb).relu_()  # (B, m*G*E)
+            h_emb = (h_emb,) if m == 1 else h_emb.view(bsz, m, ge).unbind(1)  # m x (B, G*E)
+        else:  # no group embeddings: every member's trunk reads the standardised state
+            ge, h_emb = x.shape[1], (x,) * m
         first = self.layers[0]
         split = action.requires_grad and not first.weight.requires_grad
         if split:
@@ -210,7 +229,8 @@ class CriticEnsemble(nn.Module):
         if action.dim() == 2:
             action = action.unsqueeze(0).expand(self.m, -1, -1)
         parts = torch.split(x, self.group_dims, dim=-1)
-        h = torch.cat([torch.relu(e(p)) for e, p in zip(self.embeds, parts, strict=True)] + [action], -1)
+        feats = [torch.relu(e(p)) for e, p in zip(self.embeds, parts, strict=True)] if self.embeds else [x]
+        h = torch.cat([*feats, action], -1)
         for i, layer in enumerate(self.layers):
             h = layer(h)  # (m, B, out)
             if i < len(self.layers) - 1:
@@ -221,8 +241,9 @@ class CriticEnsemble(nn.Module):
         """Q^i alone, computed with ordinary matmuls (for testing the other paths): (B,)."""
         x = standardise(state, self.mean, self.std)
         parts = torch.split(x, self.group_dims, dim=-1)
-        h = torch.cat([torch.relu(p @ e.weight[i] + e.bias[i]) for e, p in zip(self.embeds, parts, strict=True)]
-                      + [action], -1)
+        feats = ([torch.relu(p @ e.weight[i] + e.bias[i]) for e, p in zip(self.embeds, parts, strict=True)]
+                 if self.embeds else [x])
+        h = torch.cat([*feats, action], -1)
         for j, layer in enumerate(self.layers):
             h = h @ layer.weight[i] + layer.bias[i]
             if j < len(self.layers) - 1:
