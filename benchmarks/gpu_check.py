@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rlmtf.algos import ALGORITHMS, algorithm_class  # noqa: E402
 from rlmtf.algos.distributed import DeviceSampler  # noqa: E402
-from rlmtf.algos.train import _compile  # noqa: E402
+from rlmtf.algos.train import compile_networks  # noqa: E402
 from rlmtf.data.io import read_logs  # noqa: E402
 from rlmtf.data.transitions import build_transitions  # noqa: E402
 from rlmtf.policy.fixed import FixedPolicy  # noqa: E402
@@ -111,7 +111,7 @@ def throughput(name: str, spec, t, device: str, mode: str, warmup: int, steps: i
     algo = cls(spec, cfg, device=device, seed=0)
     algo.set_normalisation(t)
     algo.lazy_metrics = True
-    _compile(algo, mode)
+    compile_networks(algo, mode)
     src = DeviceSampler(t, device)
     rng = np.random.default_rng(0)
     bsz = cfg.batch_size

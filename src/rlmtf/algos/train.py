@@ -51,7 +51,7 @@ from rlmtf.schema import FeatureSpec
 if TYPE_CHECKING:
     from rlmtf.sim.simulator import Simulator
 
-__all__ = ["ALGORITHMS", "COMPILE_MODES", "TrainConfig", "resolve_device", "train"]
+__all__ = ["ALGORITHMS", "COMPILE_MODES", "TrainConfig", "compile_networks", "resolve_device", "train"]
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -162,7 +162,8 @@ def _stream_normalisation(algo: Algorithm, stream: StreamingSampler, info: DistI
                                                                                           dtype=torch.float32))
 
 
-def _compile(algo: Algorithm, mode: str) -> None:
+def compile_networks(algo: Algorithm, mode: str) -> None:
+    """``torch.compile`` every module of ``algo`` in place (state dicts keep their keys); mode ``none``: nothing."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode == "none":
@@ -251,7 +252,7 @@ def _train(cls: type[Algorithm], algo_name: str, online: bool, info: DistInfo, d
     try:
         if resume:
             _load_checkpoint(run, algo, rng, info, stream)
-            _compile(algo, cfg.compile)
+            compile_networks(algo, cfg.compile)
             if info.active:
                 algo.distribute()
         elif warm_start_from is not None:
@@ -261,13 +262,13 @@ def _train(cls: type[Algorithm], algo_name: str, online: bool, info: DistInfo, d
             tensors, meta = warm_start_from.state_tensors()
             algo.load_state_tensors({k: v.to(algo.device) for k, v in tensors.items()}, meta)
             algo.step = 0
-            _compile(algo, cfg.compile)
+            compile_networks(algo, cfg.compile)
         else:
             if stream is not None:
                 _stream_normalisation(algo, stream, info)
             else:
                 algo.set_normalisation(train_t)
-            _compile(algo, cfg.compile)
+            compile_networks(algo, cfg.compile)
             if info.active:
                 algo.distribute()
             algo.warm_start(source, rng)

@@ -168,7 +168,8 @@ class StreamingSampler:
             room = self.val_max_requests - self.val_requests
             if keep_val and room > 0 and held.any():
                 idx = np.flatnonzero(held)[:room]
-                idx = idx[np.isin(t.session_id[idx], t.session_id[idx[-1]], invert=True)] if len(idx) == room else idx
+                if len(idx) == room:  # the cap fell inside a session: leave that session out whole
+                    idx = idx[t.session_id[idx] != t.session_id[idx[-1]]]
                 if len(idx):
                     val = logs.take(t.row_index[idx].reshape(-1))
                     self.val_parts.append(val)
