@@ -245,9 +245,9 @@ def our_world(sessions: int, seed: int = 1):
     """A small simulated dataset of the default simulator (uniform exploration per request) and that
     simulator (ES plays in it)."""
     from rlmtf.data import build_transitions, read_logs
+    from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+    from rlmtf.envs.sim.simulator import Simulator
     from rlmtf.policy.fixed import baseline_policy
-    from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-    from rlmtf.sim.simulator import Simulator
 
     sim = Simulator()
     with tempfile.TemporaryDirectory() as tmp:
@@ -272,7 +272,7 @@ def our_algo(name: str, spec, sim, trans, embed_dim: int | None = None):
     if getattr(cls, "online", False):
         algo.attach(sim)
     algo.set_normalisation(trans)
-    learn = [m for k, m in algo._modules().items() if "target" not in k]
+    learn = [m for k, m in algo.modules().items() if "target" not in k]
     return algo, n_params(learn)
 
 

@@ -15,11 +15,11 @@ import torch
 
 from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
 from rlmtf.algos.integrated import IntegratedRL
-from rlmtf.fusion import fused_log_score, rank_top_l
+from rlmtf.core.fusion import fused_log_score, rank_top_l
+from rlmtf.core.provenance import git_commit
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.world import feature_spec
 from rlmtf.policy.base import RequestObs
-from rlmtf.sim.collect import git_commit
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.world import feature_spec
 
 
 def obs_for(spec, n: int, rng: np.random.Generator) -> RequestObs:

@@ -68,8 +68,8 @@ def make_policy(name: str, root: Path) -> str:
         return name
     from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
     from rlmtf.algos.integrated import IntegratedRL
-    from rlmtf.sim.config import SimConfig
-    from rlmtf.sim.world import feature_spec
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.world import feature_spec
 
     cls = IntegratedRL if name == "integrated" else EnhancedStateRL
     return str(cls(feature_spec(SimConfig()), ESRLConfig(hidden=(256, 256))).save_policy(root / name))

@@ -18,11 +18,12 @@ import time
 
 import numpy as np
 
+from rlmtf.core.provenance import git_commit
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.parallel import run_parallel
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.sim.collect import behaviour_policy, git_commit, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.parallel import run_parallel
-from rlmtf.sim.simulator import Simulator
 
 
 def main() -> None:

@@ -21,11 +21,11 @@ from torch import nn
 
 from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
 from rlmtf.algos.integrated import IntegratedRL
+from rlmtf.core.nets import STD_FLOOR, mlp, standardise
+from rlmtf.core.provenance import git_commit
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.nets import STD_FLOOR, mlp, standardise
-from rlmtf.sim.collect import git_commit
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.world import feature_spec
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.world import feature_spec
 
 
 class LoopCritics(nn.Module):

@@ -11,10 +11,10 @@ import json
 
 import numpy as np
 
-from rlmtf.fusion import ActionSpace
-from rlmtf.policy.registry import load_policy
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
+from rlmtf.algos.registry import load_policy
+from rlmtf.core.fusion import ActionSpace
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 
 
 def main() -> None:

@@ -27,16 +27,17 @@ import numpy as np
 import torch
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.algos.ptm import PTMConfig, run_ptm
-from rlmtf.algos.train import TrainConfig, train
+from rlmtf.core.provenance import git_commit
 from rlmtf.data.io import read_logs
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.eval.offline import evaluate_gauc
 from rlmtf.eval.online import online_ab
 from rlmtf.eval.stats import mean_ci
+from rlmtf.pipelines.ptm import PTMConfig, run_ptm
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.sim.collect import behaviour_policy, git_commit, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
+from rlmtf.train.loop import TrainConfig, train
 
 
 def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Simulator, log) -> dict:
@@ -93,7 +94,7 @@ def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Simulator, log) -
 
 
 def read_ptm_policy(path: Path):
-    from rlmtf.policy.registry import load_policy
+    from rlmtf.algos.registry import load_policy
 
     return load_policy(str(path))
 

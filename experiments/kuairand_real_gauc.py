@@ -2,11 +2,11 @@
 
 Every method ranks the real impressions of the last 4 days (2022-05-05..08) with the fitted MTL model's 5
 scores; the weighted GAUC (label long view, weight = real reward + 1) is computed by
-``rlmtf.kuairand.real_gauc`` (see its docstring for the observation each policy sees):
+``rlmtf.eval.real_gauc`` (see its docstring for the observation each policy sees):
 
 (a) the hand-set baseline fusion;
 (b) each single MTL score;
-(c) a fixed fusion tuned by CMA-ES (``rlmtf.algos.fixed_search``) on the weighted GAUC of the *first 10
+(c) a fixed fusion tuned by CMA-ES (``rlmtf.pipelines.fixed_search``) on the weighted GAUC of the *first 10
     days'* real interactions, starting from the baseline;
 (d) IntegratedRL-MTF and (e) Enhanced-State RL trained in the KuaiRand environment
     (``make_env("kuairand")``) on exploration data of the baseline with uniform exploration: per request
@@ -36,14 +36,16 @@ import numpy as np
 import torch
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.algos.fixed_search import FixedSearchConfig, fixed_search
-from rlmtf.algos.train import TrainConfig, train
-from rlmtf.fusion import MTL_TASKS
-from rlmtf.kuairand.data import load_kuairand
-from rlmtf.kuairand.env import _resolve_data_dir, make_env
-from rlmtf.kuairand.real_gauc import RealGAUCEvaluator
+from rlmtf.core.fusion import MTL_TASKS
+from rlmtf.core.provenance import git_commit
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.kuairand.data import load_kuairand
+from rlmtf.envs.kuairand.env import make_env
+from rlmtf.envs.kuairand.paths import resolve_data_dir
+from rlmtf.eval.real_gauc import RealGAUCEvaluator
+from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.sim.collect import behaviour_policy, git_commit, simulate_to_parquet
+from rlmtf.train.loop import TrainConfig, train
 
 VARIANTS = {"integrated": ("integrated", "request"), "esrl": ("esrl", "request"), "esrl-item": ("esrl", "item")}
 
@@ -85,7 +87,7 @@ def main() -> None:
             f.write(line + "\n")
 
     env = make_env("kuairand", kuairand_dir=a.kuairand_dir, models_dir=a.kuairand_models, log=log)
-    data = load_kuairand(_resolve_data_dir(a.kuairand_dir))
+    data = load_kuairand(resolve_data_dir(a.kuairand_dir))
     space = env.cfg.action_space
     test = RealGAUCEvaluator(env, data, split="test", space=space)
     train_ev = RealGAUCEvaluator(env, data, split="train", space=space)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rlmtf.core.schema import DatasetMeta, FeatureGroup, FeatureSpec
 from rlmtf.data import LogWriter
-from rlmtf.schema import DatasetMeta, FeatureGroup, FeatureSpec
 
 SPEC = FeatureSpec(
     user_profile=FeatureGroup((("session_code", 1), ("t_code", 1), ("age", 1))),

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from rlmtf.algos import ALGORITHMS, algorithm_class
+from rlmtf.algos.registry import load_policy
 from rlmtf.data import build_transitions, read_logs
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.base import Policy
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.policy.registry import load_policy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
 
 
 def small_config(config_cls: type):
@@ -174,7 +174,7 @@ def test_plain_trunk_without_group_embeddings(algo_name, world, tmp_path):
     cls = algorithm_class(algo_name)
     plain = cls(logs.meta.feature_spec, dataclasses.replace(small_config(cls.config_cls), embed_dim=0), seed=1)
     embedded = make(algo_name, world, seed=1)
-    n_params = {a: sum(p.numel() for m in a._modules().values() for p in m.parameters()) for a in (plain, embedded)}
+    n_params = {a: sum(p.numel() for m in a.modules().values() for p in m.parameters()) for a in (plain, embedded)}
     assert not any("embeds" in k for k in plain.state_tensors()[0])
     plain.set_normalisation(trans)
     rng = np.random.default_rng(2)

@@ -15,14 +15,14 @@ from safetensors.torch import load_file, save_file
 
 from rlmtf.algos.bcq import BCQ, BCQConfig, bcq_target, clipped_double_q, critic_mse, vae_loss
 from rlmtf.algos.es import ESConfig, EvolutionStrategy
-from rlmtf.algos.train import TrainConfig, train
+from rlmtf.algos.registry import load_policy
 from rlmtf.data import build_transitions, read_logs
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
+from rlmtf.envs.sim.world import feature_spec
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.policy.registry import load_policy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
-from rlmtf.sim.world import feature_spec
+from rlmtf.train.loop import TrainConfig, train
 
 SPEC = feature_spec(SimConfig())
 BCQ_SMALL = BCQConfig(hidden=(16, 16), embed_dim=4, n_action_samples=5, latent_dim=4, batch_size=16)

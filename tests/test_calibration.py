@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from rlmtf.sim.calibrate import (
+from rlmtf.envs.kuairand.paths import LOG_FILE as KUAIRAND_LOG
+from rlmtf.envs.kuairand.paths import default_kuairand_dir
+from rlmtf.envs.sim.calibrate import (
     CHECKED_QUANTILES,
-    KUAIRAND_LOG,
     QUANTILE_TOLERANCE,
     RATE_COLUMNS,
     RATE_TOLERANCE,
     BehaviourStats,
     compare,
-    default_kuairand_dir,
     real_stats,
     sim_stats,
 )
-from rlmtf.sim.config import SimConfig
+from rlmtf.envs.sim.config import SimConfig
 
 RATES = ("click", "valid", "like", "follow", "comment", "share")
 

@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlmtf.sim.calibrate import KUAIRAND_LOG, default_kuairand_dir
+from rlmtf.envs.kuairand.paths import LOG_FILE as KUAIRAND_LOG
+from rlmtf.envs.kuairand.paths import default_kuairand_dir
 
 REPO = Path(__file__).resolve().parents[1]
 LIFT_METRICS = ("uvc", "udt", "sessions", "reward", "session_length")

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from _logs import SPEC, make_columns, make_meta, take_rows, write_dataset
 
+from rlmtf.core.schema import arrow_schema
 from rlmtf.data import LogDataError, LogWriter, read_logs, validate_logs
-from rlmtf.schema import arrow_schema
 
 FILE = "day=0/part-00000.parquet"
 

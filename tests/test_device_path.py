@@ -17,15 +17,15 @@ import torch
 from safetensors.torch import load_file
 
 from rlmtf.algos import ALGORITHMS, algorithm_class
-from rlmtf.algos.distributed import DeviceSampler, SliceSampler
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.algos.train import TrainConfig, train
 from rlmtf.data.io import read_logs
 from rlmtf.data.transitions import build_transitions
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import FixedPolicy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
+from rlmtf.train.distributed import DeviceSampler, SliceSampler
+from rlmtf.train.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = [a for a in ALGORITHMS if not getattr(algorithm_class(a), "online", False)]

@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlmtf.algos.train import TrainConfig, train
 from rlmtf.data.shard import shard_dataset
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import FixedPolicy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
+from rlmtf.train.loop import TrainConfig, train
 
 #: 2 processes average their gradients in another order than one process sums its batch: float32
 #: rounding, compounded over the steps (measured: <= 1e-6 relative after 40 steps)

@@ -12,14 +12,14 @@ import torch
 from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
 from rlmtf.algos.integrated import IntegratedRL
 from rlmtf.algos.losses import actor_loss, bound_penalty, critic_loss, soft_update, td_target
-from rlmtf.algos.train import TrainConfig, train
+from rlmtf.algos.registry import load_policy
+from rlmtf.core.nets import CriticEnsemble
 from rlmtf.data import build_transitions, read_logs
-from rlmtf.nets import CriticEnsemble
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.policy.registry import load_policy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
+from rlmtf.train.loop import TrainConfig, train
 
 SMALL = ESRLConfig(hidden=(32, 32), embed_dim=8, ensemble_size=4, warmup_steps=5, batch_size=32)
 

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from _logs import make_columns, write_dataset
 
-from rlmtf.algos.fixed_search import FixedSearchConfig, fixed_search
+from rlmtf.core.fusion import ACTION_DIM, ActionSpace, fused_log_score
 from rlmtf.data import read_logs
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim import SimConfig, Simulator
 from rlmtf.eval.offline import evaluate_gauc, policy_log_scores
 from rlmtf.eval.online import METRICS, online_ab, per_user_metrics
-from rlmtf.fusion import ACTION_DIM, ActionSpace, fused_log_score
+from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
 from rlmtf.policy import FixedPolicy, Policy, RequestObs, baseline_policy
 from rlmtf.policy.fixed import oracle_policy, valid_only_policy
-from rlmtf.sim import SimConfig, Simulator
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
 
 SPACE = ActionSpace()
 

@@ -16,7 +16,7 @@ import pytest
 from scipy import stats as sps
 
 from rlmtf.eval.stats import paired_lift
-from rlmtf.experiment.paper import (
+from rlmtf.pipelines.paper import (
     METHODS,
     SeedResult,
     build_tables,
@@ -26,7 +26,7 @@ from rlmtf.experiment.paper import (
     tables_markdown,
     write_outputs,
 )
-from rlmtf.experiment.report import _md_table_to_html
+from rlmtf.pipelines.report import _md_table_to_html
 
 
 def fake_results(n_seeds: int = 3, n_users: int = 50) -> list[SeedResult]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rlmtf.fusion import ACTION_DIM, ActionSpace
+from rlmtf.core.fusion import ACTION_DIM, ActionSpace
 from rlmtf.policy import (
     ActionNoiseExploration,
     Decision,

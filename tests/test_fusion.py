@@ -1,4 +1,4 @@
-"""Tests for rlmtf.fusion (SPEC section 2, the paper's Formula 1) and the action <-> parameter map."""
+"""Tests for rlmtf.core.fusion (SPEC section 2, the paper's Formula 1) and the action <-> parameter map."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlmtf.fusion import (
+from rlmtf.core.fusion import (
     ACTION_DIM,
     MTL_TASKS,
     N_TASKS,

@@ -16,8 +16,8 @@ import polars as pl
 import pytest
 import torch
 
-from rlmtf.fusion import MTL_TASKS
-from rlmtf.kuairand.data import (
+from rlmtf.core.fusion import MTL_TASKS
+from rlmtf.envs.kuairand.data import (
     LOG_FILE,
     OFFICIAL_LOG_FILE,
     OFFICIAL_PRE_LOG_FILE,
@@ -29,12 +29,12 @@ from rlmtf.kuairand.data import (
     load_kuairand,
     unpack_and_validate,
 )
-from rlmtf.kuairand.features import GROUPS, STAT_NAMES, FeatureBuilder
-from rlmtf.kuairand.fit import FitConfig, ModelFileError, fit_all, load_fitted
-from rlmtf.kuairand.metrics import auc, ece
-from rlmtf.kuairand.mtl import MTLConfig
-from rlmtf.kuairand.response import ResponseConfig
-from rlmtf.sim.calibrate import default_kuairand_dir
+from rlmtf.envs.kuairand.features import GROUPS, STAT_NAMES, FeatureBuilder
+from rlmtf.envs.kuairand.fit import FitConfig, ModelFileError, fit_all, load_fitted
+from rlmtf.envs.kuairand.metrics import auc, ece
+from rlmtf.envs.kuairand.mtl import MTLConfig
+from rlmtf.envs.kuairand.paths import default_kuairand_dir
+from rlmtf.envs.kuairand.response import ResponseConfig
 
 # --- a small synthetic KuaiRand-Pure with the official schema -------------------------------------------
 

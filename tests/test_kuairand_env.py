@@ -14,11 +14,14 @@ import pytest
 import torch
 
 from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
+from rlmtf.core import rng as crng
+from rlmtf.core.config_io import ConfigError
+from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS
+from rlmtf.core.reward import item_reward
 from rlmtf.data import build_transitions, read_logs
-from rlmtf.eval.online import online_ab
-from rlmtf.fusion import ACTION_DIM, MTL_TASKS
-from rlmtf.kuairand.data import LOG_FILE, KuaiRandDataError, load_kuairand
-from rlmtf.kuairand.env import (
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.kuairand.data import LOG_FILE, KuaiRandDataError, load_kuairand
+from rlmtf.envs.kuairand.env import (
     KuaiRandEnv,
     KuaiRandEnvConfig,
     baseline_usage,
@@ -26,19 +29,16 @@ from rlmtf.kuairand.env import (
     load_env_config,
     make_env,
 )
-from rlmtf.kuairand.fit import FitConfig, fit_all
-from rlmtf.kuairand.mtl import MTLConfig
-from rlmtf.kuairand.response import ResponseConfig, long_view_rule
-from rlmtf.kuairand.usage import usage_stats
+from rlmtf.envs.kuairand.fit import FitConfig, fit_all
+from rlmtf.envs.kuairand.mtl import MTLConfig
+from rlmtf.envs.kuairand.paths import default_kuairand_dir
+from rlmtf.envs.kuairand.response import ResponseConfig, long_view_rule
+from rlmtf.envs.kuairand.usage import usage_stats
+from rlmtf.envs.parallel import run_parallel
+from rlmtf.envs.sim.simulator import RunResult, Simulator
+from rlmtf.eval.online import online_ab
 from rlmtf.policy.base import Policy
 from rlmtf.policy.fixed import FixedPolicy, RandomPolicy, baseline_policy, oracle_policy, valid_only_policy
-from rlmtf.reward import item_reward
-from rlmtf.sim import rng as crng
-from rlmtf.sim.calibrate import default_kuairand_dir
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import ConfigError
-from rlmtf.sim.parallel import run_parallel
-from rlmtf.sim.simulator import RunResult, Simulator
 
 METRICS = ("valid", "watch_time", "sessions", "requests", "reward", "items", "clickbait_shown")
 SMALL_FIT = FitConfig(response=ResponseConfig(hidden=(32, 16), epochs=2, batch_size=1024),
@@ -363,8 +363,8 @@ def test_calibrated_defaults_with_the_full_models(kuairand_dir):
 
 
 def test_make_env_fits_on_first_use_into_the_cache(kuairand_dir, tmp_path, monkeypatch):
-    import rlmtf.kuairand.fit as fit
-    from rlmtf.kuairand.env import default_models_dir
+    import rlmtf.envs.kuairand.fit as fit
+    from rlmtf.envs.kuairand.env import default_models_dir
 
     real_fit = fit.fit_all
     calls = []
@@ -420,7 +420,7 @@ def test_cli_env_kuairand_simulates_trains_and_evaluates(kuairand_dir, models_di
 def test_progressive_training_and_the_paper_experiment_run_on_kuairand(env, tmp_path):
     """`ptm` and `experiment paper --env kuairand`: a tiny preset end to end (PTM rounds for both of the
     paper's methods, an offline baseline, ES online in the environment, GAUC, A/B, tables, report)."""
-    from rlmtf.experiment.paper import Preset, run_paper
+    from rlmtf.pipelines.paper import Preset, run_paper
 
     tiny = Preset("tiny", rounds=2, sessions_per_round=30, test_sessions=40, steps_per_round=3, hidden=(8,),
                   embed_dim=4, batch_size=16, ensemble_size=2, warmup_steps=2, es_generations=1, es_popsize=4,

@@ -1,4 +1,4 @@
-"""Weighted GAUC of fusion policies on the real KuaiRand-Pure interactions (``rlmtf.kuairand.real_gauc``).
+"""Weighted GAUC of fusion policies on the real KuaiRand-Pure interactions (``rlmtf.eval.real_gauc``).
 
 Small response / MTL models are fitted once for the module on a 15,000-row sample (about 5 s); the tests
 skip when the KuaiRand-Pure data are not found.
@@ -11,27 +11,27 @@ import pytest
 import torch
 
 from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
-from rlmtf.algos.fixed_search import FixedSearchConfig, fixed_search
 from rlmtf.algos.integrated import IntegratedRL
+from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, ActionSpace, fused_log_score
+from rlmtf.envs.kuairand.data import LOG_FILE, FeatureTable, KuaiRandDataError, load_kuairand
+from rlmtf.envs.kuairand.fit import FitConfig, fit_all, load_fitted
+from rlmtf.envs.kuairand.mtl import MTLConfig
+from rlmtf.envs.kuairand.paths import default_kuairand_dir
+from rlmtf.envs.kuairand.response import ResponseConfig
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.world import feature_spec
 from rlmtf.eval.gauc import min_max_normalise, weighted_gauc
-from rlmtf.fusion import ACTION_DIM, MTL_TASKS, ActionSpace, fused_log_score
-from rlmtf.kuairand.data import LOG_FILE, FeatureTable, KuaiRandDataError, load_kuairand
-from rlmtf.kuairand.fit import FitConfig, fit_all, load_fitted
-from rlmtf.kuairand.mtl import MTLConfig
-from rlmtf.kuairand.real_gauc import (
+from rlmtf.eval.real_gauc import (
     RealGAUCEvaluator,
     fixed_gauc,
     policy_feature_spec,
     real_gauc,
     score_gauc,
 )
-from rlmtf.kuairand.response import ResponseConfig
+from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
 from rlmtf.policy.base import Policy, RequestObs
 from rlmtf.policy.explore import UniformExploration
 from rlmtf.policy.fixed import FixedPolicy, RandomPolicy, baseline_policy, oracle_policy
-from rlmtf.sim.calibrate import default_kuairand_dir
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.world import feature_spec
 
 SMALL_FIT = FitConfig(response=ResponseConfig(hidden=(32, 16), epochs=2, batch_size=1024),
                       mtl=MTLConfig(hidden=(16,), epochs=1, batch_size=1024), max_train_rows=15_000,

@@ -1,6 +1,6 @@
 """The fast CPU forms of the shared networks compute the same function as the plain ones.
 
-``rlmtf.nets`` computes the group embeddings as one matmul against a block-diagonal weight, runs small
+``rlmtf.core.nets`` computes the group embeddings as one matmul against a block-diagonal weight, runs small
 critic ensembles member by member with 2-D matmuls on the CPU (splitting the first trunk layer when only
 the action needs a gradient), and uses in-place ReLUs and standardisation. Each is checked here against a
 straightforward reference written out in this file (a Linear + ReLU per feature group and a cat; plain
@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import rlmtf.nets as nets
-from rlmtf.nets import CLIP, Actor, CriticEnsemble, StateEncoder, mlp, standardise
+import rlmtf.core.nets as nets
+from rlmtf.core.nets import CLIP, Actor, CriticEnsemble, StateEncoder, mlp, standardise
 
 DIMS = [3, 4, 2]  # feature groups of a 9-dim state
 A = 5
@@ -266,7 +266,7 @@ def test_parameters_keys_shapes_and_initial_draws_are_unchanged():
 def test_critic_without_group_embeddings_fast_and_vectorised_paths_agree(m):
     """embed_dim=0 (the trunk reads the standardised state): the CPU member loop, the vectorised path and
     plain per-member matmuls give the same values and gradients."""
-    from rlmtf.nets import CriticEnsemble, StateEncoder
+    from rlmtf.core.nets import CriticEnsemble, StateEncoder
 
     torch.manual_seed(0)
     dims = [5, 7, 3]

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from rlmtf.algos._gaussian import GaussianActor, TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.cql_sac import (
     CQLSAC,
     CQLSACConfig,
@@ -20,9 +19,10 @@ from rlmtf.algos.cql_sac import (
     temperature_loss,
 )
 from rlmtf.algos.ddpg import DDPG, DDPGConfig, bellman_target, critic_mse, ddpg_actor_loss, user_tensors
+from rlmtf.algos.gaussian import GaussianActor, TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.iql import IQL, IQLConfig, awr_actor_loss, awr_weights, expectile_loss
+from rlmtf.core.schema import FeatureGroup, FeatureSpec
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.schema import FeatureGroup, FeatureSpec
 
 # a tiny world: user state = 3 + 2 + 1 features, 2 action dimensions
 SPEC = FeatureSpec(user_profile=FeatureGroup((("p", 3),)), user_history=FeatureGroup((("h", 2),)),
@@ -213,12 +213,12 @@ def test_cql_sac_gradient_isolation():
 @pytest.mark.parametrize("name", sorted(ALGOS))
 def test_update_moves_targets_by_tau_and_never_gives_them_gradients(name):
     algo = make(name, tau=0.25)
-    targets = {k: m for k, m in algo._modules().items() if k.endswith("_target")}
+    targets = {k: m for k, m in algo.modules().items() if k.endswith("_target")}
     assert targets and all(not p.requires_grad for m in targets.values() for p in m.parameters())
     before = {k: copy.deepcopy(m.state_dict()) for k, m in targets.items()}
     metrics = algo.update(synthetic_batch(np.random.default_rng(0), 32))
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
-    mods = algo._modules()
+    mods = algo.modules()
     for k, m in targets.items():
         assert grads_none(m)
         online = mods[k.removesuffix("_target")].state_dict()
@@ -235,7 +235,7 @@ def test_update_gives_every_network_gradient_from_its_own_loss_only(name):
     algo = make(name)
     counts: dict[str, int] = {}
     handles = []
-    for mod_name, mod in algo._modules().items():
+    for mod_name, mod in algo.modules().items():
         for p_name, p in mod.named_parameters():
             key = f"{mod_name}.{p_name}"
             if mod_name.endswith("_target"):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from rlmtf.data import read_logs
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.parallel import run_parallel, split_budget, split_users
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.parallel import run_parallel, split_budget, split_users
-from rlmtf.sim.simulator import Simulator
 
 
 @pytest.fixture(scope="module")

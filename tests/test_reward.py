@@ -1,11 +1,11 @@
-"""Tests for rlmtf.reward (SPEC section 3, the paper's Formulas 2 and 3)."""
+"""Tests for rlmtf.core.reward (SPEC section 3, the paper's Formulas 2 and 3)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rlmtf.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward, request_reward
+from rlmtf.core.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward, request_reward
 
 
 def _behaviours():

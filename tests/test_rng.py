@@ -1,11 +1,11 @@
-"""Tests for rlmtf.sim.rng: counter-based random numbers (determinism and distributions)."""
+"""Tests for rlmtf.core.rng: counter-based random numbers (determinism and distributions)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
 
-from rlmtf.sim import rng
+from rlmtf.core import rng
 
 N = 200_000
 

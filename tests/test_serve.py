@@ -11,16 +11,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.algos.train import TrainConfig, train
+from rlmtf.core.reward import RewardWeights
 from rlmtf.data import build_transitions, read_logs
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
+from rlmtf.envs.sim.world import feature_spec
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.reward import RewardWeights
 from rlmtf.serve import create_app, explore_assigned, export_logs, stable_id
 from rlmtf.serve.store import DB_NAME, decode_vector
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
-from rlmtf.sim.world import feature_spec
+from rlmtf.train.loop import TrainConfig, train
 
 SPEC = feature_spec(SimConfig())
 TOKEN = "s3cret-token"
@@ -80,7 +80,7 @@ def test_rank_happy_path_and_logged(client, log_dir):
     assert scores == sorted(scores, reverse=True)
     # the top 5 by fused score among all 12 candidates, with the baseline action for everyone
     base = baseline_policy()
-    from rlmtf.fusion import final_score
+    from rlmtf.core.fusion import final_score
     a = np.asarray(base.action, dtype=np.float64)
     all_scores = {c["item_id"]: float(final_score(np.array([c["mtl_scores"][t] for t in SPEC.mtl_tasks]), a))
                   for c in body["candidates"]}

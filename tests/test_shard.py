@@ -13,10 +13,10 @@ from _logs import make_columns, write_dataset
 
 from rlmtf.data import LogDataError, LoggedData, LogWriter, build_transitions, read_logs
 from rlmtf.data.shard import ShardInfo, is_sharded, list_shards, session_hash, session_shard, shard_dataset
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
 
 MASK = 0xFFFFFFFFFFFFFFFF
 N_SHARDS = 4

@@ -1,4 +1,4 @@
-"""Tests for rlmtf.sim.config: typed defaults, YAML/TOML/JSON overrides, errors and TOML round trips."""
+"""Tests for rlmtf.envs.sim.config: typed defaults, YAML/TOML/JSON overrides, errors and TOML round trips."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from rlmtf.fusion import ActionSpace
-from rlmtf.reward import RewardWeights
-from rlmtf.sim.config import (
+from rlmtf.core.config_io import ConfigError
+from rlmtf.core.fusion import ActionSpace
+from rlmtf.core.reward import RewardWeights
+from rlmtf.envs.sim.config import (
     BehaviourConfig,
-    ConfigError,
     SessionConfig,
     SimConfig,
     UserConfig,

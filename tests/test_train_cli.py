@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.algos.ptm import PTMConfig, run_ptm
-from rlmtf.algos.train import TrainConfig
-from rlmtf.analysis.exploration import analyse
+from rlmtf.algos.registry import PolicyLoadError, load_policy
 from rlmtf.data import read_logs
+from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
+from rlmtf.eval.exploration import analyse
+from rlmtf.pipelines.ptm import PTMConfig, run_ptm
 from rlmtf.policy.fixed import FixedPolicy
-from rlmtf.policy.registry import PolicyLoadError, load_policy
-from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.sim.config import SimConfig
-from rlmtf.sim.simulator import Simulator
+from rlmtf.train.loop import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--hidden", "16,16", "--critics", "3", "--batch-size", "16"]

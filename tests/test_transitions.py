@@ -10,9 +10,9 @@ import pytest
 import torch
 from _logs import make_columns, make_meta, take_rows, write_dataset
 
+from rlmtf.core.schema import DatasetMeta
 from rlmtf.data import LogDataError, LogWriter, Transitions, build_transitions, read_logs
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.schema import DatasetMeta
 
 
 def _transitions(tmp_path: Path, *parts: tuple[int, dict[str, np.ndarray]]) -> Transitions:

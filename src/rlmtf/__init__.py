@@ -4,8 +4,8 @@ Data flow: ``sim`` (user-session simulator) -> ``data`` (logged exploration data
 -> training -> ``eval`` (weighted GAUC, simulated online A/B) -> serving.
 """
 
-from rlmtf.fusion import ACTION_DIM, MTL_TASKS, N_TASKS, ActionSpace, final_score, fused_log_score
-from rlmtf.reward import RewardWeights, item_reward, request_reward
+from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, N_TASKS, ActionSpace, final_score, fused_log_score
+from rlmtf.core.reward import RewardWeights, item_reward, request_reward
 
 __version__ = "0.1.0"
 

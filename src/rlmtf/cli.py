@@ -58,9 +58,9 @@ def _fail(msg: str) -> None:
 @contextmanager
 def _errors():
     """Turn the library's validation errors into a one-line message and exit code 2."""
+    from rlmtf.algos.registry import PolicyLoadError
+    from rlmtf.core.config_io import ConfigError
     from rlmtf.data.io import LogDataError
-    from rlmtf.policy.registry import PolicyLoadError
-    from rlmtf.sim.config import ConfigError
 
     try:
         yield
@@ -76,8 +76,8 @@ def _progress() -> Progress:
 
 
 def _load_sim(sim_config: Path | None):
-    from rlmtf.sim.config import load_sim_config
-    from rlmtf.sim.simulator import Simulator
+    from rlmtf.envs.sim.config import load_sim_config
+    from rlmtf.envs.sim.simulator import Simulator
 
     return Simulator(load_sim_config(sim_config))
 
@@ -87,7 +87,7 @@ def _make_env(env: str = "sim", sim_config: Path | None = None, kuairand_dir: Pa
     """The environment of ``--env``: the embedded simulator, or the KuaiRand-Pure environment."""
     if env == "sim":
         return _load_sim(sim_config)
-    from rlmtf.kuairand.env import make_env
+    from rlmtf.envs.kuairand.env import make_env
 
     return make_env(env, sim_config, kuairand_dir, kuairand_models, log=console.print)
 
@@ -130,8 +130,8 @@ def simulate(
 
     import numpy as np
 
-    from rlmtf.policy.registry import load_policy
-    from rlmtf.sim.collect import behaviour_policy, simulate_to_parquet
+    from rlmtf.algos.registry import load_policy
+    from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 
     with _errors():
         if per not in ("request", "item"):
@@ -171,7 +171,7 @@ def simulate(
 @sim_app.command("config")
 def sim_config_cmd(sim_config: SimConfigOpt = None) -> None:
     """Print the resolved simulator config as TOML (defaults, overridden by --sim-config)."""
-    from rlmtf.sim.config import load_sim_config, to_toml
+    from rlmtf.envs.sim.config import load_sim_config, to_toml
 
     with _errors():
         sys.stdout.write(to_toml(load_sim_config(sim_config)))
@@ -189,8 +189,9 @@ def sim_calibrate(
     json_out: JsonOpt = False,
 ) -> None:
     """Simulated behaviour rates and watch-ratio quantiles beside KuaiRand-Pure's."""
-    from rlmtf.sim.calibrate import compare, default_kuairand_dir, fit_behaviour, real_stats, sim_stats
-    from rlmtf.sim.config import load_sim_config, to_toml
+    from rlmtf.envs.kuairand.paths import default_kuairand_dir
+    from rlmtf.envs.sim.calibrate import compare, fit_behaviour, real_stats, sim_stats
+    from rlmtf.envs.sim.config import load_sim_config, to_toml
 
     with _errors():
         cfg = load_sim_config(sim_config)
@@ -249,11 +250,11 @@ def data_shard(
 ) -> None:
     """Repartition logged data by a hash of session_id, so that no session spans two shards: what
     `rlmtf train --stream` and torchrun training read. Reads one input file at a time."""
-    from rlmtf.data.io import _read_meta
+    from rlmtf.data.io import read_meta
     from rlmtf.data.shard import shard_dataset
 
     with _errors():
-        total = _read_meta(src).info.get("rows") if src.is_dir() else None
+        total = read_meta(src).info.get("rows") if src.is_dir() else None
         with _progress() as bar:
             task = bar.add_task(f"shard into {shards}", total=total, extra="")
             info = shard_dataset(src, dst, shards, overwrite=overwrite,
@@ -277,9 +278,9 @@ def data_kuairand(
     json_out: JsonOpt = False,
 ) -> None:
     """KuaiRand-Pure: download, validate, fit the models of the kuairand environment."""
-    from rlmtf.kuairand.data import download as fetch
-    from rlmtf.kuairand.data import load_kuairand
-    from rlmtf.kuairand.env import _resolve_data_dir
+    from rlmtf.envs.kuairand.data import download as fetch
+    from rlmtf.envs.kuairand.data import load_kuairand
+    from rlmtf.envs.kuairand.paths import resolve_data_dir
 
     with _errors():
         if not (download or check or fit):
@@ -291,9 +292,9 @@ def data_kuairand(
             d = load_kuairand(check or download)
             out["summary"] = d.summary()
         if fit:
-            from rlmtf.kuairand.fit import fit_all
+            from rlmtf.envs.kuairand.fit import fit_all
 
-            out["fit"] = fit_all(_resolve_data_dir(kuairand_dir), fit, log=console.print)
+            out["fit"] = fit_all(resolve_data_dir(kuairand_dir), fit, log=console.print)
     if json_out:
         _print_json(out)
     else:
@@ -313,10 +314,10 @@ def evaluate_gauc_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Weighted GAUC (SPEC section 9) of each policy on logged data."""
+    from rlmtf.algos.registry import load_policy
     from rlmtf.data.io import read_logs
+    from rlmtf.envs.sim.config import load_sim_config
     from rlmtf.eval.offline import evaluate_gauc
-    from rlmtf.policy.registry import load_policy
-    from rlmtf.sim.config import load_sim_config
 
     with _errors():
         space = load_sim_config(sim_config).action_space
@@ -350,16 +351,16 @@ def evaluate_real_gauc_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Weighted GAUC on the real KuaiRand-Pure interactions (label long view, weight real reward + 1)."""
-    from rlmtf.fusion import MTL_TASKS
-    from rlmtf.kuairand.data import load_kuairand
-    from rlmtf.kuairand.env import _resolve_data_dir
-    from rlmtf.kuairand.real_gauc import RealGAUCEvaluator
-    from rlmtf.policy.registry import load_policy
+    from rlmtf.algos.registry import load_policy
+    from rlmtf.core.fusion import MTL_TASKS
+    from rlmtf.envs.kuairand.data import load_kuairand
+    from rlmtf.envs.kuairand.paths import resolve_data_dir
+    from rlmtf.eval.real_gauc import RealGAUCEvaluator
 
     with _errors():
         env = _make_env("kuairand", sim_config, kuairand_dir, kuairand_models)
         with console.status("reading KuaiRand-Pure and scoring its rows..."):
-            ev = RealGAUCEvaluator(env, load_kuairand(_resolve_data_dir(kuairand_dir)), split=split)
+            ev = RealGAUCEvaluator(env, load_kuairand(resolve_data_dir(kuairand_dir)), split=split)
         results = [ev.policy_gauc(load_policy(p, env.cfg.action_space, seed=seed)).to_dict() for p in policy]
         if mtl_scores:
             results += [ev.score_gauc(t).to_dict() for t in MTL_TASKS]
@@ -389,8 +390,8 @@ def evaluate_online_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Simulated online A/B test: UVC, UDT, sessions, reward and session length, with lifts over the first."""
+    from rlmtf.algos.registry import load_policy
     from rlmtf.eval.online import METRIC_LABELS, METRICS, online_ab
-    from rlmtf.policy.registry import load_policy
 
     with _errors():
         sim = _make_env(env, sim_config, kuairand_dir, kuairand_models)
@@ -440,8 +441,8 @@ def analyze_exploration(
     json_out: JsonOpt = False,
 ) -> None:
     """Exploration efficiency of uniform vs action-noise exploration, from the logs and analytically."""
-    from rlmtf.analysis.exploration import analyse, plot_action_distributions
     from rlmtf.data.io import read_logs
+    from rlmtf.eval.exploration import analyse, plot_action_distributions
 
     with _errors():
         logs = read_logs(data)
@@ -506,8 +507,8 @@ def train(
     import torch
 
     from rlmtf.algos import ALGORITHMS, algorithm_class
-    from rlmtf.algos.train import TrainConfig
-    from rlmtf.algos.train import train as run_train
+    from rlmtf.train.loop import TrainConfig
+    from rlmtf.train.loop import train as run_train
 
     with _errors():
         if algo not in ALGORITHMS:
@@ -584,8 +585,8 @@ def ptm(
     import dataclasses
 
     from rlmtf.algos.esrl import ESRLConfig
-    from rlmtf.algos.ptm import PTMConfig, run_ptm
-    from rlmtf.algos.train import TrainConfig
+    from rlmtf.pipelines.ptm import PTMConfig, run_ptm
+    from rlmtf.train.loop import TrainConfig
 
     with _errors():
         if algo not in ("esrl", "integrated"):
@@ -693,9 +694,9 @@ def logs_export(
     json_out: JsonOpt = False,
 ) -> None:
     """Join served requests and feedback into training data that `rlmtf train` reads unchanged."""
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.world import feature_spec
     from rlmtf.serve.export import export_logs
-    from rlmtf.sim.config import SimConfig
-    from rlmtf.sim.world import feature_spec
 
     with _errors():
         summary = export_logs(log_dir, out, feature_spec(SimConfig()), overwrite=overwrite)
@@ -714,8 +715,8 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
                resume: bool = False, kuairand_dir: Path | None = None, kuairand_models: Path | None = None) -> None:
     import time
 
-    from rlmtf.algos.train import resolve_device
-    from rlmtf.experiment.paper import PRESETS, run_paper
+    from rlmtf.pipelines.paper import PRESETS, run_paper
+    from rlmtf.train.loop import resolve_device
 
     with _errors():
         if preset not in PRESETS:
@@ -736,7 +737,7 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
     if json_out:
         _print_json(tables)
         return
-    from rlmtf.experiment.paper import tables_markdown
+    from rlmtf.pipelines.paper import tables_markdown
 
     sys.stdout.write(tables_markdown(tables))
 
@@ -773,7 +774,7 @@ def experiment_render(
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild tables and report.html from the seeds that finished (while a run goes on, or after a crash)."""
-    from rlmtf.experiment.paper import render, tables_markdown
+    from rlmtf.pipelines.paper import render, tables_markdown
 
     with _errors():
         tables = render(out, log=console.print)

@@ -27,10 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rlmtf.core.config_io import config_from_json
+from rlmtf.core.fusion import ActionSpace
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions
-from rlmtf.fusion import ActionSpace
 from rlmtf.policy.base import Policy, RequestObs
-from rlmtf.schema import FeatureSpec
 
 
 def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -58,27 +59,13 @@ def restore_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
-def config_from_json(config_cls: type, d: dict) -> Any:
-    """Rebuild a frozen config dataclass from its ``asdict`` JSON (lists back to tuples); unknown or
-    ill-typed keys raise ``TypeError``/``ValueError`` naming them."""
-    known = {f.name: f for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown} for {config_cls.__name__}")
-    kw = {}
-    for k, v in d.items():
-        default = known[k].default
-        kw[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
-    return config_cls(**kw)
-
-
 class Algorithm:
     """Shared plumbing; subclasses build their networks in ``__init__`` and implement ``update``."""
 
     kind: ClassVar[str] = ""
     level: ClassVar[Literal["user", "item"]] = "user"
     config_cls: ClassVar[type]
-    #: modules that make up the acting policy, saved by ``save_policy`` (names of ``_modules()``)
+    #: modules that make up the acting policy, saved by ``save_policy`` (names of ``modules()``)
     acting: ClassVar[tuple[str, ...]] = ("actor",)
 
     cfg: Any
@@ -129,7 +116,7 @@ class Algorithm:
 
     # --- training -----------------------------------------------------------------------------------
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         """Every network, targets included (what ``state_tensors`` saves)."""
         raise NotImplementedError
 
@@ -144,7 +131,7 @@ class Algorithm:
     def set_normalisation_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Standardise inputs with the given per-feature mean and standard deviation (D,)."""
         mean, std = mean.to(self.device, torch.float32), std.to(self.device, torch.float32)
-        for mod in self._modules().values():
+        for mod in self.modules().values():
             for sub in mod.modules():
                 if hasattr(sub, "set_normalisation"):
                     sub.set_normalisation(mean, std)
@@ -172,7 +159,7 @@ class Algorithm:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" and self.device.index is not None else None
-        for name, mod in self._modules().items():
+        for name, mod in self.modules().items():
             if any(p.requires_grad for p in mod.parameters()):
                 self._ddp[name] = DistributedDataParallel(_Methods(mod), device_ids=ids, broadcast_buffers=False)
 
@@ -199,7 +186,7 @@ class Algorithm:
 
     def act_tensor(self, state: torch.Tensor) -> torch.Tensor:
         """Deterministic actions (S, A) in [-1, 1] for standardisable raw states (S, D)."""
-        return self._modules()["actor"](state)
+        return self.modules()["actor"](state)
 
     @torch.no_grad()
     def act_states(self, states: np.ndarray) -> np.ndarray:
@@ -215,7 +202,7 @@ class Algorithm:
 
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything needed to resume training: tensors (for safetensors) and JSON-able metadata."""
-        tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, mod in self._modules().items()
+        tensors = {f"{name}.{k}": v.detach().cpu().contiguous() for name, mod in self.modules().items()
                    for k, v in mod.state_dict().items()}
         meta: dict = {"step": self.step, "kind": self.kind, "config": dataclasses.asdict(self.cfg),
                       "optimizers": {}}
@@ -235,7 +222,7 @@ class Algorithm:
         """Restore what ``_extra_state`` saved; algorithms without extra state keep nothing (no-op)."""
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        self._load_modules(tensors, self._modules())
+        self._load_modules(tensors, self.modules())
         for name, opt in self._optimizers().items():
             restore_optimizer(name, opt, {k: v.to(self.device) for k, v in tensors.items()}, meta["optimizers"][name])
         self.step = int(meta["step"])
@@ -253,7 +240,7 @@ class Algorithm:
         """Write the acting modules as ``actor.safetensors`` + ``policy.json`` (loadable by ``load_policy``)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        mods = self._modules()
+        mods = self.modules()
         save_file({f"{name}.{k}": v.detach().cpu().contiguous() for name in self.acting
                    for k, v in mods[name].state_dict().items()}, str(path / "actor.safetensors"))
         doc = {"kind": self.kind, "level": self.level, "config": dataclasses.asdict(self.cfg),
@@ -301,7 +288,7 @@ class AlgoPolicy(Policy):
 
 def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[Algorithm]) -> AlgoPolicy:
     """Rebuild a saved policy from ``policy.json`` + ``actor.safetensors`` (never pickle)."""
-    from rlmtf.policy.registry import PolicyLoadError
+    from rlmtf.algos.registry import PolicyLoadError
 
     try:
         spec = FeatureSpec.from_json(doc["feature_spec"])
@@ -316,7 +303,7 @@ def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise PolicyLoadError(f"{weights}: cannot read model weights ({e})") from e
     algo = algo_cls(spec, cfg)
-    mods = algo._modules()
+    mods = algo.modules()
     try:
         Algorithm._load_modules(sd, {name: mods[name] for name in algo_cls.acting})
     except RuntimeError as e:
@@ -329,6 +316,6 @@ def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[
 
 def register(algo_cls: type[Algorithm]) -> None:
     """Make ``load_policy`` load this algorithm's saved policies."""
-    from rlmtf.policy.registry import register_loader
+    from rlmtf.algos.registry import register_loader
 
     register_loader(algo_cls.kind, lambda p, d, s: load_saved_policy(p, d, s, algo_cls))

@@ -32,9 +32,9 @@ from torch import nn
 
 from rlmtf.algos.base import Algorithm, register
 from rlmtf.algos.losses import soft_update
+from rlmtf.core.nets import CriticEnsemble, StateEncoder, mlp
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.nets import CriticEnsemble, StateEncoder, mlp
-from rlmtf.schema import FeatureSpec
 
 #: Fujimoto's clamp of the encoder's log standard deviation.
 LOG_STD_MIN, LOG_STD_MAX = -4.0, 15.0
@@ -262,7 +262,7 @@ class BCQ(Algorithm):
 
     # --- state ----------------------------------------------------------------------------------------
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"vae": self.vae, "perturb": self.perturb, "critic": self.critic,
                 "perturb_target": self.perturb_target, "critic_target": self.critic_target}
 

@@ -19,7 +19,7 @@ On the *user state* s_t (one action per request, reward r_t):
 Differences from the paper: alpha_cql is fixed (5.0; no Lagrange dual on a target action gap); the
 target omits the entropy bonus by default (``backup_entropy``), as the CQL reference implementations
 do; no behaviour-cloning warm-up of the actor; learning rates 3e-4 everywhere; the networks use the
-shared encoder of :mod:`rlmtf.nets`. The deterministic action that is served is tanh(mean(s)).
+shared encoder of :mod:`rlmtf.core.nets`. The deterministic action that is served is tanh(mean(s)).
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from rlmtf.algos._gaussian import TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.base import Algorithm, register
 from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, user_tensors
+from rlmtf.algos.gaussian import TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.losses import soft_update
+from rlmtf.core.nets import CriticEnsemble
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.nets import CriticEnsemble
-from rlmtf.schema import FeatureSpec
 
 # --- pure helpers -------------------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class CQLSAC(Algorithm):
                         "actor/entropy": -logp.mean(), "q/mean": parts["q"].mean(), "q/target_mean": parts["y"].mean(),
                         "q/random_mean": parts["q_rand"].mean()})
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
                 "log_alpha": self.log_alpha}
 

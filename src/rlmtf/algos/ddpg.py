@@ -11,7 +11,7 @@ with rate tau after every step.
 Differences from the paper: the data is logged, so there is no environment interaction and no
 exploration noise (the Ornstein-Uhlenbeck process of the paper has nothing to perturb); there is no
 behaviour constraint either, which is what makes it the naive offline baseline. Both networks use
-the shared encoder of :mod:`rlmtf.nets` (standardised inputs, one embedding per feature group) and
+the shared encoder of :mod:`rlmtf.core.nets` (standardised inputs, one embedding per feature group) and
 Adam at 3e-4 without weight decay instead of 1e-4 / 1e-3 with L2 1e-2 and batch normalisation.
 
 The small helpers below (:func:`bellman_target`, :func:`critic_mse`, :func:`frozen`) are shared with
@@ -31,9 +31,9 @@ from torch import nn
 
 from rlmtf.algos.base import Algorithm, register
 from rlmtf.algos.losses import soft_update
+from rlmtf.core.nets import Actor, CriticEnsemble
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.nets import Actor, CriticEnsemble
-from rlmtf.schema import FeatureSpec
 
 # --- pure helpers (shared by the offline baselines) -------------------------------------------------
 
@@ -149,7 +149,7 @@ class DDPG(Algorithm):
         return self.metrics({"losses/critic": loss_c, "losses/actor": loss_a, "q/mean": q.mean(),
                              "q/target_mean": y.mean(), "q/policy_mean": -loss_a})
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
                 "critic_target": self.critic_target}
 

@@ -11,7 +11,7 @@ ones. The papers describe it only in passing; the optimiser here is CMA-ES (N. H
 the ``cmaes`` package).
 
 The policy: action = tanh(W x + b), where x is the user state standardised with training-set
-statistics (as :class:`rlmtf.nets.StateEncoder` does). CMA-ES searches theta = (w, b) with
+statistics (as :class:`rlmtf.core.nets.StateEncoder` does). CMA-ES searches theta = (w, b) with
 W = w / sqrt(D), D the state's dimension, so that one step size suits both parts: an isotropic step
 of size sigma in w moves the pre-activation by about sigma, as the same step in b does. It starts at
 W = 0 and b = atanh(the hand-set baseline action) unless ``init_action`` says otherwise.
@@ -38,14 +38,14 @@ from cmaes import CMA
 from torch import nn
 
 from rlmtf.algos.base import Algorithm, register
+from rlmtf.core.nets import STD_FLOOR, standardise
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.nets import STD_FLOOR, standardise
 from rlmtf.policy.base import Policy, RequestObs
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.schema import FeatureSpec
 
 if TYPE_CHECKING:
-    from rlmtf.sim.simulator import Simulator
+    from rlmtf.envs.sim.simulator import Simulator
 
 try:  # optional (installed with scikit-learn); without it the thread pools are left alone
     from threadpoolctl import threadpool_limits
@@ -98,7 +98,7 @@ class ESConfig:
 
 
 class LinearPolicy(nn.Module):
-    """tanh(W standardise(x) + b): (..., D) -> (..., A). Standardised like :class:`rlmtf.nets.StateEncoder`."""
+    """tanh(W standardise(x) + b): (..., D) -> (..., A). Standardised like :class:`rlmtf.core.nets.StateEncoder`."""
 
     def __init__(self, state_dim: int, action_dim: int):
         super().__init__()
@@ -252,7 +252,7 @@ class EvolutionStrategy(Algorithm):
 
     # --- state ----------------------------------------------------------------------------------------
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor}
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:

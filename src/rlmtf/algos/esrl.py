@@ -31,10 +31,10 @@ import torch
 
 from rlmtf.algos.base import Algorithm, register
 from rlmtf.algos.losses import actor_loss, bound_penalty, critic_loss, soft_update, td_target
+from rlmtf.core.nets import Actor, CriticEnsemble
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions
-from rlmtf.nets import Actor, CriticEnsemble
 from rlmtf.policy.base import RequestObs
-from rlmtf.schema import FeatureSpec
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class EnhancedStateRL(Algorithm):
 
     # --- state ----------------------------------------------------------------------------------------
 
-    def _modules(self) -> dict[str, torch.nn.Module]:
+    def modules(self) -> dict[str, torch.nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "actor_target": self.actor_target,
                 "critic_target": self.critic_target}
 

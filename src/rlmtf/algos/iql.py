@@ -15,7 +15,7 @@ On the *user state* s_t (one action per request, reward r_t):
 The actor (``_gaussian.GaussianActor``) is CORL's: a Gaussian whose mean is tanh(MLP(s)) and whose log-std is a
 learned, state-independent vector (clamped to [-20, 2]); its deterministic action is the mean, in
 [-1, 1]. Differences from the paper's reference code: no cosine learning-rate decay of the actor and
-no dropout; the networks use the shared encoder of :mod:`rlmtf.nets` (standardised inputs, one
+no dropout; the networks use the shared encoder of :mod:`rlmtf.core.nets` (standardised inputs, one
 embedding per feature group); the exploration box of the logs is ignored, as for every plain baseline.
 As in the authors' JAX code (and unlike CORL), the critics' targets and the actor's advantages use V
 after its step of the same batch.
@@ -30,13 +30,13 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from rlmtf.algos._gaussian import GaussianActor
 from rlmtf.algos.base import Algorithm, register
 from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, user_tensors
+from rlmtf.algos.gaussian import GaussianActor
 from rlmtf.algos.losses import soft_update
+from rlmtf.core.nets import CriticEnsemble, StateEncoder, mlp
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
-from rlmtf.nets import CriticEnsemble, StateEncoder, mlp
-from rlmtf.schema import FeatureSpec
 
 # --- pure helpers -------------------------------------------------------------------------------------
 
@@ -186,7 +186,7 @@ class IQL(Algorithm):
                              "actor/weight_clipped": (w >= self.cfg.max_weight).float().mean(),
                              "actor/log_std_mean": self.actor.log_std.mean()})
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "value": self.value, "critic_target": self.critic_target}
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -7,7 +7,7 @@ A dataset is a directory::
     out_dir/day=0/part-00001.parquet
     out_dir/day=1/part-00002.parquet         (one running part counter across days)
 
-The columns and their types come from :mod:`rlmtf.schema` (the one place that defines them). Each
+The columns and their types come from :mod:`rlmtf.core.schema` (the one place that defines them). Each
 file also stores the feature spec (``rlmtf.feature_spec``) and the list length (``rlmtf.list_len``)
 in its Parquet schema metadata, so a single file can be read on its own. The ``day`` column is kept
 inside each file as well as in the hive-style directory name; on read the two must agree.
@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rlmtf.schema import (
+from rlmtf.core.schema import (
     FEEDBACK_COLUMNS,
     OPTIONAL_COLUMNS,
     SCHEMA_VERSION,
@@ -81,7 +81,7 @@ class LogDataError(ValueError):
 
 
 def _full_schema(spec: FeatureSpec, list_len: int, with_optional: bool) -> pa.Schema:
-    """The schema of :mod:`rlmtf.schema` plus the list length in the metadata."""
+    """The schema of :mod:`rlmtf.core.schema` plus the list length in the metadata."""
     schema = arrow_schema(spec, with_optional=with_optional)
     return schema.with_metadata({**schema.metadata, _LIST_LEN_KEY: str(list_len).encode()})
 
@@ -456,7 +456,7 @@ def concat_logs(parts: list[LoggedData]) -> LoggedData:
         file_row=np.concatenate([p.file_row for p in parts]))
 
 
-def _read_meta(path: Path) -> DatasetMeta:
+def read_meta(path: Path) -> DatasetMeta:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise LogDataError(f"{path}: no {META_FILE}; not a dataset directory, or an unfinished write")
@@ -560,7 +560,7 @@ def read_logs(
     """
     root = Path(path)
     if root.is_dir():
-        meta = _read_meta(root)
+        meta = read_meta(root)
         paths = sorted(root.rglob("*.parquet"), key=lambda p: p.relative_to(root).as_posix())
         names_ = [p.relative_to(root).as_posix() for p in paths]
     elif root.is_file():

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from rlmtf.core.schema import OPTIONAL_COLUMNS, SCHEMA_VERSION, DatasetMeta, arrow_schema
 from rlmtf.data.io import (
     _DAY_DIR,
     META_FILE,
@@ -44,9 +45,8 @@ from rlmtf.data.io import (
     LogWriter,
     _meta_from_file,
     _read_file,
-    _read_meta,
+    read_meta,
 )
-from rlmtf.schema import OPTIONAL_COLUMNS, SCHEMA_VERSION, DatasetMeta, arrow_schema
 
 __all__ = ["ShardInfo", "is_sharded", "list_shards", "session_hash", "session_shard", "shard_dataset"]
 
@@ -230,7 +230,7 @@ def shard_dataset(
     n = _check_n_shards(n_shards)
     src_p, dst_p = Path(src), Path(dst)
     if src_p.is_dir():
-        meta = _read_meta(src_p)
+        meta = read_meta(src_p)
         paths = sorted(src_p.rglob("*.parquet"), key=lambda p: p.relative_to(src_p).as_posix())
     elif src_p.is_file():
         meta = _meta_from_file(pq.ParquetFile(src_p), str(src_p))

@@ -36,10 +36,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from rlmtf.data.io import META_FILE, LogDataError, LoggedData, _read_meta, concat_logs, read_logs
+from rlmtf.core.schema import DatasetMeta
+from rlmtf.data.io import META_FILE, LogDataError, LoggedData, concat_logs, read_logs, read_meta
 from rlmtf.data.shard import is_sharded, list_shards, session_hash
 from rlmtf.data.transitions import RequestBatch, Transitions, build_transitions
-from rlmtf.schema import DatasetMeta
 
 __all__ = ["StreamUnit", "StreamingSampler", "discover_units", "validation_mask"]
 
@@ -61,7 +61,7 @@ def discover_units(path: str | Path) -> tuple[DatasetMeta, list[StreamUnit]]:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such dataset directory")
-    meta = _read_meta(root)
+    meta = read_meta(root)
     if is_sharded(root):
         units = []
         for d in list_shards(root):
@@ -180,7 +180,7 @@ class StreamingSampler:
             raise LogDataError(f"{unit.path}: no training sessions left after holding out validation sessions")
         on_device = None
         if self.device is not None:  # copied in this (background) thread, not in the training step
-            from rlmtf.algos.distributed import DeviceSampler
+            from rlmtf.train.distributed import DeviceSampler
 
             on_device = DeviceSampler(train, self.device)
         return _Loaded(u, train, val, on_device)
@@ -223,7 +223,7 @@ class StreamingSampler:
         if self.device is not None:
             import torch
 
-            from rlmtf.algos.distributed import TensorBatch
+            from rlmtf.train.distributed import TensorBatch
 
             got = [self.resident[k].on_device.gather(idx[which == k] - starts[k]) for k in present]
             return TensorBatch({n: torch.cat([g[n] for g in got]) for n in got[0]})

@@ -17,7 +17,7 @@ session (``done = 1``) the "next" request is the request itself; its value is ma
 
 Layout: ``user_state = user_profile ++ user_history ++ context`` (taken from the request's position-0
 row) and ``enhanced_state = user_state ++ item_features ++ mtl_scores`` per shown item, in the order of
-:mod:`rlmtf.schema`. Requests are sorted by (session_id, t); items within a request by position.
+:mod:`rlmtf.core.schema`. Requests are sorted by (session_id, t); items within a request by position.
 Everything is built with vectorised numpy (lexsort, reshape, fancy indexing): no per-row Python objects.
 """
 

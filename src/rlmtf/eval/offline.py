@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rlmtf.core import rng as crng
+from rlmtf.core.fusion import ActionSpace, fused_log_score
 from rlmtf.data.io import LoggedData
 from rlmtf.data.transitions import group_requests
 from rlmtf.eval.gauc import min_max_normalise, weighted_gauc
-from rlmtf.fusion import ActionSpace, fused_log_score
 from rlmtf.policy.base import Policy, RequestObs, check_actions
-from rlmtf.sim import rng as crng
 
 
 @dataclass

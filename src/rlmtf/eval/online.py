@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rlmtf.envs.sim.simulator import RunResult, Simulator
 from rlmtf.eval.stats import Lift, mean_ci, paired_lift
 from rlmtf.policy.base import Policy
-from rlmtf.sim.simulator import RunResult, Simulator
 
 METRICS = ("uvc", "udt", "sessions", "reward", "session_length")
 METRIC_LABELS = {"uvc": "UVC (valid views / user-day)", "udt": "UDT (watch minutes / user-day)",
@@ -77,7 +77,7 @@ def online_ab(policies: Sequence[Policy], sim: Simulator, *, users: int, days: i
     for i, pol in enumerate(policies):
         progress = on_arm(i, pol.name) if on_arm else None
         if workers > 1:
-            from rlmtf.sim.parallel import run_parallel
+            from rlmtf.envs.parallel import run_parallel
 
             r, _ = run_parallel(sim, pol, workers=workers, seed=seed, days=days, users=user_ids, max_sessions=None,
                                 progress=progress, log_true_scores=False)

@@ -1,7 +1,7 @@
 """The policy interface shared by user-level and item-level fusion policies.
 
 A policy sees one :class:`RequestObs` per batch of concurrent requests and returns actions in
-[-1, 1]^10 (see :mod:`rlmtf.fusion`):
+[-1, 1]^10 (see :mod:`rlmtf.core.fusion`):
 
 - a **user-level** policy (``level = "user"``; IntegratedRL-MTF, DDPG, ES, hand-set fusions) returns
   (B, A): one action per request, applied to every candidate;
@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from rlmtf.fusion import ACTION_DIM
+from rlmtf.core.fusion import ACTION_DIM
 
 
 @dataclass

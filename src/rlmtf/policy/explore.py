@@ -9,7 +9,7 @@ upper_b and the action.
 ``ActionNoiseExploration``: the comparator ``eps ~ N(0, sigma)``, sigma = 0.2. It logs the same
 nominal box so that an analysis can count how many of its samples land inside it.
 
-Draws are counter-based (see :mod:`rlmtf.sim.rng`): a pure function of (seed, request, candidate,
+Draws are counter-based (see :mod:`rlmtf.core.rng`): a pure function of (seed, request, candidate,
 dimension), so the same seed reproduces the same exploration. They have 16-bit resolution (65536
 equally spaced values per dimension), far finer than any effect of the noise.
 """
@@ -20,9 +20,9 @@ from typing import Literal
 
 import numpy as np
 
-from rlmtf.fusion import ACTION_DIM
+from rlmtf.core import rng as crng
+from rlmtf.core.fusion import ACTION_DIM
 from rlmtf.policy.base import Decision, Policy, RequestObs, check_actions
-from rlmtf.sim import rng as crng
 
 _S_UNIFORM, _S_NOISE = 311, 312
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rlmtf.fusion import ACTION_DIM, MTL_TASKS, ActionSpace
+from rlmtf.core import rng as crng
+from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, ActionSpace
 from rlmtf.policy.base import Policy, RequestObs
-from rlmtf.sim import rng as crng
 
 #: Hand-set fusion parameters per MTL task (valid, watch_time, finish, like, share).
 BASELINE_POWER = (1.0, 0.8, 0.6, 0.4, 0.3)

@@ -82,12 +82,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from rlmtf.fusion import ActionSpace, fused_log_score, rank_top_l
+from rlmtf.algos.registry import BUILTIN, PolicyLoadError, load_policy
+from rlmtf.core.fusion import ActionSpace, fused_log_score, rank_top_l
+from rlmtf.core.reward import REWARD_BEHAVIOURS
+from rlmtf.core.schema import FEEDBACK_COLUMNS, FeatureSpec
 from rlmtf.policy.base import Policy, RequestObs, check_actions
 from rlmtf.policy.explore import UniformExploration
-from rlmtf.policy.registry import BUILTIN, PolicyLoadError, load_policy
-from rlmtf.reward import REWARD_BEHAVIOURS
-from rlmtf.schema import FEEDBACK_COLUMNS, FeatureSpec
 from rlmtf.serve.bounds import UserBounds, load_user_bounds
 from rlmtf.serve.store import ServeStore, ShownItem
 from rlmtf.serve.wire import (
@@ -338,8 +338,8 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
     collections a request's many small objects trigger do not walk the whole heap (torch, numpy, the policy):
     for a server process, not for a library caller."""
     if feature_spec is None:
-        from rlmtf.sim.config import SimConfig
-        from rlmtf.sim.world import feature_spec as sim_feature_spec
+        from rlmtf.envs.sim.config import SimConfig
+        from rlmtf.envs.sim.world import feature_spec as sim_feature_spec
 
         feature_spec = sim_feature_spec(SimConfig())
     spec = feature_spec

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlmtf.fusion import ACTION_DIM
+from rlmtf.core.fusion import ACTION_DIM
 
 __all__ = ["UserBounds", "load_user_bounds"]
 

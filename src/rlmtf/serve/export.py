@@ -19,7 +19,7 @@ Join and conventions (written down here because the paper is silent):
   ``watch_ratio`` is the reported value when the client sends one, else 0: the simulator's
   ``log_duration`` item feature is standardised with the catalogue's (unknown here) duration
   parameters, so it cannot give the duration back.
-- **Reward.** ``reward = rlmtf.reward.item_reward`` of the merged behaviours with ``reward_weights``.
+- **Reward.** ``reward = rlmtf.core.reward.item_reward`` of the merged behaviours with ``reward_weights``.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from rlmtf.core.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward
+from rlmtf.core.schema import FEEDBACK_COLUMNS, DatasetMeta, FeatureSpec
 from rlmtf.data.io import BINARY_FEEDBACK, LogWriter
-from rlmtf.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward
-from rlmtf.schema import FEEDBACK_COLUMNS, DatasetMeta, FeatureSpec
 from rlmtf.serve.store import DB_NAME, decode_vector
 
 __all__ = ["export_logs", "stable_id"]

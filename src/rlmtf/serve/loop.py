@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlmtf.fusion import ACTION_DIM, MTL_TASKS
+from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS
+from rlmtf.core.schema import FEEDBACK_COLUMNS, FeatureGroup, FeatureSpec
 from rlmtf.policy.base import Policy, RequestObs
-from rlmtf.schema import FEEDBACK_COLUMNS, FeatureGroup, FeatureSpec
 
 FEEDBACK = tuple(FEEDBACK_COLUMNS)
 

@@ -30,7 +30,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rlmtf.schema import FeatureGroup, FeatureSpec
+from rlmtf.core.schema import FeatureGroup, FeatureSpec
 
 __all__ = ["Candidate", "FeedbackRequest", "ParsedRank", "RankParser", "RankRequest", "RankResponse",
            "RankedItem", "ReloadRequest", "WireError", "clean_errors", "vector"]

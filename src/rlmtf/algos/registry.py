@@ -1,0 +1,95 @@
+"""Find a policy by name or path: ``baseline``, ``valid-only``, ``random``, ``oracle``, a fixed
+fusion saved as JSON (``{"kind": "fixed", "action": [...]}`` or ``{"kind": "fixed", "power": {...},
+"bias": {...}}``), or a saved model directory holding ``policy.json`` whose ``kind`` names a loader
+registered with :func:`register_loader` (trained algorithms register theirs). Model files are JSON
+and safetensors only, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rlmtf.core.fusion import MTL_TASKS, ActionSpace
+from rlmtf.policy.base import Policy
+from rlmtf.policy.fixed import FixedPolicy, RandomPolicy, baseline_policy, oracle_policy, valid_only_policy
+
+BUILTIN = {
+    "baseline": "the hand-set fusion exploration starts from",
+    "valid-only": "ranks by the valid-view score alone (the task clickbait inflates)",
+    "random": "a uniform random action per request",
+    "oracle": "the baseline fusion on the exact task probabilities (simulator only)",
+}
+
+Loader = Callable[[Path, dict, ActionSpace], Policy]
+_LOADERS: dict[str, Loader] = {}
+
+
+class PolicyLoadError(ValueError):
+    """A policy name or file that cannot be loaded; the message says why."""
+
+
+def register_loader(kind: str, loader: Loader) -> None:
+    """Make ``load_policy`` accept saved policies whose policy.json has ``"kind": kind``."""
+    _LOADERS[kind] = loader
+
+
+def _fixed_from_json(d: dict, space: ActionSpace, where: str) -> FixedPolicy:
+    name = str(d.get("name", Path(where).stem))
+    try:
+        if "action" in d:
+            return FixedPolicy(np.asarray(d["action"], dtype=np.float32), name=name,
+                               score_source=d.get("score_source", "mtl"))
+        power, bias = d["power"], d["bias"]
+        if isinstance(power, dict):
+            missing = [t for t in MTL_TASKS if t not in power or t not in bias]
+            if missing:
+                raise PolicyLoadError(f"{where}: power/bias missing task(s) {missing}")
+            power, bias = [power[t] for t in MTL_TASKS], [bias[t] for t in MTL_TASKS]
+        return FixedPolicy.from_params(power, bias, space, name=name, score_source=d.get("score_source", "mtl"))
+    except KeyError as e:
+        raise PolicyLoadError(f"{where}: a fixed policy needs 'action' or 'power' and 'bias' (missing {e})") from e
+    except ValueError as e:
+        if isinstance(e, PolicyLoadError):
+            raise
+        raise PolicyLoadError(f"{where}: {e}") from e
+
+
+def load_policy(spec: str, action_space: ActionSpace = ActionSpace(), seed: int = 0) -> Policy:
+    """A policy from a built-in name, a fixed-fusion JSON file, or a saved model directory."""
+    if spec == "baseline":
+        return baseline_policy(action_space)
+    if spec == "valid-only":
+        return valid_only_policy(action_space)
+    if spec == "random":
+        return RandomPolicy(seed)
+    if spec == "oracle":
+        return oracle_policy(action_space)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "policy.json"
+    if not path.is_file():
+        raise PolicyLoadError(f"unknown policy {spec!r}: not a built-in ({', '.join(BUILTIN)}) nor an existing "
+                              "file or directory")
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PolicyLoadError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(d, dict) or "kind" not in d:
+        raise PolicyLoadError(f"{path}: expected a JSON object with a 'kind' field")
+    kind = d["kind"]
+    if kind == "fixed":
+        return _fixed_from_json(d, action_space, str(path))
+    if kind not in _LOADERS:
+        # the project's own algorithms register their loaders on import; import them on first need
+        # (they pull in torch, which a user of fixed policies should not have to wait for)
+        from rlmtf.algos import ALGORITHMS, algorithm_class
+
+        if kind in ALGORITHMS:
+            algorithm_class(kind)
+    if kind not in _LOADERS:
+        raise PolicyLoadError(f"{path}: unknown policy kind {kind!r} (known: fixed, {', '.join(sorted(_LOADERS))})")
+    return _LOADERS[kind](path.parent, d, action_space)

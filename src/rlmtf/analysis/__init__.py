@@ -1,1 +1,0 @@
-"""Analyses of logged data: exploration efficiency and action distributions."""

@@ -1,1 +1,0 @@
-"""Experiments that reproduce the paper's tables on the simulator (``rlmtf experiment paper``)."""

@@ -1,6 +1,0 @@
-"""The user-session simulator (SPEC section 10)."""
-
-from rlmtf.sim.config import SimConfig, load_sim_config
-from rlmtf.sim.simulator import RunResult, Simulator
-
-__all__ = ["RunResult", "SimConfig", "Simulator", "load_sim_config"]
