@@ -39,8 +39,8 @@ from rlmtf.algos.esrl import ESRLConfig
 from rlmtf.core.fusion import MTL_TASKS
 from rlmtf.core.provenance import git_commit
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.factory import make_env
 from rlmtf.envs.kuairand.data import load_kuairand
-from rlmtf.envs.kuairand.env import make_env
 from rlmtf.envs.kuairand.paths import resolve_data_dir
 from rlmtf.eval.real_gauc import RealGAUCEvaluator
 from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search

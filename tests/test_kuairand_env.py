@@ -20,6 +20,7 @@ from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS
 from rlmtf.core.reward import item_reward
 from rlmtf.data import build_transitions, read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.factory import make_env
 from rlmtf.envs.kuairand.data import LOG_FILE, KuaiRandDataError, load_kuairand
 from rlmtf.envs.kuairand.env import (
     KuaiRandEnv,
@@ -27,7 +28,6 @@ from rlmtf.envs.kuairand.env import (
     baseline_usage,
     calibrate_offsets,
     load_env_config,
-    make_env,
 )
 from rlmtf.envs.kuairand.fit import FitConfig, fit_all
 from rlmtf.envs.kuairand.mtl import MTLConfig

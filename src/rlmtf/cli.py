@@ -87,7 +87,7 @@ def _make_env(env: str = "sim", sim_config: Path | None = None, kuairand_dir: Pa
     """The environment of ``--env``: the embedded simulator, or the KuaiRand-Pure environment."""
     if env == "sim":
         return _load_sim(sim_config)
-    from rlmtf.envs.kuairand.env import make_env
+    from rlmtf.envs.factory import make_env
 
     return make_env(env, sim_config, kuairand_dir, kuairand_models, log=console.print)
 

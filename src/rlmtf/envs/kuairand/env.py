@@ -747,7 +747,6 @@ def calibrate_offsets(env: KuaiRandEnv, *, users: int = 30_000, days: int = 2, s
 
 # --- the factory for the CLI -----------------------------------------------------------------------------
 
-ENVIRONMENTS = ("sim", "kuairand")
 #: Bumped when the environment needs differently fitted models (part of the default cache key).
 _MODELS_VERSION = "1"
 
@@ -786,35 +785,6 @@ def _usage_from_data(data_dir: str | os.PathLike[str] | None, models_dir: Path |
     return usage
 
 
-def make_env(name: str, sim_config: Path | None = None, kuairand_dir: Path | None = None,
-             models_dir: Path | None = None, log: Callable[[str], None] = print) -> Simulator:
-    """The environment ``name`` for the CLI's ``--env``: "sim" (the embedded simulator, configured by
-    ``sim_config``) or "kuairand" (:class:`KuaiRandEnv`, ``sim_config`` then overrides
-    :class:`KuaiRandEnvConfig`).
-
-    For "kuairand" the fitted models are read from ``models_dir`` (default :func:`default_models_dir`); if
-    it holds none they are fitted there first from ``kuairand_dir`` (default ``$RLMTF_KUAIRAND_DIR`` or
-    ``shared/data/kuairand_pure``), about 90 s on one thread, with progress messages through ``log``."""
-    if name == "sim":
-        from rlmtf.envs.sim.config import load_sim_config
-
-        return Simulator(load_sim_config(sim_config))
-    if name != "kuairand":
-        raise ValueError(f"unknown environment {name!r}; available: {', '.join(ENVIRONMENTS)}")
-    from rlmtf.envs.kuairand.fit import fit_all
-
-    cfg = load_env_config(sim_config)
-    if models_dir is None:
-        models_dir = default_models_dir(resolve_data_dir(kuairand_dir))
-    models_dir = Path(models_dir)
-    if not (models_dir / "manifest.json").is_file():
-        data_dir = resolve_data_dir(kuairand_dir)
-        log(f"KuaiRand environment: fitting the response and MTL models (first use, about 90 s on one thread) "
-            f"from {data_dir} into {models_dir}")
-        fit_all(data_dir, models_dir, log=lambda s: log(f"  {s}"))
-    return KuaiRandEnv.load(models_dir, cfg, data_dir=kuairand_dir, log=log)
-
-
-__all__ = ["ENVIRONMENTS", "DayConfig", "KuaiRandEnv", "KuaiRandEnvConfig", "RetrievalConfig", "SessionConfig",
-           "baseline_usage", "calibrate_offsets", "default_models_dir", "load_env_config", "make_env",
+__all__ = ["DayConfig", "KuaiRandEnv", "KuaiRandEnvConfig", "RetrievalConfig", "SessionConfig",
+           "baseline_usage", "calibrate_offsets", "default_models_dir", "load_env_config",
            "usage_of_run"]
