@@ -1,4 +1,4 @@
-"""The KuaiRand environment: a Simulator stand-in over the real KuaiRand-Pure users and videos.
+"""The KuaiRand environment: a world of the request engine over the real KuaiRand-Pure users and videos.
 
 Small response / MTL models are fitted once for the module on a 15,000-row sample (about 5 s); the
 tests skip when the KuaiRand-Pure data are not found.
@@ -20,22 +20,19 @@ from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS
 from rlmtf.core.reward import item_reward
 from rlmtf.data import build_transitions, read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.engine import Environment, RunResult
 from rlmtf.envs.factory import make_env
+from rlmtf.envs.kuairand.calibrate import baseline_usage, calibrate_offsets
+from rlmtf.envs.kuairand.config import KuaiRandEnvConfig, load_env_config
 from rlmtf.envs.kuairand.data import LOG_FILE, KuaiRandDataError, load_kuairand
-from rlmtf.envs.kuairand.env import (
-    KuaiRandEnv,
-    KuaiRandEnvConfig,
-    baseline_usage,
-    calibrate_offsets,
-    load_env_config,
-)
+from rlmtf.envs.kuairand.env import KuaiRandEnv
 from rlmtf.envs.kuairand.fit import FitConfig, fit_all
 from rlmtf.envs.kuairand.mtl import MTLConfig
 from rlmtf.envs.kuairand.paths import default_kuairand_dir
 from rlmtf.envs.kuairand.response import ResponseConfig, long_view_rule
 from rlmtf.envs.kuairand.usage import usage_stats
 from rlmtf.envs.parallel import run_parallel
-from rlmtf.envs.sim.simulator import RunResult, Simulator
+from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.eval.online import online_ab
 from rlmtf.policy.base import Policy
 from rlmtf.policy.fixed import FixedPolicy, RandomPolicy, baseline_policy, oracle_policy, valid_only_policy
@@ -72,7 +69,7 @@ def models_dir(kuairand_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def env(kuairand_dir, models_dir) -> KuaiRandEnv:
     e = make_env("kuairand", kuairand_dir=kuairand_dir, models_dir=models_dir, log=lambda s: None)
-    assert isinstance(e, KuaiRandEnv) and isinstance(e, Simulator)
+    assert isinstance(e, KuaiRandEnv) and isinstance(e, Environment)
     return e
 
 
@@ -214,7 +211,7 @@ def test_simulate_to_parquet_gives_training_data(env, tmp_path):
                    ("user_history", env.spec.user_history.dim)):
         assert c[g].shape == (len(data), dim) and np.isfinite(c[g]).all(), g
     np.testing.assert_array_equal(c["item_features"], env.item_table[c["item_id"]])
-    np.testing.assert_array_equal(c["user_profile"], env.user_profile[c["user_id"]])
+    np.testing.assert_array_equal(c["user_profile"], env.profile_table[c["user_id"]])
     assert (c["collect"] == 0).all()
     dur = env.duration_s[c["item_id"]]
     ratio = c["watch_ratio"].astype(np.float64)
@@ -364,7 +361,7 @@ def test_calibrated_defaults_with_the_full_models(kuairand_dir):
 
 def test_make_env_fits_on_first_use_into_the_cache(kuairand_dir, tmp_path, monkeypatch):
     import rlmtf.envs.kuairand.fit as fit
-    from rlmtf.envs.kuairand.env import default_models_dir
+    from rlmtf.envs.kuairand.paths import default_models_dir
 
     real_fit = fit.fit_all
     calls = []

@@ -20,9 +20,9 @@ from rlmtf.core.fusion import ACTION_DIM, N_TASKS
 from rlmtf.core.reward import item_reward
 from rlmtf.data import read_logs
 from rlmtf.envs.collect import simulate_to_parquet
+from rlmtf.envs.engine import RunResult
 from rlmtf.envs.sim import SimConfig, Simulator
 from rlmtf.envs.sim.config import ItemConfig, MTLConfig, UserConfig
-from rlmtf.envs.sim.simulator import RunResult
 from rlmtf.eval.offline import evaluate_gauc
 from rlmtf.policy import FixedPolicy, RandomPolicy, UniformExploration, baseline_policy
 from rlmtf.policy.fixed import BASELINE_BIAS, oracle_policy, valid_only_policy

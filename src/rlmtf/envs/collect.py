@@ -11,7 +11,7 @@ import numpy as np
 from rlmtf.core.provenance import git_commit
 from rlmtf.core.schema import DatasetMeta
 from rlmtf.data.io import LogWriter
-from rlmtf.envs.sim.simulator import RunResult, Simulator
+from rlmtf.envs.engine import Environment, RunResult
 from rlmtf.policy.base import Policy
 from rlmtf.policy.explore import ActionNoiseExploration, UniformExploration
 
@@ -30,7 +30,7 @@ def behaviour_policy(base: Policy, explore: Explore = "uniform", per: Literal["r
     raise ValueError(f"explore must be none, uniform or noise, got {explore!r}")
 
 
-def simulate_to_parquet(sim: Simulator, policy: Policy, out: str | Path, *, seed: int, sessions: int | None = None,
+def simulate_to_parquet(sim: Environment, policy: Policy, out: str | Path, *, seed: int, sessions: int | None = None,
                         days: int | None = None, users: np.ndarray | None = None, start_day: int = 0,
                         overwrite: bool = False, info: dict | None = None, workers: int = 1,
                         progress: Callable[[int, int], None] | None = None) -> tuple[RunResult, Path]:
@@ -42,7 +42,7 @@ def simulate_to_parquet(sim: Simulator, policy: Policy, out: str | Path, *, seed
     explore = ("uniform" if isinstance(policy, UniformExploration) else
                "noise" if isinstance(policy, ActionNoiseExploration) else "none")
     per = getattr(policy, "per", None)
-    meta_info = {"env": getattr(sim, "name", "sim"), "policy": policy.name, "explore": explore, "per": per,
+    meta_info = {"env": sim.name, "policy": policy.name, "explore": explore, "per": per,
                  "seed": seed, "sessions": sessions, "days": days,
                  "start_day": start_day, "workers": workers, "sim_config": sim.cfg.to_dict(),
                  "commit": git_commit(), **(info or {})}

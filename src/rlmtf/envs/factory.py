@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from rlmtf.envs.sim.simulator import Simulator as Environment
+from rlmtf.envs.engine import Environment
 
 ENVIRONMENTS = ("sim", "kuairand")
 
@@ -28,9 +26,10 @@ def make_env(name: str, sim_config: Path | None = None, kuairand_dir: Path | Non
         return Simulator(load_sim_config(sim_config))
     if name != "kuairand":
         raise ValueError(f"unknown environment {name!r}; available: {', '.join(ENVIRONMENTS)}")
-    from rlmtf.envs.kuairand.env import KuaiRandEnv, default_models_dir, load_env_config
+    from rlmtf.envs.kuairand.config import load_env_config
+    from rlmtf.envs.kuairand.env import KuaiRandEnv
     from rlmtf.envs.kuairand.fit import fit_all
-    from rlmtf.envs.kuairand.paths import resolve_data_dir
+    from rlmtf.envs.kuairand.paths import default_models_dir, resolve_data_dir
 
     cfg = load_env_config(sim_config)
     if models_dir is None:

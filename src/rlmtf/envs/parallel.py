@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rlmtf.envs.sim.simulator import RunResult, Simulator
+from rlmtf.envs.engine import Environment, RunResult
 from rlmtf.policy.base import Policy
 
 _STATE: dict = {}  # what forked workers inherit: the simulator, the policy, the job
@@ -41,7 +41,7 @@ def _worker(i: int) -> tuple[RunResult, tuple | None]:
 
     torch.set_num_threads(1)
     st = _STATE
-    sim: Simulator = st["sim"]
+    sim: Environment = st["sim"]
     counter = st["counter"]
 
     def progress(sessions: int, rows: int) -> None:
@@ -75,11 +75,11 @@ def merge(results: list[RunResult]) -> RunResult:
     return out
 
 
-def run_parallel(sim: Simulator, policy: Policy, *, workers: int, seed: int, days: int | None,
+def run_parallel(sim: Environment, policy: Policy, *, workers: int, seed: int, days: int | None,
                  users: np.ndarray | None, max_sessions: int | None, start_day: int = 0,
                  out: Path | None = None, meta=None, log_true_scores: bool = True,
                  progress: Callable[[int, int], None] | None = None) -> tuple[RunResult, list[tuple]]:
-    """``Simulator.run`` over ``workers`` forked processes; with ``out``, each writes a Parquet shard.
+    """``Environment.run`` over ``workers`` forked processes; with ``out``, each writes a Parquet shard.
     Returns the merged result and each shard's (rows, files, days) counts."""
     if "fork" not in mp.get_all_start_methods():
         raise RuntimeError("parallel simulation needs the 'fork' start method (Linux, macOS)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rlmtf.envs.sim.simulator import RunResult, Simulator
+from rlmtf.envs.engine import Environment, RunResult
 from rlmtf.eval.stats import Lift, mean_ci, paired_lift
 from rlmtf.policy.base import Policy
 
@@ -61,7 +61,7 @@ class ABResult:
                 "arms": [a.__dict__ for a in self.arms]}
 
 
-def online_ab(policies: Sequence[Policy], sim: Simulator, *, users: int, days: int, seed: int,
+def online_ab(policies: Sequence[Policy], sim: Environment, *, users: int, days: int, seed: int,
               on_arm: Callable[[int, str], Callable[[int, int], None] | None] | None = None,
               workers: int = 1) -> ABResult:
     """Run every policy on the same ``users`` (ids 0..users-1) for ``days`` days with ``seed``.

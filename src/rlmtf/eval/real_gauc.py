@@ -12,7 +12,7 @@ candidate, i (the environment, too, treats one logged impression as one request)
 is the environment's representation of u at a *neutral point*, the first request of the user's first
 session of a simulated day:
 
-- ``user_profile``: u's encoded features + u's training-day statistics (``KuaiRandEnv.user_profile``),
+- ``user_profile``: u's encoded features + u's training-day statistics (``KuaiRandEnv.profile_table``),
   i.e. the user as known at the end of the training days;
 - ``user_history``: the environment's initial behaviour history of u (recent tags = u's training-day /
   pre-period tag distribution, long-view / watch-ratio / like rates = u's training-day rates, sessions
@@ -263,7 +263,7 @@ class RealGAUCEvaluator:
         self.rows = real_rows(env.fitted, data, split, self.reward)
         # the environment's initial user state at the first request of the first session of a day
         all_users = np.arange(env.cfg.n_users)
-        st = env._user_state(all_users)
+        st = env.user_state(all_users)
         st.sessions_today[:] = 1
         self.user_history = np.ascontiguousarray(st.history(all_users), dtype=np.float32)  # (U, H)
         self._hour = self.rows.hour_angle
@@ -288,7 +288,7 @@ class RealGAUCEvaluator:
         u, hour = r.user[idx], self._hour[idx]
         b = len(idx)
         context = np.column_stack([np.sin(hour), np.cos(hour), np.zeros(b), np.zeros(b)]).astype(np.float32)
-        return RequestObs(user_id=u, request_key=crng.key(u, r.time_ms[idx]), user_profile=env.user_profile[u],
+        return RequestObs(user_id=u, request_key=crng.key(u, r.time_ms[idx]), user_profile=env.profile_table[u],
                           user_history=self.user_history[u], context=context, item_id=r.item[idx][:, None],
                           mtl_scores=r.mtl_scores[idx][:, None, :], item_table=env.item_table)
 

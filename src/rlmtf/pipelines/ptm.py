@@ -22,7 +22,7 @@ from typing import Any
 from rlmtf.algos.base import Algorithm
 from rlmtf.data.io import read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
-from rlmtf.envs.sim.simulator import Simulator
+from rlmtf.envs.engine import Environment
 from rlmtf.eval.offline import evaluate_gauc, mean_policy_action
 from rlmtf.eval.online import online_ab
 from rlmtf.policy.base import Policy
@@ -55,7 +55,7 @@ class PTMConfig:
     """Processes for simulation."""
 
 
-def run_ptm(algo: str, sim: Simulator, out: str | Path, cfg: PTMConfig = PTMConfig(),
+def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMConfig(),
             algo_cfg: Any = None, train_cfg: TrainConfig = TrainConfig(),
             log: Callable[[str], None] = print, progress=None, test_dir: Path | None = None) -> PTMResult:
     """Run the rounds; write ``ptm.json``, ``ptm.csv`` and ``ptm.png`` into ``out``.

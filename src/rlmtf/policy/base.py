@@ -105,6 +105,17 @@ class Policy(ABC):
         zero = np.zeros(a.shape[-1], dtype=np.float32)
         return Decision(action=a, mu_bp=a, lower_b=zero, upper_b=zero)
 
+    def rank(self, obs: RequestObs, l: int) -> np.ndarray | None:
+        """Positions (B, l) of the items to show, for a policy that ranks by itself (e.g. a remote ranking
+        service); None (the default): the environment shows the top l by the fused score of its actions."""
+        return None
+
+    def observe(self, obs: RequestObs, items: np.ndarray, feedback: dict[str, np.ndarray], done: np.ndarray) -> None:
+        """Called after the users reacted to the shown ``items`` (B, l) with ``feedback`` (behaviour -> (B, l)),
+        ``done`` (B,) marking the last request of a session. The default ignores it; a ranking service's
+        client forwards it to the service."""
+        return None
+
 
 def check_actions(a: np.ndarray, obs: RequestObs, level: str, who: str) -> np.ndarray:
     """Validate a policy's output shape and range; returns it as float32."""

@@ -44,7 +44,7 @@ class RemoteRanker(Policy):
         # the service decides; the simulator only needs a well-formed placeholder
         return np.zeros((obs.batch_size, ACTION_DIM), dtype=np.float32)
 
-    def rank_remote(self, obs: RequestObs, l: int) -> np.ndarray:
+    def rank(self, obs: RequestObs, l: int) -> np.ndarray:
         spec = self.spec
         user_group = FeatureGroup(spec.user_profile.fields + spec.user_history.fields)
         shown = np.zeros((obs.batch_size, l), dtype=np.int64)

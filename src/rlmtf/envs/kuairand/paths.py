@@ -45,3 +45,30 @@ def resolve_data_dir(kuairand_dir: str | os.PathLike[str] | None) -> Path:
         raise KuaiRandDataError(f"KuaiRand-Pure data directory {d} (from {where} setting) does not exist; "
                                 "set RLMTF_KUAIRAND_DIR to the directory of the KuaiRand-Pure files")
     return d
+
+
+#: Bumped when the environment needs differently fitted models (part of the default cache key).
+MODELS_VERSION = "1"
+
+
+def default_models_dir(data_dir: Path) -> Path:
+    """``$RLMTF_KUAIRAND_MODELS``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/rlmtf/kuairand-<hash>``, the
+    hash of the data directory's path and file sizes, the default fit config and a version."""
+    env = os.environ.get("RLMTF_KUAIRAND_MODELS")
+    if env:
+        return Path(env)
+    import dataclasses
+    import hashlib
+    import json
+
+    from rlmtf.envs.kuairand.fit import FitConfig
+
+    h = hashlib.sha256()
+    h.update(str(data_dir.resolve()).encode())
+    for p in sorted(data_dir.iterdir()):
+        if p.is_file():
+            h.update(f"{p.name}:{p.stat().st_size}".encode())
+    h.update(json.dumps(dataclasses.asdict(FitConfig()), sort_keys=True, default=str).encode())
+    h.update(MODELS_VERSION.encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "rlmtf" / f"kuairand-{h.hexdigest()[:12]}"

@@ -1,6 +1,6 @@
-"""The user-session simulator (SPEC section 10)."""
+"""The user-session simulator: a synthetic world of the request engine (``docs/design.md#the-simulator``)."""
 
 from rlmtf.envs.sim.config import SimConfig, load_sim_config
-from rlmtf.envs.sim.simulator import RunResult, Simulator
+from rlmtf.envs.sim.simulator import Simulator
 
-__all__ = ["RunResult", "SimConfig", "Simulator", "load_sim_config"]
+__all__ = ["SimConfig", "Simulator", "load_sim_config"]

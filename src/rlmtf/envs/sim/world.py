@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
+from rlmtf.envs.engine import CONTEXT_GROUP
 from rlmtf.envs.sim.config import SimConfig
 
 
@@ -62,9 +63,6 @@ def user_history_group(n_categories: int) -> FeatureGroup:
     return FeatureGroup((("recent_categories", n_categories), ("valid_rate", 1), ("watch_ratio", 1),
                          ("like_rate", 1), ("sessions_today", 1), ("minutes_today", 1),
                          ("last_session_length", 1), ("long_term_engagement", 1)))
-
-
-CONTEXT_GROUP = FeatureGroup((("hour_sin", 1), ("hour_cos", 1), ("request_index", 1), ("session_index", 1)))
 
 
 def feature_spec(cfg: SimConfig) -> FeatureSpec:
