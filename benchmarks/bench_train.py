@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
+from rlmtf.algos.esrl import EnhancedStateRL, EnsembleActorCritic, ESRLConfig
 from rlmtf.algos.integrated import IntegratedRL
 from rlmtf.core.nets import STD_FLOOR, mlp, standardise
 from rlmtf.core.provenance import git_commit
@@ -68,12 +68,12 @@ def random_batch(spec, b: int, l: int, rng: np.random.Generator) -> RequestBatch
     return RequestBatch(user_state=f(b, spec.user_state_dim), enhanced_state=f(b, l, spec.enhanced_state_dim),
                         action=np.clip(mu + 0.1 * f(b, l, a), -1, 1), mu_bp=mu, lower_b=-box, upper_b=box,
                         item_reward=np.abs(f(b, l)), reward=np.abs(f(b)),
-                        done=(rng.random(b) < 0.15).astype(np.float32),
+                        done=(rng.random(b) < 0.15).astype(np.float32), gap=np.zeros(b, np.float32),
                         next_user_state=f(b, spec.user_state_dim), next_enhanced_state=f(b, l, spec.enhanced_state_dim),
                         next_mu_bp=mu, next_lower_b=-box, next_upper_b=box)
 
 
-def time_steps(algo: EnhancedStateRL, batch: RequestBatch, steps: int) -> float:
+def time_steps(algo: EnsembleActorCritic, batch: RequestBatch, steps: int) -> float:
     algo.update(batch)  # warm-up
     if algo.device.type == "cuda":
         torch.cuda.synchronize()

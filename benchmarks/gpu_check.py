@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from rlmtf.algos import ALGORITHMS, algorithm_class  # noqa: E402
 from rlmtf.data.io import read_logs  # noqa: E402
+from rlmtf.data.samplers import DeviceSampler  # noqa: E402
 from rlmtf.data.transitions import build_transitions  # noqa: E402
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet  # noqa: E402
 from rlmtf.envs.sim.config import SimConfig  # noqa: E402
 from rlmtf.envs.sim.simulator import Simulator  # noqa: E402
 from rlmtf.policy.fixed import FixedPolicy  # noqa: E402
-from rlmtf.train.distributed import DeviceSampler  # noqa: E402
 from rlmtf.train.loop import compile_networks  # noqa: E402
 
 OFFLINE = [a for a in ALGORITHMS if not getattr(algorithm_class(a), "online", False)]

@@ -95,10 +95,9 @@ def _fit_small_kuairand(out: Path) -> Path | None:
     """Small response / MTL models on a sample of KuaiRand-Pure (None when the data are not here)."""
     import torch
 
-    from rlmtf.envs.kuairand.data import LOG_FILE
     from rlmtf.envs.kuairand.fit import FitConfig, fit_all
     from rlmtf.envs.kuairand.mtl import MTLConfig
-    from rlmtf.envs.kuairand.paths import default_kuairand_dir
+    from rlmtf.envs.kuairand.paths import LOG_FILE, default_kuairand_dir
     from rlmtf.envs.kuairand.response import ResponseConfig
 
     d = default_kuairand_dir()

@@ -9,13 +9,17 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
 from rlmtf.algos import ALGORITHMS, algorithm_class
+from rlmtf.algos.base import ActorCriticConfig
 from rlmtf.algos.registry import load_policy
 from rlmtf.data import build_transitions, read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
@@ -190,3 +194,23 @@ def test_plain_trunk_without_group_embeddings(algo_name, world, tmp_path):
     assert n_params[plain] != n_params[embedded]
     with pytest.raises(ValueError, match="embed_dim must be >= 0"):
         cls(logs.meta.feature_spec, dataclasses.replace(small_config(cls.config_cls), embed_dim=-1))
+
+
+def test_config_fields_are_documented_and_shared_ones_come_from_the_base(name):
+    """Every field of the algorithm's config, its own or a shared base's, has a docstring; the offline
+    actor-critics take the shared fields from one base instead of repeating them."""
+    cls = algorithm_class(name)
+    documented = set()
+    for klass in cls.config_cls.__mro__:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for st, nxt in zip(body, [*body[1:], None], strict=True):
+            if (isinstance(st, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)):
+                documented.add(st.target.id)
+    assert [f.name for f in dataclasses.fields(cls.config_cls) if f.name not in documented] == []
+    if not getattr(cls, "online", False):
+        assert issubclass(cls.config_cls, ActorCriticConfig)
+        own = vars(cls.config_cls).get("__annotations__", {})
+        assert not set(own) & {f.name for f in dataclasses.fields(ActorCriticConfig)}

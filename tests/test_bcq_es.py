@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlmtf.algos.bcq import BCQ, BCQConfig, bcq_target, clipped_double_q, critic_mse, vae_loss
+from rlmtf.algos.bcq import BCQ, BCQConfig, bcq_target, clipped_double_q, vae_loss
 from rlmtf.algos.es import ESConfig, EvolutionStrategy
+from rlmtf.algos.losses import critic_mse
 from rlmtf.algos.registry import load_policy
 from rlmtf.data import build_transitions, read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet

@@ -1,5 +1,5 @@
-"""Calibration of the simulator against KuaiRand-Pure (SPEC section 10): the default config's
-behaviour rates and watch-ratio quantiles under the baseline policy match the real log."""
+"""Calibration of the simulator against KuaiRand-Pure (``docs/design.md#calibration-to-kuairand-pure``): the default
+config's behaviour rates and watch-ratio quantiles under the baseline policy match the real log."""
 
 from __future__ import annotations
 

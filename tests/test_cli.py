@@ -181,6 +181,31 @@ def test_unknown_policy(dataset):
           names=("no-such-policy",))
 
 
+def test_a_directory_without_a_policy_is_named(dataset, work):
+    """A directory that exists but holds no policy: the error says so and names where it looked, in every
+    command that takes a policy."""
+    out, _ = dataset
+    empty = work / "not_a_policy"
+    (empty / "policy").mkdir(parents=True, exist_ok=True)
+    names = ("no policy.json", str(empty), str(empty / "policy"))
+    fails("evaluate", "gauc", "--policy", empty, "--data", out, names=names)
+    fails("evaluate", "online", "--policy", "baseline", "--policy", empty, "--users", "10", "--days", "1",
+          names=names)
+    fails("simulate", "--policy", empty, "--sessions", "5", "--out", work / "never_sim", names=names)
+    # (an address that cannot be bound: were the policy accepted, the server would fail rather than run)
+    fails("serve", "--policy", empty, "--log-dir", work / "never_log", "--host", "256.0.0.1", names=names)
+
+
+def test_a_run_directory_names_its_policy(dataset, work):
+    """A run directory (``policy/`` inside) is accepted wherever a policy is named, as its policy/ is."""
+    out, _ = dataset
+    run = work / "run_fixed"
+    (run / "policy").mkdir(parents=True, exist_ok=True)
+    (run / "policy" / "policy.json").write_text(json.dumps({"kind": "fixed", "name": "flat", "action": [0.1] * 10}))
+    by_run, by_policy = (ok_json("evaluate", "gauc", "--policy", p, "--data", out) for p in (run, run / "policy"))
+    assert by_run == by_policy and by_run["policy"] == "flat" and 0 < by_run["gauc"] < 1
+
+
 def test_missing_data_dir(work):
     missing = work / "no_such_dataset"
     fails("evaluate", "gauc", "--policy", "baseline", "--data", missing, names=(str(missing),))

@@ -1,4 +1,4 @@
-"""Logged-data I/O: round trips, determinism, and one test per kind of bad input (SPEC section 11)."""
+"""Logged-data I/O: round trips, determinism, and one test per kind of bad input (``docs/design.md#logged-data``)."""
 
 from __future__ import annotations
 

@@ -19,12 +19,12 @@ from safetensors.torch import load_file
 from rlmtf.algos import ALGORITHMS, algorithm_class
 from rlmtf.algos.esrl import ESRLConfig
 from rlmtf.data.io import read_logs
+from rlmtf.data.samplers import DeviceSampler, SliceSampler
 from rlmtf.data.transitions import build_transitions
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import FixedPolicy
-from rlmtf.train.distributed import DeviceSampler, SliceSampler
 from rlmtf.train.loop import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,5 +1,5 @@
 """Offline evaluation (weighted GAUC of a policy on logged data), the simulated online A/B test
-(SPEC section 9) and the fixed-fusion search."""
+(``docs/design.md#evaluation``) and the fixed-fusion search."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SPACE = ActionSpace()
 
 
 def brute_force_gauc(users, labels, scores, weights) -> tuple[float, int, int]:
-    """SPEC section 9 written out pair by pair (an independent reference)."""
+    """The weighted GAUC of ``docs/design.md#weighted-gauc`` written out pair by pair (an independent reference)."""
     num_total = den_total = 0.0
     n_ok = n_skip = 0
     for u in np.unique(users):

@@ -1,4 +1,4 @@
-"""Tests for the policy interface, hand-set fusions and exploration (SPEC section 4, Formula 4)."""
+"""Tests for the policy interface, hand-set fusions and exploration (``docs/design.md#exploration``, Formula 4)."""
 
 from __future__ import annotations
 
@@ -384,7 +384,7 @@ def test_action_noise_distribution_and_box():
 
 def test_action_noise_box_efficiency_ratio():
     # all 10 dimensions inside the box at once: P = 0.5467^10 = 0.00239; uniform puts every sample
-    # inside, so action noise needs 1 / 0.00239 = 419x the samples (SPEC section 4)
+    # inside, so action noise needs 1 / 0.00239 = 419x the samples (``docs/design.md#exploration-efficiency``)
     p_in = 2 * stats.norm.cdf(0.75) - 1
     assert 1 / p_in**10 == pytest.approx(419, abs=1)
     obs = make_obs(b=20_000, n=1)

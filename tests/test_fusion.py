@@ -1,4 +1,4 @@
-"""Tests for rlmtf.core.fusion (SPEC section 2, the paper's Formula 1) and the action <-> parameter map."""
+"""Tests for rlmtf.core.fusion (``docs/design.md#fusion``, the paper's Formula 1) and the action <-> parameter map."""
 
 from __future__ import annotations
 

@@ -17,7 +17,13 @@ import pytest
 import torch
 
 from rlmtf.core.fusion import MTL_TASKS
-from rlmtf.envs.kuairand.data import (
+from rlmtf.envs.kuairand.data import load_kuairand
+from rlmtf.envs.kuairand.download import download, unpack_and_validate
+from rlmtf.envs.kuairand.features import GROUPS, STAT_NAMES, FeatureBuilder
+from rlmtf.envs.kuairand.fit import FitConfig, ModelFileError, fit_all, load_fitted
+from rlmtf.envs.kuairand.metrics import auc, ece
+from rlmtf.envs.kuairand.mtl import MTLConfig
+from rlmtf.envs.kuairand.paths import (
     LOG_FILE,
     OFFICIAL_LOG_FILE,
     OFFICIAL_PRE_LOG_FILE,
@@ -25,15 +31,8 @@ from rlmtf.envs.kuairand.data import (
     USER_FILE,
     VIDEO_FILE,
     KuaiRandDataError,
-    download,
-    load_kuairand,
-    unpack_and_validate,
+    default_kuairand_dir,
 )
-from rlmtf.envs.kuairand.features import GROUPS, STAT_NAMES, FeatureBuilder
-from rlmtf.envs.kuairand.fit import FitConfig, ModelFileError, fit_all, load_fitted
-from rlmtf.envs.kuairand.metrics import auc, ece
-from rlmtf.envs.kuairand.mtl import MTLConfig
-from rlmtf.envs.kuairand.paths import default_kuairand_dir
 from rlmtf.envs.kuairand.response import ResponseConfig
 
 # --- a small synthetic KuaiRand-Pure with the official schema -------------------------------------------

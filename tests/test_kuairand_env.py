@@ -24,11 +24,11 @@ from rlmtf.envs.engine import Environment, RunResult
 from rlmtf.envs.factory import make_env
 from rlmtf.envs.kuairand.calibrate import baseline_usage, calibrate_offsets
 from rlmtf.envs.kuairand.config import KuaiRandEnvConfig, load_env_config
-from rlmtf.envs.kuairand.data import LOG_FILE, KuaiRandDataError, load_kuairand
+from rlmtf.envs.kuairand.data import load_kuairand
 from rlmtf.envs.kuairand.env import KuaiRandEnv
 from rlmtf.envs.kuairand.fit import FitConfig, fit_all
 from rlmtf.envs.kuairand.mtl import MTLConfig
-from rlmtf.envs.kuairand.paths import default_kuairand_dir
+from rlmtf.envs.kuairand.paths import LOG_FILE, KuaiRandDataError, default_kuairand_dir
 from rlmtf.envs.kuairand.response import ResponseConfig, long_view_rule
 from rlmtf.envs.kuairand.usage import usage_stats
 from rlmtf.envs.parallel import run_parallel

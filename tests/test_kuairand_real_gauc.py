@@ -13,10 +13,10 @@ import torch
 from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
 from rlmtf.algos.integrated import IntegratedRL
 from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, ActionSpace, fused_log_score
-from rlmtf.envs.kuairand.data import LOG_FILE, FeatureTable, KuaiRandDataError, load_kuairand
+from rlmtf.envs.kuairand.data import FeatureTable, load_kuairand
 from rlmtf.envs.kuairand.fit import FitConfig, fit_all, load_fitted
 from rlmtf.envs.kuairand.mtl import MTLConfig
-from rlmtf.envs.kuairand.paths import default_kuairand_dir
+from rlmtf.envs.kuairand.paths import LOG_FILE, KuaiRandDataError, default_kuairand_dir
 from rlmtf.envs.kuairand.response import ResponseConfig
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.world import feature_spec
@@ -89,7 +89,8 @@ def tiny(data):
 
 
 def hand_weights(x) -> np.ndarray:
-    """1 + the default reward of SPEC 3 written out: watch 1/min, valid 1, like 2, share 3, follow 3, comment 2."""
+    """1 + the default reward (``docs/design.md#reward``) written out: watch 1/min, valid 1, like 2, share 3,
+    follow 3, comment 2."""
     return (1.0 + x.play_time_ms / 60_000.0 + x.long_view + 2.0 * x.like + 3.0 * x.forward + 3.0 * x.follow
             + 2.0 * x.comment)
 

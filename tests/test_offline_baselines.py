@@ -18,9 +18,10 @@ from rlmtf.algos.cql_sac import (
     sac_actor_loss,
     temperature_loss,
 )
-from rlmtf.algos.ddpg import DDPG, DDPGConfig, bellman_target, critic_mse, ddpg_actor_loss, user_tensors
+from rlmtf.algos.ddpg import DDPG, DDPGConfig, ddpg_actor_loss
 from rlmtf.algos.gaussian import GaussianActor, TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.iql import IQL, IQLConfig, awr_actor_loss, awr_weights, expectile_loss
+from rlmtf.algos.losses import bellman_target, critic_mse
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
 from rlmtf.data.transitions import RequestBatch
 
@@ -48,7 +49,8 @@ def synthetic_batch(rng: np.random.Generator, n: int, p_done: float = 0.5) -> Re
     zeros_a = np.zeros((n, 1, a_dim), np.float32)
     return RequestBatch(user_state=s, enhanced_state=np.zeros((n, 1, n_es), np.float32), action=a, mu_bp=zeros_a,
                         lower_b=zeros_a - 0.1, upper_b=zeros_a + 0.1, item_reward=r[:, None], reward=r,
-                        done=(rng.random(n) < p_done).astype(np.float32), next_user_state=s2,
+                        done=(rng.random(n) < p_done).astype(np.float32), gap=np.zeros(n, np.float32),
+                        next_user_state=s2,
                         next_enhanced_state=np.zeros((n, 1, n_es), np.float32), next_mu_bp=zeros_a,
                         next_lower_b=zeros_a - 0.1, next_upper_b=zeros_a + 0.1)
 
@@ -157,12 +159,12 @@ def test_gaussian_log_probs_match_torch_distributions():
 # --- gradient isolation and targets ----------------------------------------------------------------------
 
 def _tensors(algo, seed: int = 0):
-    return user_tensors(algo, synthetic_batch(np.random.default_rng(seed), 16))
+    return algo.user_tensors(synthetic_batch(np.random.default_rng(seed), 16))
 
 
 def test_ddpg_gradient_isolation():
     algo = make("ddpg")
-    s, a, r, done, s2 = _tensors(algo)
+    s, a, r, done, s2, _ = _tensors(algo)
     loss_c, _, _ = algo.critic_loss(s, a, r, done, s2)
     loss_c.backward()
     assert grads_nonzero(algo.critic) and grads_none(algo.actor)
@@ -176,7 +178,7 @@ def test_ddpg_gradient_isolation():
 
 def test_iql_gradient_isolation():
     algo = make("iql")
-    s, a, r, done, s2 = _tensors(algo)
+    s, a, r, done, s2, _ = _tensors(algo)
     algo.value_loss(s, a).backward()  # V regresses on the target critics: nothing reaches any Q
     assert grads_nonzero(algo.value)
     assert grads_none(algo.critic) and grads_none(algo.critic_target) and grads_none(algo.actor)
@@ -196,7 +198,7 @@ def test_iql_gradient_isolation():
 
 def test_cql_sac_gradient_isolation():
     algo = make("cql_sac", n_action_samples=3)
-    s, a, r, done, s2 = _tensors(algo)
+    s, a, r, done, s2, _ = _tensors(algo)
     loss_c, _ = algo.critic_loss(s, a, r, done, s2)  # policy samples for the penalty carry no gradient
     loss_c.backward()
     assert grads_nonzero(algo.critic) and grads_none(algo.actor) and grads_none(algo.log_alpha)
@@ -254,7 +256,7 @@ def test_cql_penalty_recomputed_from_the_same_draws():
     actions at s and n at s', all evaluated at s, one critic member at a time."""
     n = 3
     algo = make("cql_sac", n_action_samples=n, cql_alpha=2.0)
-    s, a, r, done, s2 = _tensors(algo, seed=4)
+    s, a, r, done, s2, _ = _tensors(algo, seed=4)
     bsz, a_dim = a.shape
     state = algo.gen.get_state()
     loss, parts = algo.critic_loss(s, a, r, done, s2)

@@ -1,4 +1,4 @@
-"""Tests for rlmtf.core.reward (SPEC section 3, the paper's Formulas 2 and 3)."""
+"""Tests for rlmtf.core.reward (``docs/design.md#reward``, the paper's Formulas 2 and 3)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The online ranking service (SPEC section 12): wire format, validation, exploration, durable log,
-admin reload, metrics and the export of the serving log to the logged-data Parquet of SPEC 11."""
+"""The online ranking service (``docs/design.md#the-ranking-service``): wire format, validation, exploration, durable
+log, admin reload, metrics and the export of the serving log to the logged-data Parquet of
+``docs/design.md#logged-data``."""
 
 import dataclasses
 import json
@@ -10,16 +11,19 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rlmtf.algos.esrl import ESRLConfig
+from rlmtf.algos.esrl import EnhancedStateRL, ESRLConfig
+from rlmtf.algos.registry import PolicyLoadError
 from rlmtf.core.reward import RewardWeights
+from rlmtf.core.schema import FeatureGroup, FeatureSpec
 from rlmtf.data import build_transitions, read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.envs.sim.world import feature_spec
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.serve import create_app, explore_assigned, export_logs, stable_id
+from rlmtf.serve import create_app, explore_assigned, export_logs, policy_version, stable_id
 from rlmtf.serve.store import DB_NAME, decode_vector
+from rlmtf.serve.wire import spec_difference
 from rlmtf.train.loop import TrainConfig, train
 
 SPEC = feature_spec(SimConfig())
@@ -30,14 +34,14 @@ def _values(group, rng):
     return {n: (float(rng.random()) if d == 1 else rng.random(d).round(4).tolist()) for n, d in group.fields}
 
 
-def rank_body(user="u1", session="s1", n=8, k=5, seed=0):
+def rank_body(user="u1", session="s1", n=8, k=5, seed=0, spec=SPEC):
     rng = np.random.default_rng(seed)
     return {
         "user_id": user, "session_id": session, "k": k,
-        "user_features": {**_values(SPEC.user_profile, rng), **_values(SPEC.user_history, rng)},
-        "context": _values(SPEC.context, rng),
-        "candidates": [{"item_id": f"i{j}", "item_features": _values(SPEC.item_features, rng),
-                        "mtl_scores": {t: float(rng.uniform(0.001, 0.9)) for t in SPEC.mtl_tasks}}
+        "user_features": {**_values(spec.user_profile, rng), **_values(spec.user_history, rng)},
+        "context": _values(spec.context, rng),
+        "candidates": [{"item_id": f"i{j}", "item_features": _values(spec.item_features, rng),
+                        "mtl_scores": {t: float(rng.uniform(0.001, 0.9)) for t in spec.mtl_tasks}}
                        for j in range(n)],
     }
 
@@ -699,3 +703,95 @@ def test_huge_mtl_scores_rank_without_overflow(log_dir, tmp_path):
     assert r.status_code == 200, r.text
     scores = [it["score"] for it in r.json()["items"]]
     assert all(math.isfinite(s) and s > 1e307 for s in scores), scores
+
+
+# --- the features of the served policy ----------------------------------------------------------------------
+
+#: Features of another deployment (as a policy trained on KuaiRand-Pure brings its own)
+OTHER = FeatureSpec(user_profile=FeatureGroup((("age", 1), ("tastes", 3))),
+                    user_history=FeatureGroup((("long_view_rate", 1),)), context=FeatureGroup((("hour", 1),)),
+                    item_features=FeatureGroup((("log_duration", 1), ("tags", 2))))
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """A run directory (``policy/`` inside) of an untrained Enhanced-State RL policy on the OTHER features."""
+    run = tmp_path_factory.mktemp("other") / "run"
+    EnhancedStateRL(OTHER, ESRLConfig(hidden=(8, 8), embed_dim=4, ensemble_size=2)).save_policy(run / "policy")
+    return run
+
+
+def test_a_trained_policy_is_served_with_its_own_features(other_run, log_dir, tmp_path):
+    with TestClient(create_app(str(other_run), log_dir=log_dir)) as c:  # a run directory: its policy/
+        s = c.get("/v1/schema").json()
+        assert s["user_features"] == {"age": 1, "tastes": 3, "long_view_rate": 1} and s["context"] == {"hour": 1}
+        assert s["item_features"] == {"log_duration": 1, "tags": 2} and s["policy_level"] == "item"
+        assert s["policy_version"] == policy_version(str(other_run / "policy"))  # a run and its policy/: one version
+        out = c.post("/v1/rank", json=rank_body(n=7, spec=OTHER)).json()
+        assert len(out["items"]) == 5
+        assert c.post("/v1/feedback", json={"request_id": out["request_id"], "item_id": out["items"][0]["item_id"],
+                                            "behaviours": {"valid": 1}}).status_code == 200
+        assert c.post("/v1/rank", json=rank_body(n=7)).status_code == 422  # the simulator's features
+    # the export reads the features from the log
+    export_logs(log_dir, tmp_path / "out")
+    data = read_logs(tmp_path / "out")
+    assert data.meta.feature_spec == OTHER and len(data) == 5 and data.columns["valid"].sum() == 1
+
+
+def test_a_policy_without_features_gets_the_given_ones(log_dir):
+    with TestClient(create_app("baseline", feature_spec=OTHER, log_dir=log_dir)) as c:
+        assert c.get("/v1/schema").json()["user_features"] == {"age": 1, "tastes": 3, "long_view_rate": 1}
+        assert c.post("/v1/rank", json=rank_body(spec=OTHER)).status_code == 200
+
+
+def test_other_features_are_refused_at_start_and_on_reload(client, other_run, trained_policy, monkeypatch, tmp_path):
+    with pytest.raises(PolicyLoadError, match=f"other features.*user_profile 4 vs {SPEC.user_profile.dim} values"):
+        create_app(str(other_run), feature_spec=SPEC, log_dir=tmp_path / "log1")
+    monkeypatch.setenv("RLMTF_ADMIN_TOKEN", TOKEN)
+    r = _reload(client, other_run)  # the service has the simulator's features
+    assert r.status_code == 422
+    assert "other features" in r.json()["detail"] and "user_profile 4 vs" in r.json()["detail"]
+    assert client.get("/v1/schema").json()["policy_version"] == "baseline"
+    assert client.post("/v1/rank", json=rank_body()).status_code == 200
+    # a policy on the service's features (and a built-in, which has none) still reloads
+    assert _reload(client, trained_policy).status_code == 200
+    assert _reload(client, "baseline").status_code == 200
+    with TestClient(create_app(str(other_run), log_dir=tmp_path / "log2")) as c:
+        assert _reload(c, "baseline").status_code == 200  # served with the OTHER features
+        assert c.post("/v1/rank", json=rank_body(spec=OTHER)).status_code == 200
+        assert _reload(c, trained_policy).status_code == 422
+
+
+def test_a_log_keeps_the_features_it_was_written_with(other_run, log_dir):
+    with TestClient(create_app("baseline", log_dir=log_dir)) as c:
+        assert c.post("/v1/rank", json=rank_body()).status_code == 200
+    with pytest.raises(ValueError, match="other features.*another log directory"):
+        create_app(str(other_run), log_dir=log_dir)
+    with TestClient(create_app("baseline", log_dir=log_dir)) as c:  # the same features: it opens
+        assert c.get("/healthz").status_code == 200
+
+
+def test_export_without_a_recorded_spec_needs_one(log_dir, tmp_path):
+    with TestClient(create_app("baseline", log_dir=log_dir)) as c:
+        assert c.post("/v1/rank", json=rank_body()).status_code == 200
+    with _db(log_dir) as db:
+        db.execute("DELETE FROM meta WHERE key = 'feature_spec'")
+    with pytest.raises(ValueError, match="records no feature spec"):
+        export_logs(log_dir, tmp_path / "out")
+    assert export_logs(log_dir, tmp_path / "out", SPEC)["rows"] == 5
+
+
+def test_spec_difference_names_what_differs():
+    renamed = dataclasses.replace(SPEC, context=FeatureGroup((("hour", 1), *SPEC.context.fields[1:])))
+    assert spec_difference(renamed, SPEC) == "context 'hour' vs 'hour_sin'"
+    assert spec_difference(OTHER, SPEC).startswith(f"user_profile 4 vs {SPEC.user_profile.dim} values; ")
+    assert spec_difference(SPEC, SPEC) == ""
+
+
+def test_loop_refuses_a_service_with_other_features(other_run, log_dir):
+    from rlmtf.serve.loop import RemoteRanker
+
+    with TestClient(create_app(str(other_run), log_dir=log_dir)) as c:
+        with pytest.raises(ValueError, match="accepts other user_features, context, item_features"):
+            RemoteRanker("http://testserver", SPEC, client=c).check_schema()
+        RemoteRanker("http://testserver", OTHER, client=c).check_schema()

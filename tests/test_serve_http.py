@@ -1,4 +1,5 @@
-"""The ranking service behind a real uvicorn server on loopback: rank, feedback, export to training data."""
+"""The ranking service behind a real uvicorn server on loopback: rank, feedback, export to training data;
+with the simulator's features and with a policy trained on KuaiRand-Pure (skipped without the data)."""
 
 import json
 import os
@@ -22,6 +23,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def rlmtf(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "rlmtf.cli", *args], capture_output=True, text=True, cwd=REPO,
+                       check=False, timeout=600)
+    if ok:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
 
 
 def start_server(log_dir: Path, port: int, *extra: str) -> subprocess.Popen:
@@ -175,34 +184,28 @@ def test_closing_the_loop(server, tmp_path):
     reload the trained policy, and serve with it."""
     url, log_dir = server
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        p = subprocess.run([sys.executable, "-m", "rlmtf.cli", *args], capture_output=True, text=True, cwd=REPO,
-                           check=False, timeout=600)
-        assert p.returncode == 0, p.stderr[-3000:]
-        return p
-
     small = tmp_path / "small.toml"
     small.write_text("n_users = 300\nn_items = 2000\n")
-    first = json.loads(cli("loop", "--server", url, "--users", "40", "--sessions", "30", "--seed", "1",
-                           "--sim-config", str(small), "--json").stdout)
+    first = json.loads(rlmtf("loop", "--server", url, "--users", "40", "--sessions", "30", "--seed", "1",
+                             "--sim-config", str(small), "--json").stdout)
     assert first["sessions"] >= 30 and first["requests"] > 30 and first["feedback_events"] == 5 * first["requests"]
     data_dir = tmp_path / "served"
-    cli("logs", "export", "--log-dir", str(log_dir), "--out", str(data_dir))
+    rlmtf("logs", "export", "--log-dir", str(log_dir), "--out", str(data_dir))
     data = read_logs(data_dir)
     assert len(data) == 5 * first["requests"]
     explored = data.columns["upper_b"].max(1) > 0
     assert explored.any() and (~explored).any()  # --explore-fraction 0.5 of users
     run = tmp_path / "run"
-    cli("train", "--algo", "esrl", "--data", str(data_dir), "--out", str(run), "--steps", "3", "--hidden", "16,16",
-        "--critics", "2", "--batch-size", "8", "--eval-every", "0")
+    rlmtf("train", "--algo", "esrl", "--data", str(data_dir), "--out", str(run), "--steps", "3", "--hidden", "16,16",
+          "--critics", "2", "--batch-size", "8", "--eval-every", "0")
     before = httpx.get(f"{url}/v1/schema").json()["policy_version"]
     r = httpx.post(f"{url}/v1/admin/reload", json={"policy": str(run / "policy")},
                    headers={"Authorization": "Bearer secret"}, timeout=30)
     assert r.status_code == 200, r.text
     after = httpx.get(f"{url}/v1/schema").json()["policy_version"]
     assert after != before
-    second = json.loads(cli("loop", "--server", url, "--users", "40", "--sessions", "10", "--seed", "2",
-                            "--start-day", "1", "--sim-config", str(small), "--json").stdout)
+    second = json.loads(rlmtf("loop", "--server", url, "--users", "40", "--sessions", "10", "--seed", "2",
+                              "--start-day", "1", "--sim-config", str(small), "--json").stdout)
     assert second["requests"] > 0
     import sqlite3
 
@@ -288,3 +291,97 @@ def test_load_through_two_workers(tmp_path):
         np.testing.assert_allclose(decode_vector(hi), [want[1]] * 10, atol=1e-6)
     assert by_request == {rid: items for rid, (_, items) in acked.items()}
     assert logged_events == events
+
+
+# --- a policy trained on KuaiRand-Pure, served with its own features --------------------------------------
+
+@pytest.fixture(scope="module")
+def kuairand_models(tmp_path_factory) -> Path:
+    """Small response / MTL models fitted on a 15,000-row sample of KuaiRand-Pure (a few seconds)."""
+    import torch
+
+    from rlmtf.envs.kuairand.fit import FitConfig, fit_all
+    from rlmtf.envs.kuairand.mtl import MTLConfig
+    from rlmtf.envs.kuairand.paths import LOG_FILE, default_kuairand_dir
+    from rlmtf.envs.kuairand.response import ResponseConfig
+
+    d = default_kuairand_dir()
+    if d is None or not (d / LOG_FILE).is_file():
+        pytest.skip("KuaiRand-Pure not found (shared/data/kuairand_pure or $RLMTF_KUAIRAND_DIR)")
+    small = FitConfig(response=ResponseConfig(hidden=(32, 16), epochs=2, batch_size=1024),
+                      mtl=MTLConfig(hidden=(16,), epochs=1, batch_size=1024), max_train_rows=15_000,
+                      max_test_rows=2_000)
+    out = tmp_path_factory.mktemp("kuairand_models")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        fit_all(d, out, small, log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_a_kuairand_policy_is_served_with_its_features(kuairand_models, tmp_path):
+    """Train on --env kuairand data, serve the run directory: /v1/schema lists KuaiRand-Pure's features, a
+    request with them is ranked, feedback is taken, and the log exports to data with those features. The
+    simulator's features (a request, --env sim, `rlmtf loop`) are refused with a message."""
+    from rlmtf.data.io import read_meta
+    from rlmtf.serve import policy_version, stable_id
+
+    data, run, log_dir, exported = tmp_path / "kr", tmp_path / "run", tmp_path / "log", tmp_path / "exported"
+    rlmtf("simulate", "--env", "kuairand", "--kuairand-models", str(kuairand_models), "--per", "item", "--explore",
+          "uniform", "--sessions", "20", "--users", "100", "--seed", "1", "--out", str(data))
+    rlmtf("train", "--algo", "esrl", "--data", str(data), "--out", str(run), "--steps", "3", "--hidden", "16,16",
+          "--critics", "2", "--batch-size", "8", "--eval-every", "0", "--threads", "1")
+    spec = read_meta(data).feature_spec
+    # an address that cannot be bound: the refusal comes first, and nothing would listen if it did not
+    p = rlmtf("serve", "--policy", str(run), "--env", "sim", "--log-dir", str(tmp_path / "never"), "--host",
+              "256.0.0.1", ok=False)
+    assert p.returncode == 2 and "other features than --env sim" in " ".join(p.stderr.split()), p.stderr
+    port = free_port()
+    proc = start_server(log_dir, port, "--policy", str(run))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        schema = httpx.get(f"{url}/v1/schema").json()
+        assert schema["user_features"] == {**spec.user_profile.names(), **spec.user_history.names()}
+        assert schema["item_features"] == spec.item_features.names() and schema["context"] == spec.context.names()
+        assert schema["policy_level"] == "item" and schema["policy_version"] == policy_version(str(run / "policy"))
+        rng = np.random.default_rng(0)
+        for t in range(2):
+            r = httpx.post(f"{url}/v1/rank", json=_request(schema, rng, "u1", "s1", n=12), timeout=10)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert len(body["items"]) == 5
+            for pos, item in enumerate(body["items"]):
+                fb = {"request_id": body["request_id"], "item_id": item["item_id"], "event_id": f"{t}-{pos}",
+                      "behaviours": {"watch_time": 5.0, "valid": int(pos == 0)}, "session_end": t == 1 and pos == 4}
+                assert httpx.post(f"{url}/v1/feedback", json=fb, timeout=10).status_code == 200
+        sim_schema = {"user_features": {"age": 1}, "context": {"hour_sin": 1}, "item_features": {"category": 16},
+                      "mtl_tasks": schema["mtl_tasks"]}
+        assert httpx.post(f"{url}/v1/rank", json=_request(sim_schema, rng, "u2", "s2"), timeout=10).status_code == 422
+        small = tmp_path / "small.toml"
+        small.write_text("n_users = 300\nn_items = 2000\n")
+        p = rlmtf("loop", "--server", url, "--users", "5", "--sessions", "1", "--sim-config", str(small), ok=False)
+        assert p.returncode == 2 and "accepts other user_features" in " ".join(p.stderr.split()), p.stderr
+    finally:
+        stop(proc)
+    # a built-in policy on the same log: with --env kuairand it gets the same features, without them it is refused
+    p = rlmtf("serve", "--policy", "baseline", "--log-dir", str(log_dir), "--host", "256.0.0.1", ok=False)
+    assert p.returncode == 2 and "another log directory" in " ".join(p.stderr.split()), p.stderr
+    proc = start_server(log_dir, port, "--policy", "baseline", "--env", "kuairand", "--kuairand-models",
+                        str(kuairand_models))
+    try:
+        again = httpx.get(f"{url}/v1/schema").json()
+        assert again["user_features"] == schema["user_features"] and again["policy_version"] == "baseline"
+        assert httpx.post(f"{url}/v1/rank", json=_request(schema, rng, "u3", "s3"), timeout=10).status_code == 200
+    finally:
+        stop(proc)
+    out = json.loads(rlmtf("logs", "export", "--log-dir", str(log_dir), "--out", str(exported), "--json").stdout)
+    assert out["rows"] == 15 and out["sessions"] == 2
+    logs = read_logs(exported)
+    assert logs.meta.feature_spec == spec
+    trans = build_transitions(logs)
+    assert len(trans) == 3 and int(trans.done.sum()) == 2
+    served = logs.columns["user_id"] == stable_id("u1")
+    assert logs.columns["valid"][served & (logs.columns["position"] == 0)].tolist() == [1, 1]

@@ -1,5 +1,5 @@
-"""The simulator (SPEC section 10): determinism, common random numbers, the logged-row contract
-(SPEC section 11) and one sanity check per mechanism, each of which fails if the mechanism is missing.
+"""The simulator (``docs/design.md#the-simulator``): determinism, common random numbers, the logged-row contract
+(``docs/design.md#logged-data``) and one sanity check per mechanism, each of which fails if the mechanism is missing.
 
 Sanity checks compare two runs on the same users and seed (common random numbers, so the comparison
 is paired per user) and ask for a margin of several standard errors.

@@ -10,10 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.data.io import LogDataError, LogWriter, read_logs
+from rlmtf.data.io import LogDataError, read_logs
 from rlmtf.data.shard import shard_dataset
 from rlmtf.data.stream import StreamingSampler, discover_units, validation_mask
 from rlmtf.data.transitions import build_transitions
+from rlmtf.data.writer import LogWriter
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator

@@ -1,4 +1,5 @@
-"""Request-level transitions (SPEC section 5): layout, TD pointers, structure checks, splits, batches."""
+"""Request-level transitions (``docs/design.md#request-level-transitions``): layout, TD pointers,
+structure checks, splits, batches."""
 
 from __future__ import annotations
 
@@ -249,3 +250,21 @@ def test_to_torch(many: Transitions) -> None:
     assert tensors["user_state"].shape == (8, 9)
     assert tensors["action"].shape == (8, 5, 10)
     assert tensors["done"].shape == (8,)
+
+
+def test_one_batch_type_for_numpy_and_tensor_fields(many: Transitions) -> None:
+    """Gathered in numpy or from tensors, in parts and concatenated: the same numbers from to_torch."""
+    idx = np.array([3, 0, 17, 3, 200])
+    ref = many.batch(idx).to_torch()
+    data = {k: torch.as_tensor(v) for k, v in many.arrays().items()}
+
+    def on_tensors(i: np.ndarray) -> RequestBatch:
+        return RequestBatch.gather(data, torch.as_tensor(many.next_index), torch.as_tensor(i))
+
+    assert isinstance(on_tensors(idx).reward, torch.Tensor) and len(on_tensors(idx)) == 5
+    for parts in ([many.batch(idx[:2]), many.batch(idx[2:])], [on_tensors(idx)],
+                  [on_tensors(idx[:1]), on_tensors(idx[1:])]):
+        got = RequestBatch.concat(parts).to_torch()
+        assert got.keys() == ref.keys()
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), k

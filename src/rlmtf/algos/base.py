@@ -1,13 +1,14 @@
 """The one shallow base every learning algorithm shares: views of a batch, normalisation, state files.
 
-An algorithm is a class with a typed frozen-dataclass config (``config_cls``), a ``kind`` (the name
-``policy.json`` records and ``load_policy`` dispatches on) and a ``level``:
+An algorithm is a class with a typed frozen-dataclass config (``config_cls``; the actor-critic ones
+build on :class:`ActorCriticConfig`), a ``kind`` (the name ``policy.json`` records and ``load_policy``
+dispatches on) and a ``level``:
 
 - ``user``: one action per request from the *user state* ``s_t`` (profile ++ history ++ context),
   applied to every candidate, trained on the request reward ``r_t`` (IntegratedRL-MTF and the
-  baselines of SPEC section 7);
+  baselines of ``docs/design.md#baselines``);
 - ``item``: one action per user-item pair from the *enhanced state* (Enhanced-State RL overrides the
-  view, the states and the group sizes).
+  view, the states and the group sizes: :mod:`rlmtf.algos.esrl`).
 
 Every algorithm answers the same calls: ``update(batch) -> dict[str, float]``, ``act_states(states)``,
 ``policy()``, ``state_tensors()`` / ``load_state_tensors()`` (everything needed to resume: networks,
@@ -27,11 +28,46 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from rlmtf.algos.losses import discounts
 from rlmtf.core.config_io import config_from_json
 from rlmtf.core.fusion import ActionSpace
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions
 from rlmtf.policy.base import Policy, RequestObs
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCriticConfig:
+    """The hyper-parameters every actor-critic algorithm has (Enhanced-State RL, IntegratedRL-MTF, DDPG,
+    CQL+SAC, BCQ, IQL); each algorithm's config adds its own after these. They start from the same
+    defaults, so that a comparison of the algorithms differs only in the method."""
+
+    gamma: float = 0.9
+    """Discount from one request to the next inside a session."""
+    session_gamma: float = 1.0
+    """Discount from a session's last request to the user's next session of the day: used only when the
+    training data are linked into day episodes (``rlmtf.core.objective``, ``train --objective day:...``)."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layers of every network: the actor and each critic, and the algorithm's others (IQL's value
+    network, BCQ's VAE encoder and decoder and its perturbation network)."""
+    embed_dim: int = 32
+    """Per-feature-group embedding size of the state encoders (0: none, the trunk reads the standardised
+    state as d3rlpy's networks do: fewer parameters, faster steps)."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor (BCQ: of its perturbation network)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    batch_size: int = 256
+    """Requests per batch (an item-level method trains on the l user-item pairs of each)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineConfig(ActorCriticConfig):
+    """The offline baselines' config (DDPG, CQL+SAC, BCQ, IQL): :class:`ActorCriticConfig` plus the rate at
+    which their target networks follow the online ones."""
+
+    tau: float = 0.005
+    """Polyak rate of the target networks, applied after every step."""
 
 
 def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -97,12 +133,20 @@ class Algorithm:
     @staticmethod
     def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch as (B, 1, .) tensors: the request is the unit; its action is the (shared) action of
-        its items and its reward is r_t. Keys: s, a, mu_bp, lower_b, upper_b, r, done, s2, mu_bp2,
+        its items and its reward is r_t. Keys: s, a, mu_bp, lower_b, upper_b, r, done, gap, s2, mu_bp2,
         lower_b2, upper_b2."""
         return {"s": b["user_state"][:, None], "a": b["action"][:, :1], "mu_bp": b["mu_bp"][:, :1],
                 "lower_b": b["lower_b"][:, :1], "upper_b": b["upper_b"][:, :1], "r": b["reward"][:, None],
-                "done": b["done"], "s2": b["next_user_state"][:, None], "mu_bp2": b["next_mu_bp"][:, :1],
+                "done": b["done"], "gap": b["gap"], "s2": b["next_user_state"][:, None],
+                "mu_bp2": b["next_mu_bp"][:, :1],
                 "lower_b2": b["next_lower_b"][:, :1], "upper_b2": b["next_upper_b"][:, :1]}
+
+    def user_tensors(self, batch: RequestBatch) -> tuple[torch.Tensor, ...]:
+        """A user-level batch as flat tensors on the device: s (B, D), a (B, A), r (B,), done (B,), s2 (B, D)
+        and the per-request discount into s2 (B,) (:func:`~rlmtf.algos.losses.discounts`)."""
+        v = self.view(batch.to_torch(self.device))
+        disc = discounts(v["gap"], self.cfg.gamma, self.cfg.session_gamma)
+        return v["s"][:, 0], v["a"][:, 0], v["r"].sum(-1), v["done"], v["s2"][:, 0], disc
 
     @staticmethod
     def obs_states(obs: RequestObs) -> np.ndarray:

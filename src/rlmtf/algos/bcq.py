@@ -1,4 +1,5 @@
-"""BatchRL-MTF: Batch-Constrained deep Q-learning (BCQ) for multi-task fusion, a baseline (SPEC section 7).
+"""BatchRL-MTF: Batch-Constrained deep Q-learning (BCQ) for multi-task fusion, a baseline
+(``docs/design.md#baselines``).
 
 Papers: Q. Zhang, J. Liu, Y. Dai, Y. Qi, Y. Yuan, K. Zheng, F. Huang, X. Tan, "Multi-Task Fusion via
 Reinforcement Learning for Long-Term User Satisfaction in Recommender Systems", KDD 2022
@@ -23,15 +24,14 @@ perturbation step is detached, so that only the perturbation network learns from
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from rlmtf.algos.base import Algorithm, register
-from rlmtf.algos.losses import soft_update
+from rlmtf.algos.base import Algorithm, BaselineConfig, register
+from rlmtf.algos.losses import bellman_target, critic_mse, frozen, soft_update, target_copy
 from rlmtf.core.nets import CriticEnsemble, StateEncoder, mlp
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
@@ -43,11 +43,10 @@ LATENT_CLIP = 0.5
 
 
 @dataclass(frozen=True)
-class BCQConfig:
-    """Hyper-parameters; defaults from Fujimoto et al. where the MTF paper gives none."""
+class BCQConfig(BaselineConfig):
+    """Hyper-parameters; defaults from Fujimoto et al. where the MTF paper gives none, the shared ones of
+    :class:`BaselineConfig` (``actor_lr`` is the perturbation network's)."""
 
-    gamma: float = 0.9
-    """Discount over requests of a session (shared with the other methods)."""
     rho: float = 0.15
     """Maximum perturbation per action dimension (``phi`` in Fujimoto's code)."""
     lambda_: float = 0.75
@@ -58,19 +57,8 @@ class BCQConfig:
     """Size of the VAE's latent space (Fujimoto: twice the action dimension)."""
     kl_weight: float = 0.5
     """Weight of the KL term in the VAE loss (Fujimoto: 0.5)."""
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layers of the VAE's encoder and decoder, the perturbation network and each critic."""
-    embed_dim: int = 32
-    """Per-feature-group embedding size of the state encoders (0: none, the trunk reads the standardised
-    state as d3rlpy's networks do: fewer parameters, faster steps)."""
     vae_lr: float = 1e-3
-    actor_lr: float = 3e-4
-    """Learning rate of the perturbation network."""
-    critic_lr: float = 3e-4
-    batch_size: int = 256
-    """Requests per batch."""
-    tau: float = 0.005
-    """Soft update rate of the target networks, every step."""
+    """Adam learning rate of the VAE."""
 
 
 # --- loss helpers (pure functions of tensors) -------------------------------------------------------
@@ -90,19 +78,14 @@ def clipped_double_q(q: torch.Tensor, lambda_: float) -> torch.Tensor:
     return lambda_ * q.min(0).values + (1.0 - lambda_) * q.max(0).values
 
 
-def bcq_target(reward: torch.Tensor, done: torch.Tensor, next_q: torch.Tensor, gamma: float,
+def bcq_target(reward: torch.Tensor, done: torch.Tensor, next_q: torch.Tensor, gamma: float | torch.Tensor,
                lambda_: float) -> torch.Tensor:
     """y = r + gamma * (1 - done) * max_j [lambda * min_i Q'_i(s', a_j) + (1 - lambda) * max_i Q'_i(s', a_j)].
 
     reward (B,); done (B,); next_q (2, B, n): the target critics on the n perturbed generated actions
     of each next state. Returns (B,)."""
     best = clipped_double_q(next_q, lambda_).max(-1).values  # (B,)
-    return reward + gamma * (1.0 - done) * best
-
-
-def critic_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over the critics of their mean squared TD errors: q (2, B), target (B,)."""
-    return ((q - target.unsqueeze(0)) ** 2).mean(-1).sum()
+    return bellman_target(reward, done, best, gamma)
 
 
 # --- networks ------------------------------------------------------------------------------------
@@ -183,8 +166,8 @@ class BCQ(Algorithm):
                        self.gen).to(self.device)
         self.perturb = Perturbation(dims, a, cfg.rho, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
-        self.perturb_target = copy.deepcopy(self.perturb).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.perturb_target = target_copy(self.perturb)
+        self.critic_target = target_copy(self.critic)
         self.vae_opt = self.adam(self.vae.parameters(), cfg.vae_lr)
         self.actor_opt = self.adam(self.perturb.parameters(), cfg.actor_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
@@ -195,9 +178,7 @@ class BCQ(Algorithm):
         """One step of the VAE, the critics and the perturbation network; then soft target updates."""
         cfg = self.cfg
         n = cfg.n_action_samples
-        v = self.view(batch.to_torch(self.device))
-        s, a, s2 = v["s"][:, 0], v["a"][:, 0], v["s2"][:, 0]  # (B, D), (B, A), (B, D)
-        r, done = v["r"].sum(-1), v["done"].float()  # (B,), (B,)
+        s, a, r, done, s2, disc = self.user_tensors(batch)  # (B, D), (B, A), (B,), (B,), (B, D), (B,)
         bsz = s.shape[0]
 
         # generative model of the logged actions
@@ -213,7 +194,7 @@ class BCQ(Algorithm):
             z2 = self.vae.sample_latents(bsz * n, self.gen)  # (B*n, L)
             a2 = self.perturb_target(s2_rep, self.vae.decode(s2_rep, z2))  # (B*n, A)
             q2 = self.critic_target(s2_rep, a2).reshape(2, bsz, n)  # (2, B, n)
-            y = bcq_target(r, done, q2, cfg.gamma, cfg.lambda_)  # (B,)
+            y = bcq_target(r, done, q2, disc, cfg.lambda_)  # (B,)
         q = self.net("critic")(s, a)  # (2, B)
         loss_c = critic_mse(q, y)
         self.critic_opt.zero_grad(set_to_none=True)
@@ -224,15 +205,12 @@ class BCQ(Algorithm):
         # generated action is a constant, so only the perturbation network receives gradients
         with torch.no_grad():
             gen_a = self.vae.decode(s, self.vae.sample_latents(bsz, self.gen))  # (B, A)
-        self.critic.requires_grad_(False)
-        try:
+        with frozen(self.critic):
             pert = self.net("perturb")(s, gen_a)  # (B, A)
             loss_a = -self.critic(s, pert)[0].mean()
             self.actor_opt.zero_grad(set_to_none=True)
             loss_a.backward()
             self.actor_opt.step()
-        finally:
-            self.critic.requires_grad_(True)
 
         soft_update(self.critic_target, self.critic, cfg.tau)
         soft_update(self.perturb_target, self.perturb, cfg.tau)

@@ -24,7 +24,6 @@ shared encoder of :mod:`rlmtf.core.nets`. The deterministic action that is serve
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -32,10 +31,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from rlmtf.algos.base import Algorithm, register
-from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, user_tensors
+from rlmtf.algos.base import Algorithm, BaselineConfig, register
 from rlmtf.algos.gaussian import TanhGaussianActor, gaussian_log_prob, tanh_log_det
-from rlmtf.algos.losses import soft_update
+from rlmtf.algos.losses import bellman_target, critic_mse, frozen, soft_update, target_copy
 from rlmtf.core.nets import CriticEnsemble
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
@@ -86,11 +84,9 @@ class LogAlpha(nn.Module):
 
 
 @dataclass(frozen=True)
-class CQLSACConfig:
-    """Hyper-parameters; CQL ones from the paper / reference code, shared ones as ``ESRLConfig``."""
+class CQLSACConfig(BaselineConfig):
+    """Hyper-parameters; CQL ones from the paper / reference code, the shared ones of :class:`BaselineConfig`."""
 
-    gamma: float = 0.9
-    """Discount over requests of a session."""
     cql_alpha: float = 5.0
     """Weight of the CQL(H) regulariser in every critic's loss (fixed: no Lagrange tuning)."""
     n_action_samples: int = 10
@@ -101,21 +97,8 @@ class CQLSACConfig:
     """Subtract alpha log pi(a'|s') in the TD target (plain SAC); off, as in CQL's reference code."""
     init_log_alpha: float = 0.0
     """Initial log of the entropy temperature alpha."""
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layers of the actor and of every critic."""
-    embed_dim: int = 32
-    """Per-feature-group embedding size of the state encoders (0: none, the trunk reads the standardised
-    state as d3rlpy's networks do: fewer parameters, faster steps)."""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the actor."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the twin critics."""
     alpha_lr: float = 3e-4
     """Adam learning rate of log alpha."""
-    batch_size: int = 256
-    """Requests per batch."""
-    tau: float = 0.005
-    """Polyak rate of the target critics, applied after every step."""
 
 
 class CQLSAC(Algorithm):
@@ -133,7 +116,7 @@ class CQLSAC(Algorithm):
         self.target_entropy = -float(a)
         self.actor = TanhGaussianActor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic_target = target_copy(self.critic)
         self.log_alpha = LogAlpha(cfg.init_log_alpha).to(self.device)
         self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
@@ -157,8 +140,10 @@ class CQLSAC(Algorithm):
         return torch.tanh(u), gaussian_log_prob(u, mean, log_std) - tanh_log_det(u)
 
     def critic_loss(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, done: torch.Tensor,
-                    s2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """TD loss of both critics + cql_alpha * CQL(H) penalty, and pieces for the metrics."""
+                    s2: torch.Tensor, discount: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """TD loss of both critics + cql_alpha * CQL(H) penalty, and pieces for the metrics; ``discount``
+        (B,) defaults to gamma."""
         cfg = self.cfg
         bsz, a_dim = a.shape
         n = cfg.n_action_samples
@@ -168,7 +153,7 @@ class CQLSAC(Algorithm):
             q2 = self.critic_target(s2, a2).min(0).values  # (B,)
             if cfg.backup_entropy:
                 q2 = q2 - alpha * logp2
-            y = bellman_target(r, done, q2, cfg.gamma)  # (B,)
+            y = bellman_target(r, done, q2, cfg.gamma if discount is None else discount)  # (B,)
             a_rand = torch.rand((bsz, n, a_dim), generator=self.gen, device=self.device) * 2.0 - 1.0  # (B, n, A)
             a_cur, logp_cur = self._sample_n(s, n)  # (B*n, A), (B*n,)
             a_nxt, logp_nxt = self._sample_n(s2, n)  # (B*n, A), (B*n,)
@@ -196,9 +181,9 @@ class CQLSAC(Algorithm):
 
     def update(self, batch: RequestBatch) -> dict[str, float]:
         """One step of the critics, then of the actor, then of alpha, then the soft target update."""
-        s, a, r, done, s2 = user_tensors(self, batch)
+        s, a, r, done, s2, disc = self.user_tensors(batch)
 
-        loss_c, parts = self.critic_loss(s, a, r, done, s2)
+        loss_c, parts = self.critic_loss(s, a, r, done, s2, disc)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_c.backward()
         self.critic_opt.step()

@@ -1,4 +1,4 @@
-"""Offline DDPG: the plainest actor-critic baseline (SPEC section 7).
+"""Offline DDPG: the plainest actor-critic baseline (``docs/design.md#baselines``).
 
 Paper: T. P. Lillicrap, J. J. Hunt, A. Pritzel, N. Heess, T. Erez, Y. Tassa, D. Silver, D. Wierstra,
 "Continuous control with deep reinforcement learning", ICLR 2016.
@@ -13,39 +13,21 @@ exploration noise (the Ornstein-Uhlenbeck process of the paper has nothing to pe
 behaviour constraint either, which is what makes it the naive offline baseline. Both networks use
 the shared encoder of :mod:`rlmtf.core.nets` (standardised inputs, one embedding per feature group) and
 Adam at 3e-4 without weight decay instead of 1e-4 / 1e-3 with L2 1e-2 and batch normalisation.
-
-The small helpers below (:func:`bellman_target`, :func:`critic_mse`, :func:`frozen`) are shared with
-the other offline baselines (:mod:`rlmtf.algos.iql`, :mod:`rlmtf.algos.cql_sac`).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from rlmtf.algos.base import Algorithm, register
-from rlmtf.algos.losses import soft_update
+from rlmtf.algos.base import Algorithm, BaselineConfig, register
+from rlmtf.algos.losses import bellman_target, critic_mse, frozen, soft_update, target_copy
 from rlmtf.core.nets import Actor, CriticEnsemble
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
-
-# --- pure helpers (shared by the offline baselines) -------------------------------------------------
-
-
-def bellman_target(reward: torch.Tensor, done: torch.Tensor, next_value: torch.Tensor, gamma: float) -> torch.Tensor:
-    """y = r + gamma * (1 - done) * V(s'): reward (B,), done (B,), next_value (B,) or (m, B) -> same shape."""
-    return reward + gamma * (1.0 - done) * next_value
-
-
-def critic_mse(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared TD error averaged over the batch and summed over critics: q (m, B), target (B,) or (m, B)."""
-    return ((q - target) ** 2).mean(-1).sum()
 
 
 def ddpg_actor_loss(q_pi: torch.Tensor) -> torch.Tensor:
@@ -53,47 +35,9 @@ def ddpg_actor_loss(q_pi: torch.Tensor) -> torch.Tensor:
     return -q_pi.mean()
 
 
-@contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Turn off gradients of ``modules`` for the block (a loss computed inside leaves no gradient on
-    them), and turn them back on afterwards."""
-    for m in modules:
-        m.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.requires_grad_(True)
-
-
-def user_tensors(algo: Algorithm, batch: RequestBatch) -> tuple[torch.Tensor, ...]:
-    """The user-level batch as flat tensors: s (B, D), a (B, A), r (B,), done (B,), s2 (B, D)."""
-    v = algo.view(batch.to_torch(algo.device))
-    return v["s"][:, 0], v["a"][:, 0], v["r"].sum(-1), v["done"], v["s2"][:, 0]
-
-
-# --- the algorithm --------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
-class DDPGConfig:
-    """Hyper-parameters; shared ones (gamma, sizes, learning rates) as in ``ESRLConfig``."""
-
-    gamma: float = 0.9
-    """Discount over requests of a session."""
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layers of the actor and of the critic."""
-    embed_dim: int = 32
-    """Per-feature-group embedding size of the state encoders (0: none, the trunk reads the standardised
-    state as d3rlpy's networks do: fewer parameters, faster steps)."""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the actor."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critic."""
-    batch_size: int = 256
-    """Requests per batch."""
-    tau: float = 0.005
-    """Polyak rate of the target networks, applied after every step."""
+class DDPGConfig(BaselineConfig):
+    """Hyper-parameters: only the ones every offline baseline has (:class:`rlmtf.algos.base.BaselineConfig`)."""
 
 
 class DDPG(Algorithm):
@@ -110,17 +54,18 @@ class DDPG(Algorithm):
         dims, a = self.group_dims(spec), spec.action_dim
         self.actor = Actor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic = CriticEnsemble(dims, a, 1, cfg.hidden, cfg.embed_dim).to(self.device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_target = target_copy(self.actor)
+        self.critic_target = target_copy(self.critic)
         self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
 
     def critic_loss(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, done: torch.Tensor,
-                    s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The TD loss, the critic's values (1, B) and the targets (B,)."""
+                    s2: torch.Tensor, discount: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The TD loss, the critic's values (1, B) and the targets (B,); ``discount`` (B,) defaults to gamma."""
         with torch.no_grad():
             q2 = self.critic_target(s2, self.actor_target(s2))[0]  # (B,)
-            y = bellman_target(r, done, q2, self.cfg.gamma)  # (B,)
+            y = bellman_target(r, done, q2, self.cfg.gamma if discount is None else discount)  # (B,)
         q = self.net("critic")(s, a)  # (1, B)
         return critic_mse(q, y), q, y
 
@@ -130,9 +75,9 @@ class DDPG(Algorithm):
 
     def update(self, batch: RequestBatch) -> dict[str, float]:
         """One gradient step of the critic, then of the actor, then the soft target update."""
-        s, a, r, done, s2 = user_tensors(self, batch)
+        s, a, r, done, s2, disc = self.user_tensors(batch)
 
-        loss_c, q, y = self.critic_loss(s, a, r, done, s2)
+        loss_c, q, y = self.critic_loss(s, a, r, done, s2, disc)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_c.backward()
         self.critic_opt.step()

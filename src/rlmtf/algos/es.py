@@ -1,4 +1,4 @@
-"""ES: the online evolution-strategy baseline of the multi-task-fusion papers (SPEC section 7).
+"""ES: the online evolution-strategy baseline of the multi-task-fusion papers (``docs/design.md#baselines``).
 
 Papers: the ES baseline of the Tencent MTF line this project reproduces (Enhanced-State RL: P. Liu,
 C. Xu, M. Zhao, J. Zhu, B. Wang, Y. Ren, "An Enhanced-State Reinforcement Learning Algorithm for

@@ -1,4 +1,4 @@
-"""Enhanced-State RL for multi-task fusion (the paper's section 3.3; SPEC section 5).
+"""Enhanced-State RL for multi-task fusion (the paper's section 3.3; ``docs/design.md#enhanced-state-rl``).
 
 Paper: P. Liu, C. Xu, M. Zhao, J. Zhu, B. Wang, Y. Ren, "An Enhanced-State Reinforcement Learning
 Algorithm for Multi-Task Fusion in Large-Scale Recommender Systems", Tencent, 2024.
@@ -16,21 +16,32 @@ Formula 7 sits inside the TD target (see ``losses.td_target``); inputs are stand
 training-set statistics; each feature group gets its own embedding before the MLP trunk; the actor
 starts from the behaviour policy (``warmup_steps`` of regression on mu_bp).
 
-IntegratedRL-MTF (``integrated.py``) is this algorithm on the user state with one action per
-request: it subclasses :class:`EnhancedStateRL` and changes only the view of a batch.
+IntegratedRL-MTF (``integrated.py``) is the same algorithm on the user state with one action per
+request. Both build on :class:`EnsembleActorCritic`, which holds everything but the level: the networks,
+the warm start, the update and the state. It reads a batch through the hooks of
+:class:`rlmtf.algos.base.Algorithm` (``group_dims``, ``view``, ``obs_states``, ``train_states``), whose
+defaults are the user level; :class:`EnhancedStateRL` gives them the item level.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
-from rlmtf.algos.base import Algorithm, register
-from rlmtf.algos.losses import actor_loss, bound_penalty, critic_loss, soft_update, td_target
+from rlmtf.algos.base import ActorCriticConfig, Algorithm, register
+from rlmtf.algos.losses import (
+    actor_loss,
+    bound_penalty,
+    critic_loss,
+    discounts,
+    frozen,
+    soft_update,
+    target_copy,
+    td_target,
+)
 from rlmtf.core.nets import Actor, CriticEnsemble
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions
@@ -38,11 +49,9 @@ from rlmtf.policy.base import RequestObs
 
 
 @dataclass(frozen=True)
-class ESRLConfig:
-    """Hyper-parameters; defaults from the paper where it gives them (SPEC section 5)."""
+class ESRLConfig(ActorCriticConfig):
+    """Hyper-parameters; defaults from the paper where it gives them (``docs/design.md#hyper-parameters``)."""
 
-    gamma: float = 0.9
-    """Discount over requests of a session."""
     beta: float = 0.3
     """Width of the exponential in the bound penalty d() (Formula 6)."""
     eta: float = 1.2
@@ -53,15 +62,6 @@ class ESRLConfig:
     """Weight of d() on the next action inside the TD target (Formula 7)."""
     ensemble_size: int = 10
     """m, the number of critics."""
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layers of the actor and of every critic."""
-    embed_dim: int = 32
-    """Per-feature-group embedding size of the state encoders (0: none, the trunk reads the standardised
-    state as d3rlpy's networks do: fewer parameters, faster steps)."""
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    batch_size: int = 256
-    """Requests per batch (each with l enhanced states)."""
     target_rate: float = 0.08
     """w: soft update rate of the target networks."""
     target_every: int = 15
@@ -73,11 +73,11 @@ class ESRLConfig:
     and swamps both losses."""
 
 
-class EnhancedStateRL(Algorithm):
-    """The algorithm: networks, optimizers, ``update(batch)``, ``act``, state (de)serialisation."""
+class EnsembleActorCritic(Algorithm):
+    """What Enhanced-State RL and IntegratedRL-MTF share: the config (:class:`ESRLConfig`), networks,
+    optimizers, warm start on mu_bp, ``update(batch)`` (Formulas 5-7) and state. It is written for
+    (B, l, .) views, l = 1 at the user level; the subclass's view hooks set the level."""
 
-    kind: ClassVar[str] = "esrl"
-    level: ClassVar[Literal["user", "item"]] = "item"
     config_cls: ClassVar[type] = ESRLConfig
     cfg: ESRLConfig
 
@@ -88,36 +88,10 @@ class EnhancedStateRL(Algorithm):
         a = spec.action_dim
         self.actor = Actor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic = CriticEnsemble(dims, a, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_target = target_copy(self.actor)
+        self.critic_target = target_copy(self.critic)
         self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
-
-    # --- what differs between the enhanced-state and the user-state method -------------------------
-
-    @classmethod
-    def group_dims(cls, spec: FeatureSpec) -> list[int]:
-        """Feature groups of the state the networks read: the enhanced state."""
-        return [spec.user_profile.dim, spec.user_history.dim, spec.context.dim, spec.item_features.dim,
-                len(spec.mtl_tasks)]
-
-    @staticmethod
-    def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch as (B, l, .) tensors: one state, action and reward per shown item."""
-        return {"s": b["enhanced_state"], "a": b["action"], "mu_bp": b["mu_bp"], "lower_b": b["lower_b"],
-                "upper_b": b["upper_b"], "r": b["item_reward"], "done": b["done"],
-                "s2": b["next_enhanced_state"], "mu_bp2": b["next_mu_bp"], "lower_b2": b["next_lower_b"],
-                "upper_b2": b["next_upper_b"]}
-
-    @staticmethod
-    def obs_states(obs: RequestObs) -> np.ndarray:
-        """States the actor acts on for a request batch: (B, N, D) enhanced states."""
-        return obs.enhanced_state()
-
-    @staticmethod
-    def train_states(t: Transitions) -> np.ndarray:
-        """All training states, for the normalisation statistics: (R * l, D)."""
-        return t.enhanced_state.reshape(-1, t.enhanced_state.shape[-1])
 
     # --- training -------------------------------------------------------------------------------------
 
@@ -150,7 +124,8 @@ class EnhancedStateRL(Algorithm):
             q2 = self.critic_target(s2_flat, a2).reshape(-1, bsz, l2)  # (m, B, l')
             pen2 = bound_penalty(a2, v["mu_bp2"].reshape(-1, a2.shape[-1]), v["lower_b2"].reshape(a2.shape),
                                  v["upper_b2"].reshape(a2.shape), cfg.beta).reshape(bsz, l2)  # (B, l')
-            y = td_target(v["r"], v["done"], q2, pen2, cfg.gamma, cfg.delta)  # (m, B)
+            y = td_target(v["r"], v["done"], q2, pen2, discounts(v["gap"], cfg.gamma, cfg.session_gamma),
+                          cfg.delta)  # (m, B)
 
         s_flat, a_flat = s.reshape(-1, d), a.reshape(-1, a.shape[-1])
         q = self.net("critic")(s_flat, a_flat).reshape(-1, bsz, l)  # (m, B, l)
@@ -159,9 +134,7 @@ class EnhancedStateRL(Algorithm):
         loss_c.backward()
         self.critic_opt.step()
 
-        # actor: the critics are frozen so that the actor loss leaves no gradient on them
-        self.critic.requires_grad_(False)
-        try:
+        with frozen(self.critic):  # the actor loss leaves no gradient on the critics
             mu = self.net("actor")(s_flat)  # (B*l, A)
             q_pi = self.critic(s_flat, mu)  # (m, B*l)
             pen = bound_penalty(mu, v["mu_bp"].reshape(mu.shape), v["lower_b"].reshape(mu.shape),
@@ -170,8 +143,6 @@ class EnhancedStateRL(Algorithm):
             self.actor_opt.zero_grad(set_to_none=True)
             loss_a.backward()
             self.actor_opt.step()
-        finally:
-            self.critic.requires_grad_(True)
 
         self.step += 1
         if self.step % cfg.target_every == 0:
@@ -191,6 +162,37 @@ class EnhancedStateRL(Algorithm):
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+
+
+class EnhancedStateRL(EnsembleActorCritic):
+    """Enhanced-State RL: the ensemble actor-critic on the enhanced state of every user-item pair."""
+
+    kind: ClassVar[str] = "esrl"
+    level: ClassVar[Literal["user", "item"]] = "item"
+
+    @classmethod
+    def group_dims(cls, spec: FeatureSpec) -> list[int]:
+        """Feature groups of the state the networks read: the enhanced state."""
+        return [spec.user_profile.dim, spec.user_history.dim, spec.context.dim, spec.item_features.dim,
+                len(spec.mtl_tasks)]
+
+    @staticmethod
+    def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch as (B, l, .) tensors: one state, action and reward per shown item."""
+        return {"s": b["enhanced_state"], "a": b["action"], "mu_bp": b["mu_bp"], "lower_b": b["lower_b"],
+                "upper_b": b["upper_b"], "r": b["item_reward"], "done": b["done"], "gap": b["gap"],
+                "s2": b["next_enhanced_state"], "mu_bp2": b["next_mu_bp"], "lower_b2": b["next_lower_b"],
+                "upper_b2": b["next_upper_b"]}
+
+    @staticmethod
+    def obs_states(obs: RequestObs) -> np.ndarray:
+        """States the actor acts on for a request batch: (B, N, D) enhanced states."""
+        return obs.enhanced_state()
+
+    @staticmethod
+    def train_states(t: Transitions) -> np.ndarray:
+        """All training states, for the normalisation statistics: (R * l, D)."""
+        return t.enhanced_state.reshape(-1, t.enhanced_state.shape[-1])
 
 
 register(EnhancedStateRL)

@@ -12,28 +12,27 @@ On the *user state* s_t (one action per request, reward r_t):
 - the actor is extracted by advantage-weighted regression (Formula 7):
   L_pi = -E[exp(beta * (min_i Q'_i(s, a) - V(s))) log pi(a | s)], beta = 3, weights clipped at 100.
 
-The actor (``_gaussian.GaussianActor``) is CORL's: a Gaussian whose mean is tanh(MLP(s)) and whose log-std is a
-learned, state-independent vector (clamped to [-20, 2]); its deterministic action is the mean, in
-[-1, 1]. Differences from the paper's reference code: no cosine learning-rate decay of the actor and
-no dropout; the networks use the shared encoder of :mod:`rlmtf.core.nets` (standardised inputs, one
-embedding per feature group); the exploration box of the logs is ignored, as for every plain baseline.
+The actor (:class:`rlmtf.algos.gaussian.GaussianActor`) is CORL's: a Gaussian whose mean is
+tanh(MLP(s)) and whose log-std is a learned, state-independent vector (clamped to [-20, 2]); its
+deterministic action is the mean, in [-1, 1]. Differences from the paper's reference code: no cosine
+learning-rate decay of the actor and no dropout; the networks use the shared encoder of
+:mod:`rlmtf.core.nets` (standardised inputs, one embedding per feature group); the exploration box of
+the logs is ignored, as for every plain baseline.
 As in the authors' JAX code (and unlike CORL), the critics' targets and the actor's advantages use V
 after its step of the same batch.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from rlmtf.algos.base import Algorithm, register
-from rlmtf.algos.ddpg import bellman_target, critic_mse, frozen, user_tensors
+from rlmtf.algos.base import Algorithm, BaselineConfig, register
 from rlmtf.algos.gaussian import GaussianActor
-from rlmtf.algos.losses import soft_update
+from rlmtf.algos.losses import bellman_target, critic_mse, frozen, soft_update, target_copy
 from rlmtf.core.nets import CriticEnsemble, StateEncoder, mlp
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch
@@ -77,32 +76,18 @@ class ValueNet(nn.Module):
 
 
 @dataclass(frozen=True)
-class IQLConfig:
-    """Hyper-parameters; the IQL ones from the paper's locomotion settings, shared ones as ``ESRLConfig``."""
+class IQLConfig(BaselineConfig):
+    """Hyper-parameters; the IQL ones from the paper's locomotion settings, the shared ones of
+    :class:`BaselineConfig`."""
 
-    gamma: float = 0.9
-    """Discount over requests of a session."""
     expectile: float = 0.7
     """tau of the expectile regression of V on Q (0.5 would be the mean, 1 the max)."""
     beta: float = 3.0
     """Inverse temperature of the advantage weights exp(beta * A)."""
     max_weight: float = 100.0
     """The advantage weights are clipped above at this value."""
-    hidden: tuple[int, ...] = (256, 256)
-    """Hidden layers of the actor, of every critic and of the value network."""
-    embed_dim: int = 32
-    """Per-feature-group embedding size of the state encoders (0: none, the trunk reads the standardised
-    state as d3rlpy's networks do: fewer parameters, faster steps)."""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the actor."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the twin critics."""
     value_lr: float = 3e-4
     """Adam learning rate of V."""
-    batch_size: int = 256
-    """Requests per batch."""
-    tau: float = 0.005
-    """Polyak rate of the target critics, applied after every step."""
 
 
 class IQL(Algorithm):
@@ -120,7 +105,7 @@ class IQL(Algorithm):
         self.actor = GaussianActor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
         self.value = ValueNet(dims, cfg.hidden, cfg.embed_dim).to(self.device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.critic_target = target_copy(self.critic)
         self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
         self.value_opt = self.adam(self.value.parameters(), cfg.value_lr)
@@ -142,10 +127,12 @@ class IQL(Algorithm):
         return (self.target_q(s, a) if q_t is None else q_t) - self.value(s)
 
     def critic_loss(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, done: torch.Tensor,
-                    s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The TD loss of both critics, their values (2, B) and the targets r + gamma (1 - done) V(s') (B,)."""
+                    s2: torch.Tensor, discount: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The TD loss of both critics, their values (2, B) and the targets r + gamma (1 - done) V(s') (B,);
+        ``discount`` (B,) defaults to gamma."""
         with torch.no_grad():
-            y = bellman_target(r, done, self.value(s2), self.cfg.gamma)  # (B,)
+            y = bellman_target(r, done, self.value(s2), self.cfg.gamma if discount is None else discount)  # (B,)
         q = self.net("critic")(s, a)  # (2, B)
         return critic_mse(q, y), q, y
 
@@ -156,7 +143,7 @@ class IQL(Algorithm):
 
     def update(self, batch: RequestBatch) -> dict[str, float]:
         """One step of V, then of the critics, then of the actor, then the soft target update."""
-        s, a, r, done, s2 = user_tensors(self, batch)
+        s, a, r, done, s2, disc = self.user_tensors(batch)
 
         # the target critics move only at the end of the step: one evaluation serves V's loss and the advantage
         q_t = self.target_q(s, a)  # (B,)
@@ -167,7 +154,7 @@ class IQL(Algorithm):
 
         # as in the authors' code, both the actor's advantages and the critics' targets use V after its step
         adv = self.advantage(s, a, q_t)  # (B,)
-        loss_c, q, y = self.critic_loss(s, a, r, done, s2)
+        loss_c, q, y = self.critic_loss(s, a, r, done, s2, disc)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_c.backward()
         self.critic_opt.step()

@@ -1,8 +1,12 @@
 """Find a policy by name or path: ``baseline``, ``valid-only``, ``random``, ``oracle``, a fixed
 fusion saved as JSON (``{"kind": "fixed", "action": [...]}`` or ``{"kind": "fixed", "power": {...},
-"bias": {...}}``), or a saved model directory holding ``policy.json`` whose ``kind`` names a loader
-registered with :func:`register_loader` (trained algorithms register theirs). Model files are JSON
-and safetensors only, never pickle.
+"bias": {...}}``), a saved model directory holding ``policy.json`` whose ``kind`` names a loader
+registered with :func:`register_loader` (trained algorithms register theirs), or a run directory of
+``rlmtf train`` (its ``policy/``). Model files are JSON and safetensors only, never pickle.
+
+:func:`policy_file` is the one place that turns a path into the policy's JSON file; every command that
+names a policy goes through it (via :func:`load_policy`), so they all accept the same things and
+refuse the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rlmtf.core.fusion import MTL_TASKS, ActionSpace
+from rlmtf.core.schema import FeatureSpec
 from rlmtf.policy.base import Policy
 from rlmtf.policy.fixed import FixedPolicy, RandomPolicy, baseline_policy, oracle_policy, valid_only_policy
 
@@ -58,8 +63,50 @@ def _fixed_from_json(d: dict, space: ActionSpace, where: str) -> FixedPolicy:
         raise PolicyLoadError(f"{where}: {e}") from e
 
 
+def policy_file(spec: str) -> Path:
+    """The JSON file of a saved policy: ``spec`` itself if it is a file, else ``spec/policy.json``
+    (a policy directory), else ``spec/policy/policy.json`` (a run directory of ``rlmtf train``)."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for candidate in (path / "policy.json", path / "policy" / "policy.json"):
+            if candidate.is_file():
+                return candidate
+        raise PolicyLoadError(f"{path}: no policy.json in this directory nor in {path / 'policy'} (a saved "
+                              "policy directory holds policy.json; a run directory holds policy/)")
+    raise PolicyLoadError(f"unknown policy {spec!r}: not a built-in ({', '.join(BUILTIN)}) nor an existing "
+                          "file or directory")
+
+
+def _read_policy_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PolicyLoadError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(d, dict) or "kind" not in d:
+        raise PolicyLoadError(f"{path}: expected a JSON object with a 'kind' field")
+    return d
+
+
+def saved_feature_spec(spec: str) -> FeatureSpec | None:
+    """The feature spec a saved policy records (a trained policy's ``policy.json`` does), or None for a
+    built-in or a policy file without one (a fixed fusion reads only the MTL scores)."""
+    if spec in BUILTIN:
+        return None
+    path = policy_file(spec)
+    d = _read_policy_json(path)
+    if "feature_spec" not in d:
+        return None
+    try:
+        return FeatureSpec.from_json(d["feature_spec"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PolicyLoadError(f"{path}: malformed feature_spec ({e})") from e
+
+
 def load_policy(spec: str, action_space: ActionSpace = ActionSpace(), seed: int = 0) -> Policy:
-    """A policy from a built-in name, a fixed-fusion JSON file, or a saved model directory."""
+    """A policy from a built-in name, a fixed-fusion JSON file, a saved model directory or a run directory
+    (see :func:`policy_file`)."""
     if spec == "baseline":
         return baseline_policy(action_space)
     if spec == "valid-only":
@@ -68,18 +115,8 @@ def load_policy(spec: str, action_space: ActionSpace = ActionSpace(), seed: int 
         return RandomPolicy(seed)
     if spec == "oracle":
         return oracle_policy(action_space)
-    path = Path(spec)
-    if path.is_dir():
-        path = path / "policy.json"
-    if not path.is_file():
-        raise PolicyLoadError(f"unknown policy {spec!r}: not a built-in ({', '.join(BUILTIN)}) nor an existing "
-                              "file or directory")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PolicyLoadError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(d, dict) or "kind" not in d:
-        raise PolicyLoadError(f"{path}: expected a JSON object with a 'kind' field")
+    path = policy_file(spec)
+    d = _read_policy_json(path)
     kind = d["kind"]
     if kind == "fixed":
         return _fixed_from_json(d, action_space, str(path))

@@ -4,7 +4,7 @@
     r_t  = sum_{j=1..l} r_tj        (one request: the l shown items)
 
 Behaviours v: watch time in minutes, valid consumption (watch > 10 s), like, share, collect,
-follow, comment. The weights are a config; the defaults follow SPEC section 3.
+follow, comment. The weights are a config; the defaults follow ``docs/design.md#reward``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The logged-data schema (SPEC section 11): the one place that defines it.
+"""The logged-data schema (``docs/design.md#logged-data``): the one place that defines it.
 
 One Parquet row per shown user-item pair. Feature groups are stored as fixed-size float32 lists
 whose lengths come from a :class:`FeatureSpec` (the simulator's, the KuaiRand environment's, or a

@@ -1,4 +1,4 @@
-"""Reading, writing and validating logged data (SPEC section 11).
+"""Reading and validating logged data (``docs/design.md#logged-data``); writing is :mod:`rlmtf.data.writer`.
 
 A dataset is a directory::
 
@@ -38,11 +38,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
 
 import numpy as np
 import pyarrow as pa
@@ -59,13 +56,13 @@ from rlmtf.core.schema import (
     list_columns,
 )
 
-__all__ = ["LogDataError", "LogWriter", "LoggedData", "concat_logs", "read_logs", "validate_logs"]
+__all__ = ["LogDataError", "LoggedData", "concat_logs", "read_logs", "read_meta", "validate_logs"]
 
 META_FILE = "_meta.json"
 _SPEC_KEY = b"rlmtf.feature_spec"
 _VERSION_KEY = b"rlmtf.schema_version"
 _LIST_LEN_KEY = b"rlmtf.list_len"
-_DAY_DIR = re.compile(r"^day=(-?\d+)$")
+DAY_DIR = re.compile(r"^day=(-?\d+)$")
 
 #: Feedback columns that record a 0/1 event (the integer-typed ones).
 BINARY_FEEDBACK: tuple[str, ...] = tuple(c for c, t in FEEDBACK_COLUMNS.items() if pa.types.is_integer(t))
@@ -80,13 +77,13 @@ class LogDataError(ValueError):
 # --- schema helpers --------------------------------------------------------------------------------
 
 
-def _full_schema(spec: FeatureSpec, list_len: int, with_optional: bool) -> pa.Schema:
+def file_schema(spec: FeatureSpec, list_len: int, with_optional: bool) -> pa.Schema:
     """The schema of :mod:`rlmtf.core.schema` plus the list length in the metadata."""
     schema = arrow_schema(spec, with_optional=with_optional)
     return schema.with_metadata({**schema.metadata, _LIST_LEN_KEY: str(list_len).encode()})
 
 
-def _list_dims(spec: FeatureSpec) -> dict[str, int]:
+def list_dims(spec: FeatureSpec) -> dict[str, int]:
     """Every fixed-size list column (optional ones included) and its length."""
     dims = list_columns(spec)
     opt = arrow_schema(spec, with_optional=True)
@@ -95,7 +92,7 @@ def _list_dims(spec: FeatureSpec) -> dict[str, int]:
     return dims
 
 
-def _describe(t: pa.DataType) -> str:
+def describe_type(t: pa.DataType) -> str:
     """The kind of a schema type, in words (for error messages)."""
     if pa.types.is_integer(t):
         return "an integer"
@@ -122,16 +119,7 @@ def _kind_ok(name: str, expected: pa.DataType, found: pa.DataType) -> bool:
     raise AssertionError(f"unhandled schema type {expected}")
 
 
-def _numpy_kind_ok(name: str, expected: pa.DataType, dtype: np.dtype) -> bool:
-    """The numpy counterpart of :func:`_kind_ok` (used by the writer)."""
-    if pa.types.is_integer(expected):
-        return dtype.kind in "iu" or (name in BINARY_FEEDBACK and dtype.kind == "b")
-    if pa.types.is_boolean(expected):
-        return dtype.kind == "b"
-    return dtype.kind == "f"  # floats and lists of floats
-
-
-def _cast_int(a: np.ndarray, target: np.dtype, where: str, name: str) -> np.ndarray:
+def cast_int(a: np.ndarray, target: np.dtype, where: str, name: str) -> np.ndarray:
     """Cast an integer/bool array to ``target``, refusing values that would wrap around."""
     if a.dtype == target:
         return a
@@ -159,7 +147,7 @@ def _at(r: int, d: int | None) -> str:
     return "" if d is None else f" (dimension {d})"
 
 
-def _check_values(cols: dict[str, np.ndarray], where: str, list_len: int) -> None:
+def check_values(cols: dict[str, np.ndarray], where: str, list_len: int) -> None:
     """Raise LogDataError for the first out-of-range value, column by column in schema order."""
     for name, a in cols.items():
         if a.size == 0:
@@ -205,193 +193,15 @@ def _check_values(cols: dict[str, np.ndarray], where: str, list_len: int) -> Non
             )
 
 
-def _check_day_dir(day: np.ndarray, rel: str) -> None:
+def check_day_dir(day: np.ndarray, rel: str) -> None:
     """The ``day`` column must equal the ``day=N`` directory the file lies in (if it lies in one)."""
-    m = _DAY_DIR.match(Path(rel).parent.name)
+    m = DAY_DIR.match(Path(rel).parent.name)
     if m is None or day.size == 0:
         return
     bad = np.flatnonzero(day != int(m.group(1)))
     if bad.size:
         r = int(bad[0])
         raise LogDataError(f"{rel}: row {r}, column 'day': value {day[r]!s} but the file lies in day={m.group(1)}")
-
-
-# --- writer -----------------------------------------------------------------------------------------
-
-
-class LogWriter:
-    """Writes a partitioned logged-data dataset, one Parquet file per :meth:`write` call.
-
-    Every write is checked like a read (shapes, kinds, values), so invalid data never reaches disk.
-    ``LogWriter(out_dir, meta)`` refuses an existing non-empty ``out_dir`` unless ``overwrite=True``,
-    in which case the directory is deleted first (so old parts never mix with new ones); a directory
-    holding anything but ``_meta.json`` and ``day=N`` folders is never deleted. Files are
-    written to a temporary name and renamed into place, so a crash never leaves half a file, and
-    ``_meta.json`` is written only by :meth:`close` (a directory without it is an unfinished dataset;
-    a ``with`` block that raises does not write it). Output is deterministic: the same calls give
-    byte-identical files. Several processes can write one dataset: each opens a *shard* writer
-    (``shard=i``, files ``part-{i:03d}-{n:05d}.parquet``, no meta, the directory left as it is) and
-    the dataset's own writer adds their counts and writes the meta.
-    """
-
-    def __init__(
-        self,
-        out_dir: str | os.PathLike[str],
-        meta: DatasetMeta,
-        compression: str = "zstd",
-        *,
-        overwrite: bool = False,
-        shard: int | None = None,
-    ) -> None:
-        self.out_dir = Path(out_dir)
-        self.meta = meta
-        self.compression = compression
-        self.shard = shard
-        if shard is None and self.out_dir.exists():
-            if not self.out_dir.is_dir():
-                raise FileExistsError(f"{self.out_dir} exists and is not a directory")
-            if any(self.out_dir.iterdir()):
-                if not overwrite:
-                    raise FileExistsError(
-                        f"{self.out_dir} exists and is not empty; pass overwrite=True to replace it"
-                    )
-                foreign = [p.name for p in self.out_dir.iterdir()
-                           if p.name != META_FILE and not _DAY_DIR.match(p.name) and not p.name.startswith(".")]
-                if foreign:  # a mistyped path must not cost someone a directory
-                    raise FileExistsError(
-                        f"{self.out_dir} holds {foreign[:3]}, which is not a logged-data dataset; not deleting it"
-                    )
-                shutil.rmtree(self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._dims = _list_dims(meta.feature_spec)
-        self._with_optional: bool | None = None  # fixed by the first write: all files share one schema
-        self._n_files = 0
-        self._n_rows = 0
-        self._days: set[int] = set()
-        self._closed = False
-
-    def write(self, day: int, columns: dict[str, np.ndarray]) -> Path:
-        """Validate ``columns`` and write them as ``out_dir/day={day}/part-{n:05d}.parquet``.
-
-        Key and feedback columns are 1-D, list columns 2-D ``(rows, dim)``. ``day`` may be omitted
-        (it is filled from the argument) or given (then it must equal the argument). ``true_scores``
-        is written when given; either every write of a dataset gives it or none does.
-        """
-        if self._closed:
-            raise RuntimeError("LogWriter is closed")
-        shard = "" if self.shard is None else f"{self.shard:03d}-"
-        rel = f"day={int(day)}/part-{shard}{self._n_files:05d}.parquet"
-        with_optional = any(c in columns for c in OPTIONAL_COLUMNS)
-        if self._with_optional is not None and with_optional != self._with_optional:
-            raise LogDataError(
-                f"{rel}: column 'true_scores': given in some writes and not in others; "
-                "every file of a dataset must have the same columns"
-            )
-        schema = _full_schema(self.meta.feature_spec, self.meta.list_len, with_optional)
-        cols = self._prepare(int(day), columns, schema, rel)
-        _check_values(cols, rel, self.meta.list_len)
-        _check_day_dir(cols["day"], rel)
-        table = pa.Table.from_arrays([self._to_arrow(n, a, schema) for n, a in cols.items()], schema=schema)
-
-        path = self.out_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")  # not *.parquet, so readers never see it
-        try:
-            pq.write_table(table, tmp, compression=self.compression)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._with_optional = with_optional
-        self._n_files += 1
-        self._n_rows += table.num_rows
-        self._days.add(int(day))
-        return path
-
-    def _prepare(self, day: int, columns: dict[str, Any], schema: pa.Schema, rel: str) -> dict[str, np.ndarray]:
-        """Check names, shapes and kinds; cast to the schema's types; return columns in schema order."""
-        unknown = sorted(set(columns) - set(schema.names))
-        if unknown:
-            raise LogDataError(f"{rel}: column '{unknown[0]}': not in the schema")
-        missing = [n for n in schema.names if n not in columns and n != "day"]
-        if missing:
-            raise LogDataError(f"{rel}: column '{missing[0]}': missing")
-        first = next(n for n in schema.names if n in columns)
-        n_rows = len(np.asarray(columns[first]))
-        out: dict[str, np.ndarray] = {}
-        for field_ in schema:
-            name = field_.name
-            if name == "day" and name not in columns:
-                out[name] = np.full(n_rows, day, dtype=np.int32)
-                continue
-            a = np.asarray(columns[name])
-            dim = self._dims.get(name)
-            expected_shape = (n_rows,) if dim is None else (n_rows, dim)
-            if a.shape != expected_shape:
-                raise LogDataError(
-                    f"{rel}: column '{name}': shape {a.shape}, expected {expected_shape} "
-                    f"(rows taken from column '{first}')"
-                )
-            if not _numpy_kind_ok(name, field_.type, a.dtype):
-                raise LogDataError(
-                    f"{rel}: column '{name}': expected {_describe(field_.type)}, found numpy {a.dtype}"
-                )
-            if dim is not None:
-                a = np.ascontiguousarray(a, dtype=np.float32)
-            elif pa.types.is_integer(field_.type):
-                a = _cast_int(a, np.dtype(field_.type.to_pandas_dtype()), rel, name)
-            elif pa.types.is_floating(field_.type):
-                a = a.astype(np.float32, copy=False)
-            out[name] = a
-        return out
-
-    @staticmethod
-    def _to_arrow(name: str, a: np.ndarray, schema: pa.Schema) -> pa.Array:
-        t = schema.field(name).type
-        if pa.types.is_fixed_size_list(t):
-            # one flat float32 buffer, no per-row Python objects
-            return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1), type=pa.float32()), t.list_size)
-        return pa.array(a, type=t)
-
-    def add_counts(self, rows: int, files: int, days: set[int] | list[int]) -> None:
-        """Account for parts written by shard writers (``shard=i``) of this dataset in other processes."""
-        self._n_rows += int(rows)
-        self._n_files += int(files)
-        self._days.update(int(d) for d in days)
-
-    def counts(self) -> tuple[int, int, set[int]]:
-        """(rows, files, days) written so far."""
-        return self._n_rows, self._n_files, set(self._days)
-
-    def close(self) -> None:
-        """Write ``_meta.json`` (the dataset meta plus row, file and day counts). Idempotent. A shard
-        writer (``shard=i``) writes no meta: the dataset's own writer does, after :meth:`add_counts`."""
-        if self._closed:
-            return
-        if self.shard is not None:
-            self._closed = True
-            return
-        d = self.meta.to_json()
-        d.update({"rows": self._n_rows, "files": self._n_files, "days": sorted(self._days)})
-        _atomic_write_text(self.out_dir / META_FILE, json.dumps(d, indent=2, sort_keys=True) + "\n")
-        self._closed = True
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:  # an aborted run must not look like a finished dataset
-            self.close()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- reader -----------------------------------------------------------------------------------------
@@ -457,6 +267,7 @@ def concat_logs(parts: list[LoggedData]) -> LoggedData:
 
 
 def read_meta(path: Path) -> DatasetMeta:
+    """The meta of the dataset directory ``path`` (its ``_meta.json``); nothing else is read."""
     meta_path = path / META_FILE
     if not meta_path.is_file():
         raise LogDataError(f"{path}: no {META_FILE}; not a dataset directory, or an unfinished write")
@@ -467,7 +278,7 @@ def read_meta(path: Path) -> DatasetMeta:
     return meta
 
 
-def _meta_from_file(pf: pq.ParquetFile, name: str) -> DatasetMeta:
+def meta_from_file(pf: pq.ParquetFile, name: str) -> DatasetMeta:
     """Meta of a single file from its schema metadata (list_len inferred if the file lacks it)."""
     md = pf.schema_arrow.metadata or {}
     if _SPEC_KEY not in md:
@@ -486,7 +297,7 @@ def _column_to_numpy(arr: pa.Array, name: str, expected: pa.DataType, dim: int |
     """Check kind, nulls and list lengths of one column and convert it to numpy."""
     if not _kind_ok(name, expected, arr.type):
         raise LogDataError(
-            f"{where}: row 0, column '{name}': expected {_describe(expected)}, found {arr.type} "
+            f"{where}: row 0, column '{name}': expected {describe_type(expected)}, found {arr.type} "
             "(the whole column has this type)"
         )
     if arr.null_count:
@@ -515,13 +326,13 @@ def _column_to_numpy(arr: pa.Array, name: str, expected: pa.DataType, dim: int |
         return values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(n, dim)
     a = arr.to_numpy(zero_copy_only=False)
     if pa.types.is_integer(expected):
-        return _cast_int(a, np.dtype(expected.to_pandas_dtype()), where, name)
+        return cast_int(a, np.dtype(expected.to_pandas_dtype()), where, name)
     if pa.types.is_floating(expected):
         return a.astype(np.float32, copy=False)
     return a.astype(bool, copy=False)
 
 
-def _read_file(
+def read_file(
     path: Path, where: str, meta: DatasetMeta, names: list[str], validate: bool
 ) -> dict[str, np.ndarray]:
     """Read, check and convert one file; ``names`` are the columns to load, in output order."""
@@ -534,17 +345,17 @@ def _read_file(
     if _SPEC_KEY in md and FeatureSpec.from_json(json.loads(md[_SPEC_KEY])) != meta.feature_spec:
         raise LogDataError(f"{where}: its {_SPEC_KEY.decode()} differs from the dataset's {META_FILE}")
     table = pf.read(columns=names)
-    schema = _full_schema(meta.feature_spec, meta.list_len, with_optional=True)
-    dims = _list_dims(meta.feature_spec)
+    schema = file_schema(meta.feature_spec, meta.list_len, with_optional=True)
+    dims = list_dims(meta.feature_spec)
     cols = {
         name: _column_to_numpy(table.column(name).combine_chunks(), name, schema.field(name).type,
                                dims.get(name), where)
         for name in names
     }
     if validate:
-        _check_values(cols, where, meta.list_len)
+        check_values(cols, where, meta.list_len)
         if "day" in cols:
-            _check_day_dir(cols["day"], where)
+            check_day_dir(cols["day"], where)
     return cols
 
 
@@ -565,13 +376,13 @@ def read_logs(
         names_ = [p.relative_to(root).as_posix() for p in paths]
     elif root.is_file():
         paths, names_ = [root], [str(root)]
-        meta = _meta_from_file(pq.ParquetFile(root), str(root))
+        meta = meta_from_file(pq.ParquetFile(root), str(root))
     else:
         raise FileNotFoundError(f"{root}: no such file or directory")
     if meta.schema_version != SCHEMA_VERSION:
         raise LogDataError(f"{root}: schema version {meta.schema_version}, this code reads {SCHEMA_VERSION}")
 
-    all_names = _full_schema(meta.feature_spec, meta.list_len, with_optional=True).names
+    all_names = file_schema(meta.feature_spec, meta.list_len, with_optional=True).names
     if columns is None:
         optional = set(pq.ParquetFile(paths[0]).schema_arrow.names) if paths else set()
         load = [n for n in all_names if n not in OPTIONAL_COLUMNS or n in optional]
@@ -581,14 +392,14 @@ def read_logs(
             raise ValueError(f"unknown column(s) {unknown}; known: {all_names}")
         load = [n for n in all_names if n in columns]  # schema order, whatever order was asked
 
-    parts = [_read_file(p, w, meta, load, validate) for p, w in zip(paths, names_, strict=True)]
+    parts = [read_file(p, w, meta, load, validate) for p, w in zip(paths, names_, strict=True)]
     sizes = [len(next(iter(c.values()))) if c else pq.ParquetFile(p).metadata.num_rows
              for c, p in zip(parts, paths, strict=True)]
     if parts:
         cols = {n: np.concatenate([c[n] for c in parts]) for n in load}  # copies: owned, writable
     else:
-        schema = _full_schema(meta.feature_spec, meta.list_len, with_optional=True)
-        dims = _list_dims(meta.feature_spec)
+        schema = file_schema(meta.feature_spec, meta.list_len, with_optional=True)
+        dims = list_dims(meta.feature_spec)
         cols = {n: _empty(schema.field(n).type, dims.get(n)) for n in load}
     file_index = np.repeat(np.arange(len(paths), dtype=np.int32), sizes)
     file_row = np.concatenate([np.arange(s, dtype=np.int64) for s in sizes]) if sizes else np.zeros(0, np.int64)

@@ -38,15 +38,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from rlmtf.core.schema import OPTIONAL_COLUMNS, SCHEMA_VERSION, DatasetMeta, arrow_schema
-from rlmtf.data.io import (
-    _DAY_DIR,
-    META_FILE,
-    LogDataError,
-    LogWriter,
-    _meta_from_file,
-    _read_file,
-    read_meta,
-)
+from rlmtf.data.io import DAY_DIR, META_FILE, LogDataError, meta_from_file, read_file, read_meta
+from rlmtf.data.writer import LogWriter
 
 __all__ = ["ShardInfo", "is_sharded", "list_shards", "session_hash", "session_shard", "shard_dataset"]
 
@@ -172,7 +165,7 @@ def _foreign_entries(path: Path, shards: bool = True) -> list[str]:
     checked the same way (without nested shards)."""
     foreign: list[str] = []
     for p in path.iterdir():
-        if p.name == META_FILE or _is_tmp(p.name) or (_DAY_DIR.match(p.name) and p.is_dir()):
+        if p.name == META_FILE or _is_tmp(p.name) or (DAY_DIR.match(p.name) and p.is_dir()):
             continue
         if shards and _SHARD_DIR.match(p.name) and p.is_dir():
             foreign += [f"{p.name}/{name}" for name in _foreign_entries(p, shards=False)]
@@ -233,7 +226,7 @@ def shard_dataset(
         meta = read_meta(src_p)
         paths = sorted(src_p.rglob("*.parquet"), key=lambda p: p.relative_to(src_p).as_posix())
     elif src_p.is_file():
-        meta = _meta_from_file(pq.ParquetFile(src_p), str(src_p))
+        meta = meta_from_file(pq.ParquetFile(src_p), str(src_p))
         paths = [src_p]
     else:
         raise FileNotFoundError(f"{src_p}: no such file or directory")
@@ -258,7 +251,7 @@ def shard_dataset(
         for k in range(n)
     ]
     for path in paths:
-        cols = _read_file(path, str(path), meta, load, validate=True)
+        cols = read_file(path, str(path), meta, load, validate=True)
         n_rows = len(cols["session_id"])
         if n_rows:
             shard = session_shard(cols["session_id"], n)

@@ -28,16 +28,17 @@ units, none reads all of them.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from rlmtf.core.schema import DatasetMeta
 from rlmtf.data.io import META_FILE, LogDataError, LoggedData, concat_logs, read_logs, read_meta
+from rlmtf.data.samplers import DeviceSampler
 from rlmtf.data.shard import is_sharded, list_shards, session_hash
 from rlmtf.data.transitions import RequestBatch, Transitions, build_transitions
 
@@ -90,7 +91,7 @@ class _Loaded:
     unit: int
     train: Transitions
     val: LoggedData | None
-    on_device: Any = None  # a DeviceSampler holding ``train`` on the training device, if asked for
+    on_device: DeviceSampler | None = None  # ``train`` on the training device, if asked for
 
 
 class StreamingSampler:
@@ -178,11 +179,8 @@ class StreamingSampler:
         train = t.select(~held)
         if len(train) == 0:
             raise LogDataError(f"{unit.path}: no training sessions left after holding out validation sessions")
-        on_device = None
-        if self.device is not None:  # copied in this (background) thread, not in the training step
-            from rlmtf.train.distributed import DeviceSampler
-
-            on_device = DeviceSampler(train, self.device)
+        # copied to the device in this (background) thread, not in the training step
+        on_device = DeviceSampler(train, self.device) if self.device is not None else None
         return _Loaded(u, train, val, on_device)
 
     def _prefetch(self) -> None:
@@ -209,9 +207,9 @@ class StreamingSampler:
         """Requests in memory now (the whole dataset's size is not known without reading it)."""
         return self.resident_requests
 
-    def sample(self, batch_size: int, rng: np.random.Generator) -> Any:
-        """``batch_size`` requests drawn uniformly with replacement from the resident units: a
-        :class:`RequestBatch`, or with ``device`` the same numbers as tensors there."""
+    def sample(self, batch_size: int, rng: np.random.Generator) -> RequestBatch:
+        """``batch_size`` requests drawn uniformly with replacement from the resident units (with ``device``,
+        the same numbers as tensors there)."""
         if self._next is not None and self.drawn >= self.reuse * len(self.resident[0].train):
             self._rotate()
         sizes = np.array([len(r.train) for r in self.resident])
@@ -220,26 +218,21 @@ class StreamingSampler:
         which = np.searchsorted(np.cumsum(sizes), idx, side="right")
         starts = np.r_[0, np.cumsum(sizes)[:-1]]
         present = [k for k in range(len(sizes)) if (which == k).any()]
-        if self.device is not None:
-            import torch
+        return RequestBatch.concat([self._gather(k, idx[which == k] - starts[k]) for k in present])
 
-            from rlmtf.train.distributed import TensorBatch
+    def _gather(self, k: int, idx: np.ndarray) -> RequestBatch:
+        """The requests ``idx`` of resident unit ``k`` (on the device when there is one)."""
+        r = self.resident[k]
+        return r.on_device.gather(idx) if r.on_device is not None else r.train.batch(idx)
 
-            got = [self.resident[k].on_device.gather(idx[which == k] - starts[k]) for k in present]
-            return TensorBatch({n: torch.cat([g[n] for g in got]) for n in got[0]})
-        parts = [self.resident[k].train.batch(idx[which == k] - starts[k]) for k in present]
-        if len(parts) == 1:
-            return parts[0]
-        return RequestBatch(**{f.name: np.concatenate([getattr(p, f.name) for p in parts])
-                               for f in fields(RequestBatch)})
-
-    def train_states_moments(self, states_of: object) -> tuple[np.ndarray, np.ndarray, int]:
+    def train_states_moments(self, states_of: Callable[[Transitions], np.ndarray]
+                             ) -> tuple[np.ndarray, np.ndarray, int]:
         """(sum, sum of squares, count) in float64 of ``states_of(transitions)`` over the resident units,
         for the input standardisation (the first units are a random subset of sessions)."""
         total = sq = None
         n = 0
         for r in self.resident:
-            s = np.asarray(states_of(r.train), dtype=np.float64)  # type: ignore[operator]
+            s = np.asarray(states_of(r.train), dtype=np.float64)
             total = s.sum(0) if total is None else total + s.sum(0)
             sq = (s * s).sum(0) if sq is None else sq + (s * s).sum(0)
             n += len(s)

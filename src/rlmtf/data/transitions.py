@@ -1,4 +1,4 @@
-"""The request-level view of logged data that every RL algorithm shares (SPEC section 5).
+"""The request-level view of logged data that every RL algorithm shares (``docs/design.md#request-level-transitions``).
 
 One *transition* is one request t of a session: the l shown items with their enhanced states
 ``s_tj``, the logged actions ``a_tj`` with the exploration box ``(mu_bp, lower_b, upper_b)``, the item
@@ -11,9 +11,10 @@ current and the next request side by side, so a critic's list-level TD target (F
                      - delta * d(mu'(s_(t+1)j'), mu_bp(s_(t+1)j')) ]     # batch.next_mu_bp/next_lower_b/next_upper_b
     L_critic_i = ( sum_j Q^i(s_tj, a_tj) - y_i )^2                       # batch.enhanced_state, batch.action
 
-User-level methods (IntegratedRL-MTF and the baselines, SPEC sections 6-7) use ``user_state`` /
-``next_user_state`` (B, Dus) and the request reward ``reward`` instead. For the last request of a
-session (``done = 1``) the "next" request is the request itself; its value is masked by ``1 - done``.
+User-level methods (IntegratedRL-MTF and the baselines, ``docs/design.md#integratedrl-mtf`` and
+``docs/design.md#baselines``) use ``user_state`` / ``next_user_state`` (B, Dus) and the request reward ``reward``
+instead. For the last request of a session (``done = 1``) the "next" request is the request itself; its
+value is masked by ``1 - done``.
 
 Layout: ``user_state = user_profile ++ user_history ++ context`` (taken from the request's position-0
 row) and ``enhanced_state = user_state ++ item_features ++ mtl_scores`` per shown item, in the order of
@@ -23,9 +24,10 @@ Everything is built with vectorised numpy (lexsort, reshape, fancy indexing): no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
@@ -34,7 +36,15 @@ from rlmtf.data.io import LogDataError, LoggedData
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["RequestBatch", "Transitions", "build_transitions", "group_requests"]
+    Array: TypeAlias = np.ndarray | torch.Tensor
+
+__all__ = ["NEXT_FIELDS", "REQUEST_FIELDS", "RequestBatch", "Transitions", "build_transitions", "group_requests"]
+
+#: Fields of a :class:`RequestBatch` that describe the request itself (one row per request of a dataset).
+REQUEST_FIELDS = ("user_state", "enhanced_state", "action", "mu_bp", "lower_b", "upper_b", "item_reward", "reward",
+                  "done", "gap")
+#: Fields a batch also carries for the session's next request, as ``next_<field>``.
+NEXT_FIELDS = ("user_state", "enhanced_state", "mu_bp", "lower_b", "upper_b")
 
 _USER_GROUPS = ("user_profile", "user_history", "context")
 _ITEM_GROUPS = ("item_features", "mtl_scores")
@@ -135,32 +145,66 @@ def group_requests(data: LoggedData) -> np.ndarray:
 
 @dataclass
 class RequestBatch:
-    """A batch of B requests and their next requests (numpy); see the module docstring for use."""
+    """A batch of B requests and their next requests; see the module docstring for use.
 
-    user_state: np.ndarray  # (B, Dus)
-    enhanced_state: np.ndarray  # (B, l, Des)
-    action: np.ndarray  # (B, l, A) logged action a_tj
-    mu_bp: np.ndarray  # (B, l, A)
-    lower_b: np.ndarray  # (B, l, A)
-    upper_b: np.ndarray  # (B, l, A)
-    item_reward: np.ndarray  # (B, l) r_tj
-    reward: np.ndarray  # (B,) r_t = sum_j r_tj
-    done: np.ndarray  # (B,) 1.0 on a session's last request
-    next_user_state: np.ndarray  # (B, Dus)
-    next_enhanced_state: np.ndarray  # (B, l, Des)
-    next_mu_bp: np.ndarray  # (B, l, A)
-    next_lower_b: np.ndarray  # (B, l, A)
-    next_upper_b: np.ndarray  # (B, l, A)
+    The one batch every sampler returns and every algorithm's ``update`` takes. Its fields are numpy
+    arrays, or float32 tensors already on the training device when a sampler gathered them there
+    (:class:`rlmtf.data.samplers.DeviceSampler`); :meth:`to_torch` gives the same numbers either way.
+    """
+
+    user_state: Array  # (B, Dus)
+    enhanced_state: Array  # (B, l, Des)
+    action: Array  # (B, l, A) logged action a_tj
+    mu_bp: Array  # (B, l, A)
+    lower_b: Array  # (B, l, A)
+    upper_b: Array  # (B, l, A)
+    item_reward: Array  # (B, l) r_tj
+    reward: Array  # (B,) r_t = sum_j r_tj
+    done: Array  # (B,) 1.0 on an episode's last request
+    gap: Array  # (B,) 1.0 where the next request opens the user's next session (day episodes only)
+    next_user_state: Array  # (B, Dus)
+    next_enhanced_state: Array  # (B, l, Des)
+    next_mu_bp: Array  # (B, l, A)
+    next_lower_b: Array  # (B, l, A)
+    next_upper_b: Array  # (B, l, A)
 
     def __len__(self) -> int:
         return len(self.reward)
 
+    @classmethod
+    def gather(cls, data: Mapping[str, Array], next_index: Array, idx: Array) -> RequestBatch:
+        """The requests ``idx`` of ``data`` (every :data:`REQUEST_FIELDS` array of a dataset, all numpy or all
+        tensors on one device) with their next requests ``next_index[idx]``."""
+        nxt = next_index[idx]
+        return cls(**{name: data[name][idx] for name in REQUEST_FIELDS},
+                   **{f"next_{name}": data[name][nxt] for name in NEXT_FIELDS})
+
+    @classmethod
+    def concat(cls, parts: Sequence[RequestBatch]) -> RequestBatch:
+        """The batches ``parts`` (all numpy or all tensors) as one, requests in the given order."""
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0].reward, np.ndarray):
+            cat = np.concatenate
+        else:
+            import torch
+
+            cat = torch.cat
+        return cls(**{f.name: cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
     def to_torch(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-        """Every field as a float32 tensor on ``device``, keyed by field name."""
+        """Every field as a float32 tensor on ``device``, keyed by field name (fields that are tensors there
+        already are handed over without a copy)."""
         import torch  # lazily: reading and validating logs does not need torch
 
-        return {f.name: torch.from_numpy(np.asarray(getattr(self, f.name), dtype=np.float32)).to(device)
-                for f in fields(self)}
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                out[f.name] = v.to(device, torch.float32)
+            else:
+                out[f.name] = torch.from_numpy(np.asarray(v, dtype=np.float32)).to(device)
+        return out
 
 
 @dataclass
@@ -175,16 +219,57 @@ class Transitions:
     upper_b: np.ndarray  # (R, l, A) float32
     item_reward: np.ndarray  # (R, l) float32
     reward: np.ndarray  # (R,) float32, sum over the l items
-    done: np.ndarray  # (R,) float32
-    next_index: np.ndarray  # (R,) int64, the session's next request; itself when done
+    done: np.ndarray  # (R,) float32, 1.0 on the last request of an episode (a session, or a user-day)
+    gap: np.ndarray  # (R,) float32, 1.0 where the next request opens the user's next session (day episodes)
+    next_index: np.ndarray  # (R,) int64, the episode's next request; itself when done
     session_id: np.ndarray  # (R,) int64
     user_id: np.ndarray  # (R,) int64
     t: np.ndarray  # (R,) int32
     day: np.ndarray  # (R,) int32
     row_index: np.ndarray  # (R, l) int64, global rows of LoggedData (e.g. for feedback labels)
+    episode: str = "session"
+    """"session" (the paper: terminal when the user leaves) or "day" (:meth:`day_episodes`)."""
 
     def __len__(self) -> int:
         return len(self.reward)
+
+    @property
+    def episode_id(self) -> np.ndarray:
+        """(R,) the episode of each request: its session, or for day episodes its first session's id."""
+        if self.episode == "session":
+            return self.session_id
+        new = np.r_[True, (self.user_id[1:] != self.user_id[:-1]) | (self.day[1:] != self.day[:-1])]
+        return self.session_id[np.maximum.accumulate(np.where(new, np.arange(len(self)), 0))]
+
+    def day_episodes(self, return_bonus: float = 0.0) -> Transitions:
+        """The same requests linked into day episodes (``rlmtf.core.objective``): a session's last request
+        continues into the user's next session of the same day (``gap`` = 1 there, for the session
+        discount), an episode ends at the user's last session of the day, and a session's last request
+        earns ``return_bonus`` more (spread over its items) when another session follows.
+
+        Needs session ids that order one user's sessions of a day consecutively, as the environments'
+        ``(day * n_users + user) * max_sessions + k`` do; the requests of a user-day must be contiguous."""
+        if self.episode == "day":
+            raise ValueError("these transitions are already linked into day episodes")
+        n = len(self)
+        if n == 0:
+            return dataclasses.replace(self, episode="day")
+        key = np.stack([self.day.astype(np.int64), self.user_id], 1)
+        new_day = np.r_[True, (key[1:] != key[:-1]).any(1)]
+        day_start = np.flatnonzero(new_day)
+        if np.unique(key[day_start], axis=0).shape[0] != day_start.size:
+            raise LogDataError("day episodes need each user-day's sessions to be consecutive in session_id order "
+                               "(as the environments number them); these logs interleave them")
+        last_in_day = np.r_[new_day[1:], True]
+        session_end = self.done > 0
+        cont = session_end & ~last_in_day  # a session's last request with a later session that day
+        idx = np.arange(n, dtype=np.int64)
+        bonus = np.float32(return_bonus) * cont.astype(np.float32)
+        item_reward = self.item_reward + (bonus / np.float32(self.item_reward.shape[1]))[:, None]
+        return dataclasses.replace(
+            self, episode="day", done=last_in_day.astype(np.float32), gap=cont.astype(np.float32),
+            next_index=np.where(last_in_day, idx, idx + 1), item_reward=item_reward.astype(np.float32),
+            reward=(self.reward + bonus).astype(np.float32))
 
     def _take(self, idx: np.ndarray) -> Transitions:
         """The requests ``idx`` (whole sessions, in order) with next_index remapped."""
@@ -192,24 +277,23 @@ class Transitions:
         new_pos[idx] = np.arange(len(idx))
         next_index = new_pos[self.next_index[idx]]
         assert (next_index >= 0).all(), "a subset must contain whole sessions"
-        kw = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name != "next_index"}
-        return Transitions(next_index=next_index, **kw)
+        kw = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name not in ("next_index", "episode")}
+        return Transitions(next_index=next_index, episode=self.episode, **kw)
 
     def select(self, keep: np.ndarray) -> Transitions:
-        """The requests where ``keep`` (R,) is true; ``keep`` must hold or drop whole sessions."""
+        """The requests where ``keep`` (R,) is true; ``keep`` must hold or drop whole episodes."""
         keep = np.asarray(keep, dtype=bool)
         if keep.shape != (len(self),):
             raise ValueError(f"keep must have shape ({len(self)},), got {keep.shape}")
         return self._take(np.flatnonzero(keep))
 
     def split(self, fraction: float, seed: int = 0) -> tuple[Transitions, Transitions]:
-        """Split by session: a random ``fraction`` of the sessions goes to the first part.
-
-        A session never straddles the split, so every next request stays in its part.
+        """Split by episode: a random ``fraction`` of the episodes (sessions, or user-days) goes to the first
+        part. An episode never straddles the split, so every next request stays in its part.
         """
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-        sessions, inverse = np.unique(self.session_id, return_inverse=True)
+        sessions, inverse = np.unique(self.episode_id, return_inverse=True)
         n_first = round(fraction * len(sessions))
         chosen = np.zeros(len(sessions), dtype=bool)
         chosen[np.random.default_rng(seed).permutation(len(sessions))[:n_first]] = True
@@ -218,24 +302,11 @@ class Transitions:
 
     def batch(self, idx: np.ndarray) -> RequestBatch:
         """The requests ``idx`` (any int array) with their next requests."""
-        idx = np.asarray(idx, dtype=np.int64)
-        nxt = self.next_index[idx]
-        return RequestBatch(
-            user_state=self.user_state[idx],
-            enhanced_state=self.enhanced_state[idx],
-            action=self.action[idx],
-            mu_bp=self.mu_bp[idx],
-            lower_b=self.lower_b[idx],
-            upper_b=self.upper_b[idx],
-            item_reward=self.item_reward[idx],
-            reward=self.reward[idx],
-            done=self.done[idx],
-            next_user_state=self.user_state[nxt],
-            next_enhanced_state=self.enhanced_state[nxt],
-            next_mu_bp=self.mu_bp[nxt],
-            next_lower_b=self.lower_b[nxt],
-            next_upper_b=self.upper_b[nxt],
-        )
+        return RequestBatch.gather(self.arrays(), self.next_index, np.asarray(idx, dtype=np.int64))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-request arrays a batch is gathered from (:data:`REQUEST_FIELDS`), by name (no copies)."""
+        return {name: getattr(self, name) for name in REQUEST_FIELDS}
 
     def batches(
         self, batch_size: int = 256, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False
@@ -298,6 +369,7 @@ def build_transitions(data: LoggedData) -> Transitions:
         item_reward=item_reward,
         reward=item_reward.sum(axis=1, dtype=np.float64).astype(np.float32),
         done=done.astype(np.float32),
+        gap=np.zeros(n_req, np.float32),
         next_index=np.where(done, idx, idx + 1),  # sorted by (session, t) with no gaps: t+1 is the next row
         session_id=c["session_id"][first].astype(np.int64, copy=False),
         user_id=c["user_id"][first].astype(np.int64, copy=False),

@@ -1,4 +1,4 @@
-"""Simulate a behaviour policy and write what it logs as a Parquet dataset (SPEC section 11)."""
+"""Simulate a behaviour policy and write what it logs as a Parquet dataset (``docs/design.md#logged-data``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from rlmtf.core.provenance import git_commit
 from rlmtf.core.schema import DatasetMeta
-from rlmtf.data.io import LogWriter
+from rlmtf.data.writer import LogWriter
 from rlmtf.envs.engine import Environment, RunResult
 from rlmtf.policy.base import Policy
 from rlmtf.policy.explore import ActionNoiseExploration, UniformExploration
@@ -20,7 +20,7 @@ Explore = Literal["none", "uniform", "noise"]
 
 def behaviour_policy(base: Policy, explore: Explore = "uniform", per: Literal["request", "item"] = "request",
                      lower_b: float = -0.15, upper_b: float = 0.15, sigma: float = 0.2, seed: int = 0) -> Policy:
-    """Wrap ``base`` in the exploration of SPEC section 4 (or return it for ``explore="none"``)."""
+    """Wrap ``base`` in the exploration of ``docs/design.md#exploration`` (or return it for ``explore="none"``)."""
     if explore == "none":
         return base
     if explore == "uniform":

@@ -51,7 +51,7 @@ def _worker(i: int) -> tuple[RunResult, tuple | None]:
 
     writer = None
     if st["out"] is not None:
-        from rlmtf.data.io import LogWriter
+        from rlmtf.data.writer import LogWriter
 
         writer = LogWriter(st["out"], st["meta"], shard=i)
     r = sim.run(st["policy"], seed=st["seed"], days=st["days"], users=st["blocks"][i], max_sessions=st["budgets"][i],

@@ -1,4 +1,4 @@
-"""Exploration efficiency (SPEC section 4) and the action distributions of the paper's Figure 2.
+"""Exploration efficiency (``docs/design.md#exploration-efficiency``) and the paper's Figure 2 (action distributions).
 
 Uniform exploration draws every action inside the box [mu_bp + lower_b, mu_bp + upper_b]^A;
 action-noise exploration (eps ~ N(0, sigma)) lands inside with probability
@@ -6,7 +6,7 @@ prod_d [Phi(upper_b/sigma) - Phi(lower_b/sigma)] per sample, about 0.547^10 = 1/
 bounds +-0.15 and 10 dimensions. The *exploration efficiency* is how many action-noise samples buy
 as many in-box samples as the uniform policy gets: the ratio of the in-box fractions.
 
-The figure is computed three ways: analytically (as SPEC states it, and again accounting for the
+The figure is computed three ways: analytically (the 419x above, and again accounting for the
 clipping of actions to [-1, 1], which puts every draw beyond an edge that the box reaches onto the
 edge, inside the box); empirically from the logged actions (the in-box fraction of whatever policy
 logged them); and, for the comparator that was not logged, by drawing its noise around the logged

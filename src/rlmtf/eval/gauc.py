@@ -36,8 +36,9 @@ class GAUCResult(NamedTuple):
 def min_max_normalise(x: np.ndarray) -> np.ndarray:
     """Map ``x`` linearly onto [0, 1]: (x - min) / (max - min); a constant array maps to all zeros.
 
-    SPEC normalises predictions this way over the test set before computing the GAUC. It is
-    order-preserving (up to float rounding), so it leaves every per-user AUC unchanged.
+    The offline evaluation normalises predictions this way over the test set before computing the GAUC
+    (``docs/design.md#weighted-gauc``). It is order-preserving (up to float rounding), so it leaves every
+    per-user AUC unchanged.
     """
     a = np.asarray(x, dtype=np.float64)
     if a.size == 0:

@@ -1,4 +1,4 @@
-"""Offline evaluation of a fusion policy on logged data: the weighted GAUC of SPEC section 9.
+"""Offline evaluation of a fusion policy on logged data: the weighted GAUC of ``docs/design.md#weighted-gauc``.
 
 For every logged user-item sample the evaluated policy computes its action on the sample's state
 (user-level policies from the user state, item-level ones from the enhanced state of each logged
@@ -85,7 +85,7 @@ def evaluate_gauc(policy: Policy, data: LoggedData, space: ActionSpace = ActionS
         if col not in c:
             raise ValueError(f"logged data lacks the column {col!r} needed for the weighted GAUC")
     # exp of log scores can overflow; min-max normalising the log score ranks identically per user
-    # (a monotone map), and SPEC's normalisation is applied to it.
+    # (a monotone map), and the min-max normalisation of ``docs/design.md#weighted-gauc`` is applied to it.
     pred = min_max_normalise(policy_log_scores(policy, data, space))
     res = weighted_gauc(c["user_id"], c["valid"].astype(np.int64), pred, c["reward"].astype(np.float64) + 1.0)
     return OfflineResult(gauc=float(res.gauc), n_users=int(res.n_users), n_users_skipped=int(res.n_users_skipped),

@@ -1,4 +1,4 @@
-"""Simulated online A/B test (SPEC section 9; the paper's Tables 2 and 4).
+"""Simulated online A/B test (``docs/design.md#simulated-online-ab-test``; the paper's Tables 2 and 4).
 
 Every policy serves the same simulated users for the same days with the same seed. Randomness in
 the simulator is counter-based, so the arms face common random numbers: a difference between arms

@@ -1,4 +1,5 @@
-"""Weighted GAUC of a fusion policy on the **real** KuaiRand-Pure interactions (SPEC section 9, real labels).
+"""Weighted GAUC of a fusion policy on the **real** KuaiRand-Pure interactions
+(``docs/design.md#weighted-gauc-on-the-real-kuairand-pure-log``, real labels).
 
 The simulator's offline metric (``rlmtf.eval.offline``) scores logged *simulated* samples. Here the
 samples are the real impressions of a KuaiRand-Pure split (default: the 4 test days 2022-05-05..08, which
@@ -38,8 +39,8 @@ policy's action on the row's MTL scores, min-max normalised over the split (a mo
 ``rlmtf.eval.offline``), ranked per user by :func:`rlmtf.eval.gauc.weighted_gauc` with
 
 - label = ``long_view`` (KuaiRand's valid view: play >= min(duration, 18 s); the environment's
-  ``valid``). :attr:`RealGAUCResult.gauc_play10s` also reports label = play time > 10 s (SPEC 9's
-  wording for the simulator);
+  ``valid``). :attr:`RealGAUCResult.gauc_play10s` also reports label = play time > 10 s
+  (the simulator's label, ``docs/design.md#weighted-gauc``);
 - weight = r + 1, r = :func:`rlmtf.core.reward.item_reward` of the real behaviours: watch_time = play_time_ms
   / 1000 s, valid = long_view, like = is_like, share = is_forward, follow = is_follow, comment =
   is_comment, collect = 0 (KuaiRand has no collect). Play times are not capped (the log's maximum is
@@ -71,9 +72,10 @@ from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, ActionSpace, fused_log_scor
 from rlmtf.core.reward import RewardWeights, item_reward
 from rlmtf.core.schema import DatasetMeta, FeatureSpec
 from rlmtf.data.io import LoggedData
-from rlmtf.envs.kuairand.data import KuaiRandData, KuaiRandDataError
+from rlmtf.envs.kuairand.data import KuaiRandData
 from rlmtf.envs.kuairand.env import KuaiRandEnv
 from rlmtf.envs.kuairand.fit import FittedKuaiRand
+from rlmtf.envs.kuairand.paths import KuaiRandDataError
 from rlmtf.eval.gauc import min_max_normalise, weighted_gauc
 from rlmtf.policy.base import Policy, RequestObs, check_actions
 
@@ -81,7 +83,8 @@ __all__ = ["PLAY_THRESHOLD_S", "SPLITS", "BootstrapDiff", "RealGAUCEvaluator", "
            "check_policy_spec", "fixed_gauc", "policy_feature_spec", "real_gauc", "real_rows", "score_gauc"]
 
 SPLITS = ("train", "test")
-#: The second label: play time above this many seconds (SPEC section 9's "watch time > 10 s").
+#: The second label: play time above this many seconds (the simulator's "watch time > 10 s",
+#: ``docs/design.md#weighted-gauc``).
 PLAY_THRESHOLD_S = 10.0
 _MS_PER_HOUR = 3_600_000
 _BEIJING_OFFSET_H = 8  # as rlmtf.envs.kuairand.usage (the environment's hour-of-day histogram)
@@ -107,7 +110,7 @@ class RealRows:
 
     @property
     def weight(self) -> np.ndarray:
-        """Sample weight r + 1 (SPEC section 9)."""
+        """Sample weight r + 1 (``docs/design.md#weighted-gauc``)."""
         return self.reward + 1.0
 
     @property

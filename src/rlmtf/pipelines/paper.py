@@ -4,8 +4,8 @@ For every seed:
 
 1. log a **test set** with the hand-set baseline policy (no exploration) on later days;
 2. **IntegratedRL-MTF with PTM**: 5 rounds of progressive exploration (round 1 around the baseline,
-   round k around round k-1's policy), training after each round with a warm start (SPEC section 8);
-   the 5 rounds' logs are the *training data* of the offline baselines;
+   round k around round k-1's policy), training after each round with a warm start
+   (``docs/design.md#progressive-training``); the 5 rounds' logs are the *training data* of the offline baselines;
 3. **Enhanced-State RL with PTM**: the same 5 rounds, exploring per user-item pair around its own
    item-level policy;
 4. **IntegratedRL-MTF w/o PTM**: trained once on round 1's data (one round of exploration around the
@@ -53,7 +53,7 @@ LABELS = dict(METHODS)
 OFFLINE_BASELINES = ("ddpg", "cql_sac", "bcq", "iql")
 TABLE1 = ("es", "ddpg", "cql_sac", "bcq", "iql", "integrated_once", "integrated")
 
-#: The paper's published figures (Tencent News; SPEC section 9), for the side-by-side columns.
+#: The paper's published figures (Tencent News; ``docs/design.md#the-paper-experiment``), for the side-by-side columns.
 PAPER_GAUC = {"es": 0.7836, "ddpg": 0.7881, "cql_sac": 0.7892, "bcq": 0.7894, "iql": 0.7906,
               "integrated_once": 0.7941, "integrated": 0.7953}
 PAPER_GAUC_T3 = {"integrated": 0.7955, "esrl": 0.7982}

@@ -1,4 +1,4 @@
-"""Progressive Training Mode (the paper's section 3.3.3; SPEC section 8).
+"""Progressive Training Mode (the paper's section 3.3.3; ``docs/design.md#progressive-training``).
 
 Round k: explore around mu_bp = policy_(k-1) in the simulator (round 1: the hand-set baseline) for
 one simulated "day" of ``sessions_per_round`` sessions, train on that round's data, evaluate, and

@@ -1,4 +1,4 @@
-"""Exploration policies (SPEC section 4, the paper's Formula 4).
+"""Exploration policies (``docs/design.md#exploration``, the paper's Formula 4).
 
 ``UniformExploration``: ``a = clip(mu_bp(s) + eps, -1, 1)`` with ``eps ~ U(lower_b, upper_b)`` per
 dimension; defaults lower_b = -0.15, upper_b = +0.15 (IntegratedRL-MTF's). Noise is drawn once per

@@ -1,4 +1,5 @@
-"""Online serving (SPEC section 12): the ranking service, its durable log and the log -> Parquet export."""
+"""Online serving (``docs/design.md#the-ranking-service``): the ranking service, its durable log
+and the log -> Parquet export."""
 
 from rlmtf.serve.app import create_app, explore_assigned, policy_version
 from rlmtf.serve.bounds import UserBounds, load_user_bounds

@@ -1,4 +1,4 @@
-"""The online ranking service (SPEC section 12; the paper's section 3.4, Figure 3).
+"""The online ranking service (``docs/design.md#the-ranking-service``; the paper's section 3.4, Figure 3).
 
 ``create_app(...)`` returns a FastAPI app with:
 
@@ -10,9 +10,19 @@
   final score ``prod_i (score_i + bias_i) ** power_i`` (the exp of the fused log score).
 - ``POST /v1/feedback``: behaviours of one shown item; ``event_id`` is an idempotency key (a repeated
   event is stored once); without one every call is a new event.
-- ``GET /healthz``, ``GET /metrics`` (Prometheus text format), ``POST /v1/admin/reload``.
+- ``GET /healthz``, ``GET /metrics`` (Prometheus text format, :mod:`rlmtf.serve.metrics`),
+  ``POST /v1/admin/reload``.
 
-Exploration (SPEC section 4): a stable share ``explore_fraction`` of users (``blake2b(seed:user_id)``
+Features: the service accepts one :class:`FeatureSpec` for its lifetime, the names ``/v1/schema``
+lists. ``create_app(feature_spec=...)`` sets it; by default it is the served policy's own (the
+``feature_spec`` a trained policy's policy.json records), else, for a policy that records none (the
+built-ins, a fixed fusion), the simulator's. A policy that records another spec than the service's is
+refused, at start-up and on reload (422, the service keeps its policy): its features would change the
+wire format under running clients and the log would hold two shapes of rows. Serve it from a service
+started with it. The log records the spec (:mod:`rlmtf.serve.store`), and a log directory written
+with one spec refuses a service with another.
+
+Exploration (``docs/design.md#exploration``): a stable share ``explore_fraction`` of users (``blake2b(seed:user_id)``
 read as a number in [0, 1) below the fraction) is served by
 ``UniformExploration(policy, lower_b, upper_b)``: ``a = clip(mu_bp + U(lower_b, upper_b), -1, 1)``,
 noise per request for user-level policies and per user-item pair for item-level ones. Every shown item
@@ -37,13 +47,15 @@ The scoring runs on the event loop (a few milliseconds of CPU: a thread would on
 durable write is encoded (float32 BLOBs) on the event loop, handed to the store's writer thread and
 awaited, so the event loop parses the next request while the commit (and its fsync) runs, and
 concurrent requests share one commit (group commit, :mod:`rlmtf.serve.store`). Metrics and the body
-limit are one plain ASGI middleware. Under ``rlmtf serve`` (``app_from_env``) the start-up heap is
-frozen out of the garbage collector (``gc.freeze``) and a torch policy gets one intra-op thread per
-worker; with several workers the listening socket is made by :mod:`rlmtf.serve.run` so that
-connections get ``TCP_NODELAY`` (uvicorn's own socket left Nagle on: ~40 ms per response).
+limit are one plain ASGI middleware (:mod:`rlmtf.serve.metrics`). Under ``rlmtf serve``
+(``app_from_env``) the start-up heap is frozen out of the garbage collector (``gc.freeze``) and a torch
+policy gets one intra-op thread per worker; with several workers the listening socket is made by
+:mod:`rlmtf.serve.run` so that connections get ``TCP_NODELAY`` (uvicorn's own socket left Nagle on:
+~40 ms per response).
 
 Policy version: ``baseline`` (or the built-in's name) for built-ins, else the first 12 hex digits of a
-blake2b hash of the policy's files (policy.json and every ``*.safetensors``, by name).
+blake2b hash of the policy's files (policy.json and every ``*.safetensors``, by name; a run directory
+and its ``policy/`` have the same version).
 
 Admin reload needs ``Authorization: Bearer <token>`` equal to the env var ``RLMTF_ADMIN_TOKEN``
 (401 without a bearer token, 403 for a wrong one or when the variable is unset). The new policy is
@@ -56,7 +68,8 @@ once and answered ``{"duplicate": true}``. Feedback may only name an item shown 
 Every request and feedback event is committed to SQLite (:mod:`rlmtf.serve.store`, WAL) before the
 response is sent; ``durability`` (``rlmtf serve --durability``) says what a commit survives:
 ``fsync`` (default, ``synchronous=FULL``) a power loss, ``process`` (``synchronous=NORMAL``) a
-killed server process. :func:`rlmtf.serve.export.export_logs` turns the log into SPEC 11 Parquet.
+killed server process. :func:`rlmtf.serve.export.export_logs` turns the log into logged-data Parquet
+(``docs/design.md#logged-data``).
 """
 
 from __future__ import annotations
@@ -68,7 +81,6 @@ import json
 import math
 import os
 import threading
-import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -82,13 +94,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from rlmtf.algos.registry import BUILTIN, PolicyLoadError, load_policy
+from rlmtf.algos.registry import BUILTIN, PolicyLoadError, load_policy, policy_file, saved_feature_spec
 from rlmtf.core.fusion import ActionSpace, fused_log_score, rank_top_l
 from rlmtf.core.reward import REWARD_BEHAVIOURS
 from rlmtf.core.schema import FEEDBACK_COLUMNS, FeatureSpec
 from rlmtf.policy.base import Policy, RequestObs, check_actions
 from rlmtf.policy.explore import UniformExploration
 from rlmtf.serve.bounds import UserBounds, load_user_bounds
+from rlmtf.serve.metrics import EdgeMiddleware, Metrics
 from rlmtf.serve.store import ServeStore, ShownItem
 from rlmtf.serve.wire import (
     Candidate,
@@ -100,17 +113,17 @@ from rlmtf.serve.wire import (
     ReloadRequest,
     WireError,
     clean_errors,
+    spec_difference,
 )
 
 __all__ = ["create_app", "policy_version", "explore_assigned", "ADMIN_TOKEN_ENV", "Candidate", "FeedbackRequest",
            "RankRequest", "RankResponse", "RankedItem", "ReloadRequest"]
 
 ADMIN_TOKEN_ENV = "RLMTF_ADMIN_TOKEN"
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: the returned fused score is exp(log score); above this log it would overflow a double, so it is capped
 #: there (the ranking itself uses the log scores and is unaffected)
 _MAX_LOG_SCORE = math.log(np.finfo(np.float64).max)
-#: Behaviours a feedback event may report: the feedback columns of SPEC 11. watch_time and
+#: Behaviours a feedback event may report: the feedback columns of ``docs/design.md#logged-data``. watch_time and
 #: watch_ratio are non-negative numbers, the others 0/1.
 FEEDBACK_KEYS: tuple[str, ...] = tuple(FEEDBACK_COLUMNS)
 _CONTINUOUS = ("watch_time", "watch_ratio")
@@ -134,8 +147,11 @@ def policy_version(spec: str) -> str:
     """``spec`` for built-ins, else a short hash of the policy's files."""
     if spec in BUILTIN:
         return spec
-    path = Path(spec)
-    files = [path] if path.is_file() else sorted([*path.glob("*.json"), *path.glob("*.safetensors")])
+    path = policy_file(spec)
+    if Path(spec).is_dir():  # a saved model (or a run's): its policy.json and weights
+        files = sorted([*path.parent.glob("*.json"), *path.parent.glob("*.safetensors")])
+    else:
+        files = [path]
     h = hashlib.blake2b(digest_size=16)
     for f in files:
         h.update(f.name.encode() + b"\0")
@@ -218,108 +234,6 @@ class _Served:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Metrics:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = {}
-        self.errors: dict[str, int] = {}
-        self.explored = 0
-        self.ranked = 0
-        self.buckets = [0] * len(LATENCY_BUCKETS)
-        self.lat_sum = 0.0
-        self.lat_count = 0
-
-    def observe(self, path: str, status: int, seconds: float) -> None:
-        with self.lock:
-            self.requests[(path, status)] = self.requests.get((path, status), 0) + 1
-            if status >= 400:
-                self.errors[path] = self.errors.get(path, 0) + 1
-            if path == "/v1/rank":
-                self.lat_sum += seconds
-                self.lat_count += 1
-                for i, b in enumerate(LATENCY_BUCKETS):
-                    if seconds <= b:
-                        self.buckets[i] += 1
-
-    def render(self, version: str, store: ServeStore | None = None) -> str:
-        with self.lock:
-            lines = ["# HELP rlmtf_requests_total HTTP requests by path and status.",
-                     "# TYPE rlmtf_requests_total counter"]
-            lines += [f'rlmtf_requests_total{{path="{p}",status="{s}"}} {n}'
-                      for (p, s), n in sorted(self.requests.items())]
-            lines += ["# HELP rlmtf_errors_total HTTP responses with status >= 400, by path.",
-                      "# TYPE rlmtf_errors_total counter"]
-            lines += [f'rlmtf_errors_total{{path="{p}"}} {n}' for p, n in sorted(self.errors.items())]
-            lines += ["# HELP rlmtf_ranked_total Ranking requests served.", "# TYPE rlmtf_ranked_total counter",
-                      f"rlmtf_ranked_total {self.ranked}",
-                      "# HELP rlmtf_explored_total Ranking requests served with exploration.",
-                      "# TYPE rlmtf_explored_total counter", f"rlmtf_explored_total {self.explored}",
-                      "# HELP rlmtf_rank_latency_seconds Latency of /v1/rank.",
-                      "# TYPE rlmtf_rank_latency_seconds histogram"]
-            lines += [f'rlmtf_rank_latency_seconds_bucket{{le="{b}"}} {n}'
-                      for b, n in zip(LATENCY_BUCKETS, self.buckets, strict=True)]
-            lines += [f'rlmtf_rank_latency_seconds_bucket{{le="+Inf"}} {self.lat_count}',
-                      f"rlmtf_rank_latency_seconds_sum {self.lat_sum:.6f}",
-                      f"rlmtf_rank_latency_seconds_count {self.lat_count}",
-                      "# HELP rlmtf_model_info The policy being served.", "# TYPE rlmtf_model_info gauge",
-                      f'rlmtf_model_info{{version="{version}"}} 1']
-        if store is not None:
-            lines += ["# HELP rlmtf_log_commits_total Group commits of the durable log (this process).",
-                      "# TYPE rlmtf_log_commits_total counter", f"rlmtf_log_commits_total {store.groups}",
-                      "# HELP rlmtf_log_writes_total Records committed to the durable log (this process).",
-                      "# TYPE rlmtf_log_writes_total counter", f"rlmtf_log_writes_total {store.writes}"]
-        return "\n".join(lines) + "\n"
-
-
-class _Edge:
-    """Plain ASGI middleware: request metrics (path, status, latency) and 413 for a body over ``limit``
-    bytes (by Content-Length or as it streams in)."""
-
-    class _TooLarge(Exception):
-        """Raised from ``receive`` when a streamed body passes the limit."""
-
-    def __init__(self, app, limit: int, metrics: _Metrics):
-        self.app, self.limit, self.metrics = app, limit, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        status = 500
-        too_large = PlainTextResponse(f"request body over {self.limit} bytes", status_code=413)
-        seen = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise self._TooLarge
-            return msg
-
-        async def tracking_send(msg):
-            nonlocal started, status
-            if msg["type"] == "http.response.start":
-                started, status = True, msg["status"]
-            await send(msg)
-
-        try:
-            for k, v in scope.get("headers", []):
-                if k == b"content-length" and v.isdigit() and int(v) > self.limit:
-                    status = 413
-                    return await too_large(scope, receive, send)
-            try:
-                await self.app(scope, limited_receive, tracking_send)
-            except self._TooLarge:
-                if not started:
-                    status = 413
-                    await too_large(scope, receive, send)
-        finally:
-            self.metrics.observe(scope["path"], status, time.perf_counter() - t0)
-
-
 # --- the app ----------------------------------------------------------------------------------------
 
 
@@ -329,7 +243,8 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
                seed: int = 0, action_space: ActionSpace = ActionSpace(),
                bounds: str | os.PathLike[str] | UserBounds | None = None,
                torch_threads: int | None = None, durability: str = "fsync", freeze_gc: bool = False) -> FastAPI:
-    """The ranking service; see the module docstring. ``feature_spec`` defaults to the simulator's.
+    """The ranking service; see the module docstring. ``feature_spec``: the features it accepts (default:
+    the policy's own, else the simulator's); a policy that records another one is refused.
     ``bounds``: a per-user bounds file (:mod:`rlmtf.serve.bounds`) or a loaded :class:`UserBounds`.
     ``torch_threads``: cap torch's intra-op threads when the policy uses torch (one per worker process
     is right when there are as many workers as cores). ``durability``: ``fsync`` or ``process``, what an
@@ -337,12 +252,12 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
     (and after each reload) to the garbage collector's permanent generation (``gc.freeze``), so that the
     collections a request's many small objects trigger do not walk the whole heap (torch, numpy, the policy):
     for a server process, not for a library caller."""
-    if feature_spec is None:
+    spec = feature_spec if feature_spec is not None else saved_feature_spec(policy_spec)
+    if spec is None:
         from rlmtf.envs.sim.config import SimConfig
         from rlmtf.envs.sim.world import feature_spec as sim_feature_spec
 
-        feature_spec = sim_feature_spec(SimConfig())
-    spec = feature_spec
+        spec = sim_feature_spec(SimConfig())
     if not 0.0 <= explore_fraction <= 1.0:
         raise ValueError(f"explore_fraction must be in [0, 1], got {explore_fraction}")
     if max_candidates < 1:
@@ -355,10 +270,17 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
 
     def build(policy_str: str) -> _Served:
         try:
+            own = saved_feature_spec(policy_str)
+            if own is not None and own != spec:
+                raise PolicyLoadError(f"{policy_str}: the policy was trained on other features than this service "
+                                      f"accepts (policy vs service: {spec_difference(own, spec)}); serve it from "
+                                      "a service started with its features")
             pol = load_policy(policy_str, action_space, seed=seed)
             _limit_torch_threads(torch_threads)
             _smoke_test(pol, spec)
             version = policy_version(policy_str)
+        except PolicyLoadError:
+            raise
         except Exception as e:  # anything a bad file can raise: report it, keep serving the old one
             raise PolicyLoadError(f"{type(e).__name__}: {e}") from e
         per = "item" if pol.level == "item" else "request"
@@ -366,7 +288,7 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
         return _Served(policy_str, version, pol, explorer, per)
 
     store = ServeStore(log_dir, spec.to_json(), durability=durability)
-    metrics = _Metrics()
+    metrics = Metrics()
     swap_lock = threading.Lock()
     state = {"served": build(policy_spec)}
     if freeze_gc:
@@ -379,9 +301,10 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
 
     app = FastAPI(title="rlmtf ranking service", version="1", lifespan=lifespan)
     app.state.store = store
+    app.state.feature_spec = spec
     app.state.metrics = metrics
     app.state.user_bounds = user_bounds
-    app.add_middleware(_Edge, limit=max_body_bytes, metrics=metrics)
+    app.add_middleware(EdgeMiddleware, limit=max_body_bytes, metrics=metrics)
     _openapi_bodies(app, {"/v1/rank": RankRequest, "/v1/feedback": FeedbackRequest})
 
     @app.exception_handler(RequestValidationError)
@@ -517,10 +440,13 @@ __all__ += ["REWARD_BEHAVIOURS", "FEEDBACK_KEYS"]
 def app_from_env() -> FastAPI:
     """An app configured by ``RLMTF_SERVE_*`` environment variables (how ``rlmtf serve`` passes its
     options to every uvicorn worker process): POLICY, LOG_DIR, EXPLORE_FRACTION, LOWER_B, UPPER_B,
-    MAX_CANDIDATES, SEED, BOUNDS (a per-user bounds file), TORCH_THREADS, DURABILITY."""
+    MAX_CANDIDATES, SEED, BOUNDS (a per-user bounds file), TORCH_THREADS, DURABILITY, FEATURE_SPEC (the
+    feature spec as JSON, :meth:`FeatureSpec.to_json`; unset: the policy's own, else the simulator's)."""
     env = os.environ
     threads = env.get("RLMTF_SERVE_TORCH_THREADS", "")
+    spec_json = env.get("RLMTF_SERVE_FEATURE_SPEC", "")
     return create_app(env.get("RLMTF_SERVE_POLICY", "baseline"), log_dir=env["RLMTF_SERVE_LOG_DIR"],
+                      feature_spec=FeatureSpec.from_json(json.loads(spec_json)) if spec_json else None,
                       explore_fraction=float(env.get("RLMTF_SERVE_EXPLORE_FRACTION", "0")),
                       lower_b=float(env.get("RLMTF_SERVE_LOWER_B", "-0.15")),
                       upper_b=float(env.get("RLMTF_SERVE_UPPER_B", "0.15")),

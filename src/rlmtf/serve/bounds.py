@@ -1,4 +1,4 @@
-"""Per-user exploration bounds (SPEC section 4: "bounds may be personalised per user").
+"""Per-user exploration bounds (``docs/design.md#per-user-exploration-bounds``: "bounds may be personalised per user").
 
 A bounds file maps a user id (the client's string, as in ``/v1/rank``) to that user's exploration
 box ``eps ~ U(lower_b, upper_b)`` per action dimension. Two formats, chosen by the file's suffix:

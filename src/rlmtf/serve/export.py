@@ -1,4 +1,4 @@
-"""Serving log (SQLite, :mod:`rlmtf.serve.store`) -> logged-data Parquet (SPEC section 11).
+"""Serving log (SQLite, :mod:`rlmtf.serve.store`) -> logged-data Parquet (``docs/design.md#logged-data``).
 
 Join and conventions (written down here because the paper is silent):
 
@@ -35,8 +35,9 @@ import numpy as np
 
 from rlmtf.core.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward
 from rlmtf.core.schema import FEEDBACK_COLUMNS, DatasetMeta, FeatureSpec
-from rlmtf.data.io import BINARY_FEEDBACK, LogWriter
-from rlmtf.serve.store import DB_NAME, decode_vector
+from rlmtf.data.io import BINARY_FEEDBACK
+from rlmtf.data.writer import LogWriter
+from rlmtf.serve.store import DB_NAME, decode_vector, read_feature_spec
 
 __all__ = ["export_logs", "stable_id"]
 
@@ -49,25 +50,31 @@ def stable_id(*parts: str) -> int:
     return int.from_bytes(h, "big") >> 1
 
 
-def _spec_dims(d: dict) -> dict[str, int]:
-    return {g: sum(int(k) for _, k in d[g]) for g in ("user_profile", "user_history", "context", "item_features")}
+def _spec_dims(spec: FeatureSpec) -> dict[str, int]:
+    return {g: getattr(spec, g).dim for g in ("user_profile", "user_history", "context", "item_features")}
 
 
-def export_logs(log_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], feature_spec: FeatureSpec,
-                reward_weights: RewardWeights = RewardWeights(), *, list_len: int = 5,
-                overwrite: bool = False) -> dict:
+def export_logs(log_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+                feature_spec: FeatureSpec | None = None, reward_weights: RewardWeights = RewardWeights(), *,
+                list_len: int = 5, overwrite: bool = False) -> dict:
     """Join the serving log under ``log_dir`` into a logged-data dataset at ``out_dir``.
 
-    Returns a summary: rows, requests, sessions, days, skipped_requests (shown length != list_len).
+    ``feature_spec``: the dataset's; default the one the log records (what the service was started
+    with). A given one must have the logged one's sizes. Returns a summary: rows, requests, sessions,
+    days, skipped_requests (shown length != list_len).
     """
     db = Path(log_dir) / DB_NAME
     if not db.is_file():
         raise FileNotFoundError(f"{db}: no serving log")
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'feature_spec'").fetchone()
-        if row is not None:
-            logged, wanted = _spec_dims(json.loads(row[0])), _spec_dims(feature_spec.to_json())
+        logged_spec = read_feature_spec(conn)
+        if feature_spec is None:
+            if logged_spec is None:
+                raise ValueError(f"{db}: the log records no feature spec; pass the one it was written with")
+            feature_spec = logged_spec
+        elif logged_spec is not None:
+            logged, wanted = _spec_dims(logged_spec), _spec_dims(feature_spec)
             if logged != wanted:
                 raise ValueError(f"{db}: the log was written with feature dims {logged}, not {wanted}")
         requests = conn.execute("SELECT request_id, user_id, session_id, ts, k, user_profile, user_history, context "

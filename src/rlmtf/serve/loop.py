@@ -40,6 +40,25 @@ class RemoteRanker(Policy):
         self.requests = 0
         self.feedback = 0
 
+    def check_schema(self) -> None:
+        """Refuse a service that accepts other features than ``spec`` (it would answer every request 422)."""
+        import httpx
+
+        try:
+            r = self.http.get(f"{self.url}/v1/schema")
+        except httpx.HTTPError as e:
+            raise ValueError(f"cannot reach the ranking service at {self.url}: {e}") from e
+        if r.status_code != 200:
+            raise ValueError(f"{self.url}/v1/schema answered {r.status_code}: {r.text[:500]}")
+        served = r.json()
+        spec = self.spec
+        ours = {"user_features": FeatureGroup(spec.user_profile.fields + spec.user_history.fields).names(),
+                "context": spec.context.names(), "item_features": spec.item_features.names()}
+        differ = [k for k, names in ours.items() if served.get(k) != names]
+        if differ:
+            raise ValueError(f"the service at {self.url} accepts other {', '.join(differ)} than the simulator's "
+                             "users have (it serves a policy trained on other features)")
+
     def act(self, obs: RequestObs) -> np.ndarray:
         # the service decides; the simulator only needs a well-formed placeholder
         return np.zeros((obs.batch_size, ACTION_DIM), dtype=np.float32)

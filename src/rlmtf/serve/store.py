@@ -42,7 +42,8 @@ Tables:
   lower_b, upper_b, action, score
 - ``feedback``: seq, event_id (unique: a repeated event is stored once), request_id, item_id,
   behaviours (JSON object), session_end, ts
-- ``meta``: key/value (the feature spec the log was written with)
+- ``meta``: key/value (the feature spec the log was written with, ``feature_spec``: one per log, so a
+  service with other features refuses to open it; :func:`read_feature_spec`)
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rlmtf.core.schema import FeatureSpec
+from rlmtf.serve.wire import spec_difference
 
 DB_NAME = "serve.sqlite3"
 
@@ -139,6 +143,12 @@ def decode_vector(v: bytes | str) -> list[float]:
 SYNCHRONOUS = {"fsync": "FULL", "process": "NORMAL"}
 
 
+def read_feature_spec(conn: sqlite3.Connection) -> FeatureSpec | None:
+    """The feature spec a log was written with (None for a log without one)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'feature_spec'").fetchone()
+    return None if row is None else FeatureSpec.from_json(json.loads(row[0]))
+
+
 def open_db(path: str | os.PathLike[str], synchronous: str = "FULL") -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10.0)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -181,8 +191,22 @@ class ServeStore:
         self.writes = 0  # committed writes
         self._wconn.executescript(_SCHEMA)
         if feature_spec_json is not None:
-            self._tx(self._wconn, lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES ('feature_spec', ?)",
-                                                      (json.dumps(feature_spec_json),)))
+            wanted = FeatureSpec.from_json(feature_spec_json)
+
+            def record(c: sqlite3.Connection) -> FeatureSpec | None:
+                logged = read_feature_spec(c)
+                if logged is not None and logged != wanted:
+                    return logged
+                c.execute("INSERT OR REPLACE INTO meta VALUES ('feature_spec', ?)", (json.dumps(feature_spec_json),))
+                return None
+
+            clash = self._tx(self._wconn, record)
+            if clash is not None:  # one log, one spec: the export writes one dataset from it
+                self._conn.close()
+                self._wconn.close()
+                raise ValueError(f"{self.path}: this log was written with other features than this service's "
+                                 f"(service vs log: {spec_difference(wanted, clash)}); give the service another "
+                                 "log directory")
 
     @staticmethod
     def _tx(c: sqlite3.Connection, fn):

@@ -1,4 +1,4 @@
-"""Wire models and the parser of ``POST /v1/rank`` bodies (SPEC section 12).
+"""Wire models and the parser of ``POST /v1/rank`` bodies (``docs/design.md#wire-format``).
 
 A ranking request names every feature of every candidate (about 2,500 numbers for 100 candidates),
 so how it becomes arrays decides the service's latency. :meth:`RankParser.parse`:
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
 
 __all__ = ["Candidate", "FeedbackRequest", "ParsedRank", "RankParser", "RankRequest", "RankResponse",
-           "RankedItem", "ReloadRequest", "WireError", "clean_errors", "vector"]
+           "RankedItem", "ReloadRequest", "WireError", "clean_errors", "spec_difference", "vector"]
 
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 FeatureValue = Finite | list[Finite]
@@ -115,6 +115,28 @@ def clean_errors(errors, prefix: tuple = ()) -> list[dict]:
         if loc not in out or item["type"] == "finite_number":
             out[loc] = item
     return list(out.values())
+
+
+def spec_difference(a: FeatureSpec, b: FeatureSpec) -> str:
+    """What differs between two feature specs, in a few words, ``a``'s side first: the sizes of the
+    groups that differ, else the first feature named differently (e.g. "user_profile 156 vs 19 values;
+    context 'hour' vs 'hour_sin'"); "" when they are equal."""
+    if a == b:
+        return ""
+    parts = []
+    for g in ("user_profile", "user_history", "context", "item_features"):
+        ga, gb = getattr(a, g), getattr(b, g)
+        if ga.dim != gb.dim:
+            parts.append(f"{g} {ga.dim} vs {gb.dim} values")
+        elif ga != gb:
+            na, nb = next(((x, y) for x, y in zip(ga.fields, gb.fields, strict=False) if x != y),
+                          (ga.fields[-1], gb.fields[-1]))
+            parts.append(f"{g} {na[0]!r} vs {nb[0]!r}")
+    if a.mtl_tasks != b.mtl_tasks:
+        parts.append(f"mtl_tasks {list(a.mtl_tasks)} vs {list(b.mtl_tasks)}")
+    if a.action_dim != b.action_dim:
+        parts.append(f"action_dim {a.action_dim} vs {b.action_dim}")
+    return "; ".join(parts)
 
 
 def vector(group: FeatureGroup, given: dict[str, Any], loc: list[Any]) -> np.ndarray:

@@ -1,0 +1,91 @@
+"""``rlmtf data``: validate logged data, repartition it into shards, and the KuaiRand-Pure data (download,
+check, fit the kuairand environment's models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlmtf.cli.common import JsonOpt, KuaiRandDirOpt, console, errors, print_json, progress
+
+data_app = typer.Typer(help="Logged data.", no_args_is_help=True)
+
+
+@data_app.command("validate")
+def data_validate(path: Annotated[Path, typer.Argument(help="Dataset directory or Parquet file.")],
+                  json_out: JsonOpt = False) -> None:
+    """Check a logged dataset against the schema; print a summary or the first problem."""
+    from rlmtf.data.io import validate_logs
+
+    with errors():
+        summary = validate_logs(path)
+    if json_out:
+        print_json(summary)
+    else:
+        console.print("ok: " + ", ".join(f"{v:,} {k}" for k, v in summary.items()))
+
+
+@data_app.command("shard")
+def data_shard(
+    src: Annotated[Path, typer.Argument(help="Dataset directory (or Parquet file) to repartition.")],
+    dst: Annotated[Path, typer.Argument(help="Output: DST/shard=K/, each a dataset of whole sessions.")],
+    shards: Annotated[int, typer.Option(help="Number of shards (at least the number of training processes; "
+                                        "sized so that a few fit in memory at once).")] = 16,
+    overwrite: Annotated[bool, typer.Option(help="Replace DST if it is a dataset.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Repartition logged data by a hash of session_id, so that no session spans two shards: what
+    `rlmtf train --stream` and torchrun training read. Reads one input file at a time."""
+    from rlmtf.data.io import read_meta
+    from rlmtf.data.shard import shard_dataset
+
+    with errors():
+        total = read_meta(src).info.get("rows") if src.is_dir() else None
+        with progress() as bar:
+            task = bar.add_task(f"shard into {shards}", total=total, extra="")
+            info = shard_dataset(src, dst, shards, overwrite=overwrite,
+                                 progress=lambda n: bar.update(task, advance=n))
+    summary = {"out": str(dst), "shards": info.n_shards, "rows": sum(info.rows_per_shard), "files": info.files,
+               "rows_per_shard_min": min(info.rows_per_shard), "rows_per_shard_max": max(info.rows_per_shard)}
+    if json_out:
+        print_json(summary)
+    else:
+        console.print(f"{summary['rows']:,} rows into {info.n_shards} shards ({summary['rows_per_shard_min']:,}-"
+                      f"{summary['rows_per_shard_max']:,} rows each) in {dst}")
+
+
+@data_app.command("kuairand")
+def data_kuairand(
+    download: Annotated[Path | None, typer.Option(help="Fetch the official KuaiRand-Pure release into DIR, unpack "
+                                                  "and validate it.")] = None,
+    check: Annotated[Path | None, typer.Option(help="Validate a KuaiRand-Pure directory and summarise it.")] = None,
+    fit: Annotated[Path | None, typer.Option(help="Fit the response and MTL models (first 10 days) into DIR.")] = None,
+    kuairand_dir: KuaiRandDirOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """KuaiRand-Pure: download, validate, fit the models of the kuairand environment."""
+    from rlmtf.envs.kuairand.data import load_kuairand
+    from rlmtf.envs.kuairand.download import download as fetch
+    from rlmtf.envs.kuairand.paths import resolve_data_dir
+
+    with errors():
+        if not (download or check or fit):
+            raise ValueError("give --download DIR, --check DIR or --fit DIR")
+        out: dict = {}
+        if download:
+            out["downloaded"] = str(fetch(download, log=console.print))
+        if check or download:
+            d = load_kuairand(check or download)
+            out["summary"] = d.summary()
+        if fit:
+            from rlmtf.envs.kuairand.fit import fit_all
+
+            out["fit"] = fit_all(resolve_data_dir(kuairand_dir), fit, log=console.print)
+    if json_out:
+        print_json(out)
+    else:
+        for k, v in out.items():
+            console.print(f"[bold]{k}[/]: {v if not isinstance(v, dict) else json.dumps(v, default=str)[:2000]}")

@@ -1,0 +1,190 @@
+"""``rlmtf evaluate`` (weighted GAUC on logged data or on the real KuaiRand-Pure interactions, and the
+simulated online A/B test) and ``rlmtf analyze`` (exploration efficiency of logged data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rlmtf.cli.common import (
+    EnvOpt,
+    JsonOpt,
+    KuaiRandDirOpt,
+    KuaiRandModelsOpt,
+    SimConfigOpt,
+    console,
+    errors,
+    make_env,
+    print_json,
+    progress,
+)
+
+eval_app = typer.Typer(help="Offline (weighted GAUC) and simulated online (A/B) evaluation.", no_args_is_help=True)
+analyze_app = typer.Typer(help="Analyses of logged data.", no_args_is_help=True)
+
+
+@eval_app.command("gauc")
+def evaluate_gauc_cmd(
+    policy: Annotated[list[str], typer.Option(help="Policy to evaluate (repeatable): a built-in name or a saved "
+                                                   "policy (JSON file, model directory or run directory).")],
+    data: Annotated[Path, typer.Option(help="Logged test data (Parquet dataset directory or file).")],
+    seed: Annotated[int, typer.Option(help="Seed of stochastic policies.")] = 0,
+    sim_config: SimConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Weighted GAUC (docs/design.md#weighted-gauc) of each policy on logged data."""
+    from rlmtf.algos.registry import load_policy
+    from rlmtf.data.io import read_logs
+    from rlmtf.envs.sim.config import load_sim_config
+    from rlmtf.eval.offline import evaluate_gauc
+
+    with errors():
+        space = load_sim_config(sim_config).action_space
+        with console.status(f"reading {data}..."):
+            logs = read_logs(data)
+        results = []
+        for p in policy:
+            with console.status(f"scoring {p}..."):
+                results.append(evaluate_gauc(load_policy(p, space, seed=seed), logs, space).to_dict())
+    if json_out:
+        print_json(results[0] if len(results) == 1 else results)
+        return
+    table = Table(title=f"Weighted GAUC on {data} ({len(logs):,} rows)")
+    for col in ("policy", "weighted GAUC", "users", "users skipped"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(r["policy"], f"{r['gauc']:.4f}", f"{r['n_users']:,}", f"{r['n_users_skipped']:,}")
+    Console().print(table)
+
+
+@eval_app.command("real-gauc")
+def evaluate_real_gauc_cmd(
+    policy: Annotated[list[str], typer.Option(help="Policy (repeatable): built-in, fixed-fusion JSON, or a policy "
+                                              "trained with --env kuairand (its directory or its run's).")],
+    split: Annotated[str, typer.Option(help="test (2022-05-05..08) or train (the first 10 days).")] = "test",
+    mtl_scores: Annotated[bool, typer.Option("--mtl-scores", help="Also rank by each single MTL score.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of stochastic policies.")] = 0,
+    sim_config: SimConfigOpt = None,
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Weighted GAUC on the real KuaiRand-Pure interactions (label long view, weight real reward + 1)."""
+    from rlmtf.algos.registry import load_policy
+    from rlmtf.core.fusion import MTL_TASKS
+    from rlmtf.envs.kuairand.data import load_kuairand
+    from rlmtf.envs.kuairand.paths import resolve_data_dir
+    from rlmtf.eval.real_gauc import RealGAUCEvaluator
+
+    with errors():
+        env = make_env("kuairand", sim_config, kuairand_dir, kuairand_models)
+        with console.status("reading KuaiRand-Pure and scoring its rows..."):
+            ev = RealGAUCEvaluator(env, load_kuairand(resolve_data_dir(kuairand_dir)), split=split)
+        results = [ev.policy_gauc(load_policy(p, env.cfg.action_space, seed=seed)).to_dict() for p in policy]
+        if mtl_scores:
+            results += [ev.score_gauc(t).to_dict() for t in MTL_TASKS]
+    if json_out:
+        print_json(results[0] if len(results) == 1 else results)
+        return
+    table = Table(title=f"Weighted GAUC on the real KuaiRand-Pure interactions ({split} days)")
+    for col in ("policy", "level", "GAUC (long view)", "GAUC (play > 10 s)", "users", "users skipped"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(str(r["policy"]), str(r.get("level", "")), f"{r['gauc']:.4f}", f"{r['gauc_play10s']:.4f}",
+                      str(r["n_users"]), str(r["n_users_skipped"]))
+    Console().print(table)
+
+
+@eval_app.command("online")
+def evaluate_online_cmd(
+    policy: Annotated[list[str], typer.Option(help="Policies to compare (repeat; the first is the control): "
+                                                   "built-in names or saved policies (JSON file, model directory "
+                                                   "or run directory).")],
+    users: Annotated[int, typer.Option(help="Simulated users in every arm.")] = 2000,
+    days: Annotated[int, typer.Option(help="Days of the test.")] = 3,
+    seed: Annotated[int, typer.Option(help="Seed shared by all arms (common random numbers).")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes per arm (users are split between them).")] = 1,
+    sim_config: SimConfigOpt = None,
+    env: EnvOpt = "sim",
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Simulated online A/B test: UVC, UDT, sessions, reward and session length, with lifts over the first."""
+    from rlmtf.algos.registry import load_policy
+    from rlmtf.eval.online import METRIC_LABELS, METRICS, online_ab
+
+    with errors():
+        sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
+        pols = [load_policy(p, sim.cfg.action_space, seed=seed) for p in policy]
+        names = [p.name for p in pols]
+        if len(set(names)) != len(names):
+            for i, p in enumerate(pols):
+                p.name = f"{p.name}#{i}"
+        with progress() as bar:
+            def on_arm(i: int, name: str):
+                task = bar.add_task(f"arm {i + 1}/{len(pols)}: {name}", total=None, extra="")
+                return lambda s, r: bar.update(task, advance=s, extra="sessions")
+            res = online_ab(pols, sim, users=users, days=days, seed=seed, on_arm=on_arm, workers=workers)
+    if json_out:
+        print_json(res.to_dict())
+        return
+    table = Table(title=f"Simulated A/B: {users:,} users x {days} day(s), seed {seed}; lifts over {res.arms[0].policy}")
+    table.add_column("metric")
+    for arm in res.arms:
+        table.add_column(arm.policy, justify="right")
+    for k in METRICS:
+        cells = []
+        for i, arm in enumerate(res.arms):
+            m = arm.means[k]["mean"]
+            if i == 0:
+                cells.append(f"{m:.3f}")
+            else:
+                lift = arm.lifts[k]
+                if "error" in lift:
+                    cells.append(f"{m:.3f}")
+                else:
+                    cells.append(f"{m:.3f} ({lift['lift']:+.2%} [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}] "
+                                 f"p={lift['p_value']:.3g})")
+        table.add_row(METRIC_LABELS[k], *cells)
+    Console().print(table)
+
+
+# --- analyze --------------------------------------------------------------------------------------
+
+@analyze_app.command("exploration")
+def analyze_exploration(
+    data: Annotated[Path, typer.Option(help="Logged exploration data.")],
+    sigma: Annotated[float, typer.Option(help="Standard deviation of the action-noise comparator.")] = 0.2,
+    plot: Annotated[Path | None, typer.Option(help="Write the action-distribution figure (PNG) here "
+                                                   "(default: DATA/exploration.png).")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Exploration efficiency of uniform vs action-noise exploration, from the logs and analytically."""
+    import numpy as np
+
+    from rlmtf.data.io import read_logs
+    from rlmtf.eval.exploration import analyse, plot_action_distributions
+
+    with errors():
+        logs = read_logs(data)
+        rep = analyse(logs, sigma=sigma, seed=seed)
+        png = plot_action_distributions(logs, plot or Path(data) / "exploration.png", sigma=sigma, seed=seed)
+    out = {**rep.to_dict(), "plot": str(png)}
+    if json_out:
+        print_json(out)
+        return
+    console.print(f"{rep.rows:,} logged samples (exploration: {rep.logged_by})")
+    console.print(f"  in the box, all {len(rep.in_box_per_dim_logged)} dimensions: logged {rep.in_box_all_logged:.4f}; "
+                  f"action noise N(0, {sigma}): analytic {rep.in_box_all_noise_analytic:.5f}, "
+                  f"Monte Carlo {rep.in_box_all_noise_monte_carlo:.5f}")
+    console.print(f"  per dimension, action noise: {np.mean(rep.in_box_per_dim_noise_analytic):.4f} (analytic)")
+    console.print(f"  exploration efficiency: {rep.efficiency_from_logs:.0f}x from the logs "
+                  f"(logged in-box fraction / action noise's), {rep.efficiency_analytic:.0f}x analytic without "
+                  f"clipping, {rep.efficiency_analytic_clipped:.0f}x analytic with clipping to [-1, 1]")
+    console.print(f"  figure: {png}")

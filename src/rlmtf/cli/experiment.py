@@ -1,0 +1,110 @@
+"""``rlmtf experiment`` (the paper's Tables 1-4: run, or render from the seeds that finished) and
+``rlmtf demo`` (the experiment's smoke preset)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rlmtf.cli.common import (
+    EnvOpt,
+    JsonOpt,
+    KuaiRandDirOpt,
+    KuaiRandModelsOpt,
+    SimConfigOpt,
+    console,
+    errors,
+    make_env,
+    print_json,
+)
+
+experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
+
+
+def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, methods: str | None, workers: int,
+               device: str, threads: int | None, env: str, sim_config: Path | None, json_out: bool,
+               resume: bool = False, kuairand_dir: Path | None = None, kuairand_models: Path | None = None) -> None:
+    import time
+
+    from rlmtf.pipelines.paper import PRESETS, run_paper
+    from rlmtf.train.loop import resolve_device
+
+    with errors():
+        if preset not in PRESETS:
+            raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
+        t0 = time.perf_counter()
+
+        def log(msg: str) -> None:
+            console.print(f"[dim]{time.perf_counter() - t0:7.1f}s[/] {msg}")
+
+        tables = run_paper(out, preset=preset, seeds=seeds, first_seed=first_seed, sim=sim, env=env,
+                           methods=tuple(m.strip() for m in methods.split(",")) if methods else None,
+                           workers=workers, device=resolve_device(device), resume=resume, log=log)
+    if json_out:
+        print_json(tables)
+        return
+    from rlmtf.pipelines.paper import tables_markdown
+
+    sys.stdout.write(tables_markdown(tables))
+
+
+@experiment_app.command("paper")
+def experiment_paper(
+    out: Annotated[Path, typer.Option(help="Output directory (tables, report.html, one directory per seed).")] = Path(
+        "runs/paper"),
+    preset: Annotated[str, typer.Option(help="smoke (minutes, checks the pipeline), default (CPU-sized, under an "
+                                        "hour on 2 cores) or full (paper-sized, GPU).")] = "default",
+    seeds: Annotated[int | None, typer.Option(help="Seeds (default: the preset's).")] = None,
+    first_seed: Annotated[int, typer.Option(help="The first seed; seeds run first_seed, first_seed+1, ...")] = 0,
+    methods: Annotated[str | None, typer.Option(help="Comma-separated subset of es, ddpg, cql_sac, bcq, iql, "
+                                                "integrated_once, integrated, esrl (default: all).")] = None,
+    workers: Annotated[int, typer.Option(help="Simulation processes.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest when other jobs share "
+                                                "the cores).")] = None,
+    env: EnvOpt = "sim",
+    sim_config: SimConfigOpt = None,
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
+    resume: Annotated[bool, typer.Option(help="Reuse the seeds that already finished in OUT.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """The paper's Tables 1-4 on the simulator: every method, several seeds, tables + report.html."""
+    _run_paper(out, preset, seeds, first_seed, methods, workers, device, threads, env, sim_config, json_out, resume,
+               kuairand_dir, kuairand_models)
+
+
+@experiment_app.command("render")
+def experiment_render(
+    out: Annotated[Path, typer.Argument(help="An experiment directory (of `rlmtf experiment paper`).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Rebuild tables and report.html from the seeds that finished (while a run goes on, or after a crash)."""
+    from rlmtf.pipelines.paper import render, tables_markdown
+
+    with errors():
+        tables = render(out, log=console.print)
+    if json_out:
+        print_json(tables)
+    else:
+        sys.stdout.write(tables_markdown(tables))
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for the demo's data, runs, tables and report.")] = Path(
+        "runs/demo"),
+    seed: Annotated[int, typer.Option()] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    sim_config: SimConfigOpt = None,
+) -> None:
+    """End to end in minutes: the paper experiment's smoke preset (simulate, train every method, evaluate
+    offline and online, write tables and report.html)."""
+    _run_paper(out, "smoke", None, seed, None, 1, "cpu", threads, "sim", sim_config, False)
