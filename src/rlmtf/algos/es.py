@@ -45,7 +45,7 @@ from rlmtf.policy.base import Policy, RequestObs
 from rlmtf.policy.fixed import baseline_policy
 
 if TYPE_CHECKING:
-    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.envs.engine import Environment
 
 try:  # optional (installed with scikit-learn); without it the thread pools are left alone
     from threadpoolctl import threadpool_limits
@@ -150,7 +150,7 @@ class EvolutionStrategy(Algorithm):
         b0 = np.arctanh(np.clip(init, -_INIT_CLIP, _INIT_CLIP))
         theta0 = np.concatenate([np.zeros(a * d), b0]) if cfg.personalised else b0
         self.actor = LinearPolicy(d, a).to(self.device)
-        self.sim: Simulator | None = None
+        self.sim: Environment | None = None
         self._cma = CMA(mean=theta0, sigma=cfg.sigma0, population_size=cfg.popsize,
                         seed=self._seeds(-1)[2])
         self._cma._funhist_values[:] = np.nan  # np.empty in cmaes: make the state deterministic
@@ -196,7 +196,7 @@ class EvolutionStrategy(Algorithm):
 
     # --- the live system ----------------------------------------------------------------------------
 
-    def attach(self, sim: Simulator) -> None:
+    def attach(self, sim: Environment) -> None:
         """Use ``sim`` as the system candidates are evaluated in."""
         got = (sum(self.group_dims(sim.spec)), sim.spec.action_dim)
         if got != (self.state_dim, self.action_dim):

@@ -42,7 +42,7 @@ from rlmtf.train.checkpoint import load_checkpoint, save_checkpoint
 from rlmtf.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier, init_distributed
 
 if TYPE_CHECKING:
-    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.envs.engine import Environment
 
 __all__ = ["ALGORITHMS", "COMPILE_MODES", "TrainConfig", "compile_networks", "resolve_device", "train"]
 
@@ -115,7 +115,7 @@ class RunContext:
     resume: bool
     space: ActionSpace
     warm_start_from: Algorithm | None
-    sim: Simulator | None
+    sim: Environment | None
     on_step: StepCallback | None
 
     @property
@@ -155,7 +155,7 @@ def compile_networks(algo: Algorithm, mode: str) -> None:
 
 def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg: TrainConfig = TrainConfig(),
           algo_cfg: Any = None, resume: bool = False, space: ActionSpace = ActionSpace(),
-          warm_start_from: Algorithm | None = None, sim: Simulator | None = None,
+          warm_start_from: Algorithm | None = None, sim: Environment | None = None,
           on_step: StepCallback | None = None) -> Algorithm:
     """Train ``algo_name`` on logged data; write the run directory; return the trained algorithm.
 
