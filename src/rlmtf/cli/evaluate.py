@@ -1,5 +1,6 @@
 """``rlmtf evaluate`` (weighted GAUC on logged data or on the real KuaiRand-Pure interactions, and the
-simulated online A/B test) and ``rlmtf analyze`` (exploration efficiency of logged data)."""
+simulated online A/B test) and ``rlmtf analyze`` (exploration efficiency of logged data; which objective
+to optimise)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from rlmtf.cli.common import (
 )
 
 eval_app = typer.Typer(help="Offline (weighted GAUC) and simulated online (A/B) evaluation.", no_args_is_help=True)
-analyze_app = typer.Typer(help="Analyses of logged data.", no_args_is_help=True)
+analyze_app = typer.Typer(help="Analyses of logged data and of what to optimise.", no_args_is_help=True)
 
 
 @eval_app.command("gauc")
@@ -188,3 +189,73 @@ def analyze_exploration(
                   f"(logged in-box fraction / action noise's), {rep.efficiency_analytic:.0f}x analytic without "
                   f"clipping, {rep.efficiency_analytic_clipped:.0f}x analytic with clipping to [-1, 1]")
     console.print(f"  figure: {png}")
+
+
+@analyze_app.command("objective")
+def analyze_objective(
+    policy: Annotated[str, typer.Option(help="Where to measure: a built-in (baseline), a fixed-fusion JSON, or a "
+                                        "saved policy or run directory (at its mean action on --data).")] = "baseline",
+    objective: Annotated[list[str] | None, typer.Option(
+        help="Candidate objective (repeatable): session[:gamma=G] or day[:gamma=G,session_gamma=S,return_bonus=B] "
+             "(docs/design.md#the-objective). Default: the paper's session:gamma=0.9, session:gamma=1, "
+             "day:gamma=0.9,session_gamma=0.9 and day:gamma=1,session_gamma=1.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Logged data whose requests give a trained policy's mean "
+                                              "action (needed for a saved policy).")] = None,
+    users: Annotated[int, typer.Option(help="Simulated users in every run.")] = 3000,
+    days: Annotated[int, typer.Option(help="Days of every run.")] = 2,
+    step: Annotated[float, typer.Option(help="Finite-difference step per action dimension.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed shared by all runs (common random numbers).")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of users for the standard errors.")] = 200,
+    sim_config: SimConfigOpt = None,
+    env: EnvOpt = "sim",
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Which objective to optimise: finite-difference gradients of candidate objectives at a fusion (20 runs
+    of the environment with common random numbers) and their cosine with the gradients of UVC, UDT and the
+    reward per user-day. An objective pointing away from UVC (cosine < 0) would move a critic's policy
+    where UVC falls."""
+    from rlmtf.algos.registry import load_policy
+    from rlmtf.core.objective import Objective
+    from rlmtf.eval.objective import DEFAULT_OBJECTIVES, TARGETS, objective_gradients
+    from rlmtf.policy.fixed import FixedPolicy
+
+    with errors():
+        objs = {text: Objective.parse(text) for text in (objective or DEFAULT_OBJECTIVES)}
+        sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
+        pol = load_policy(policy, sim.cfg.action_space, seed=seed)
+        if isinstance(pol, FixedPolicy):
+            action = pol.action
+        else:
+            if data is None:
+                raise ValueError(f"{policy}: a trained policy is measured at its mean action on logged requests; "
+                                 "give them with --data")
+            from rlmtf.data.io import read_logs
+            from rlmtf.eval.offline import mean_policy_action
+
+            action = mean_policy_action(pol, read_logs(data))
+        with progress() as bar:
+            task = bar.add_task("runs", total=20, extra="")
+
+            def on_run(i: int, n: int):
+                bar.update(task, completed=i, total=n, extra=f"{users} users x {days} days")
+                return None
+
+            rep = objective_gradients(sim, action, objs, users=users, days=days, seed=seed, step=step,
+                                      bootstrap=bootstrap, on_run=on_run)
+            bar.update(task, completed=20)
+    if json_out:
+        print_json(rep.to_dict())
+        return
+    table = Table(title=f"Objective alignment at {policy} ({users} users x {days} days, step {step}, seed {seed})")
+    table.add_column("objective")
+    for t in TARGETS:
+        table.add_column(f"cos {t} (se)", justify="right")
+    for name in objs:
+        table.add_row(name, *(f"{rep.cosine[name][t]:+.2f} ({rep.cosine_se[name][t]:.2f})" for t in TARGETS))
+    Console().print(table)
+    console.print("largest levers (gradient per unit action, se):")
+    for name in [*TARGETS, *objs]:
+        levers = ", ".join(f"{d} {g:+.2f} ({se:.2f})" for d, g, se in rep.levers(name))
+        console.print(f"  {name}: {levers}")
