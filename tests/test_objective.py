@@ -101,5 +101,6 @@ def test_cli_analyze_objective_in_a_subprocess(tmp_path):
     assert len(rep["gradient"]["uvc"]) == 10 and len(rep["action_names"]) == 10
     bad = subprocess.run([*args[:-4], "--objective", "week"], capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 2 and "episode must be one of" in bad.stderr
-    trained = subprocess.run([*args[:5], "--policy", str(tmp_path)], capture_output=True, text=True, timeout=300, check=False)
+    trained = subprocess.run([*args[:5], "--policy", str(tmp_path)], capture_output=True, text=True, timeout=300,
+                             check=False)
     assert trained.returncode == 2 and "policy.json" in trained.stderr
