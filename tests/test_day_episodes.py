@@ -100,3 +100,35 @@ def test_every_actor_critic_uses_the_session_gamma_at_a_gap(sim_day, name):
         algo.set_normalisation(day)
         metrics[sg] = algo.update(batch)
     assert any(metrics[0.9][k] != metrics[0.2][k] for k in metrics[0.9]), f"{name}: session_gamma changed nothing"
+
+
+def test_cli_train_with_a_day_objective(tmp_path):
+    """``rlmtf train --objective day:...`` in a subprocess: the settings reach both configs; bad uses are
+    refused by name."""
+    import json
+    import subprocess
+    import sys
+
+    def rlmtf(*args):
+        return subprocess.run([sys.executable, "-m", "rlmtf.cli", *map(str, args)], capture_output=True, text=True,
+                              timeout=300, check=False)
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("n_users = 300\nn_items = 2000\n")
+    data = tmp_path / "d"
+    assert rlmtf("simulate", "--sim-config", cfg, "--out", data, "--sessions", "150", "--seed", "1").returncode == 0
+    run = tmp_path / "run"
+    out = rlmtf("train", "--algo", "integrated", "--data", data, "--out", run, "--steps", "20", "--hidden", "8",
+                "--critics", "2", "--objective", "day:gamma=0.97,session_gamma=0.8,return_bonus=1")
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train_config"]["episode"] == "day" and saved["train_config"]["return_bonus"] == 1.0
+    assert saved["algo_config"]["gamma"] == 0.97 and saved["algo_config"]["session_gamma"] == 0.8
+    es = rlmtf("train", "--algo", "es", "--data", data, "--out", tmp_path / "es", "--steps", "1", "--objective", "day")
+    assert es.returncode == 2 and "no critic" in es.stderr
+    stream = rlmtf("train", "--algo", "ddpg", "--data", data, "--out", tmp_path / "s", "--steps", "1", "--stream",
+                   "--objective", "day")
+    assert stream.returncode == 2 and "without --stream" in stream.stderr
+    bad = rlmtf("train", "--algo", "ddpg", "--data", data, "--out", tmp_path / "b", "--steps", "1", "--objective",
+                "day:gama=1")
+    assert bad.returncode == 2 and "key=value" in bad.stderr

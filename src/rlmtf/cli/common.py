@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -22,8 +23,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["EnvOpt", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt", "SimConfigOpt", "console", "errors", "fail",
-           "load_sim", "make_env", "print_json", "progress"]
+__all__ = ["EnvOpt", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt", "ObjectiveOpt", "SimConfigOpt", "console",
+           "errors", "fail", "load_sim", "make_env", "objective_settings", "print_json", "progress"]
 
 #: Messages, tables' titles and progress go to stderr; stdout carries results (``--json``).
 console = Console(stderr=True)
@@ -37,6 +38,34 @@ KuaiRandDirOpt = Annotated[Path | None, typer.Option("--kuairand-dir", help="Kua
                                                      "$RLMTF_KUAIRAND_DIR or shared/data/kuairand_pure).")]
 KuaiRandModelsOpt = Annotated[Path | None, typer.Option("--kuairand-models", help="Fitted KuaiRand models (default: "
                                                         "$RLMTF_KUAIRAND_MODELS or a cache; fitted if missing).")]
+
+
+ObjectiveOpt = Annotated[str | None, typer.Option(
+    "--objective", help="What the critics estimate (docs/design.md#the-objective): session[:gamma=G] (the paper's, "
+                        "gamma 0.9) or day[:gamma=G,session_gamma=S,return_bonus=B]; `rlmtf analyze objective` "
+                        "compares candidates. Default: the algorithm's session objective.")]
+
+
+@dataclass
+class ObjectiveSettings:
+    """An ``--objective`` split into the algorithm config's fields and the training config's."""
+
+    algo: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+def objective_settings(text: str | None, algo_fields: set[str]) -> ObjectiveSettings:
+    """The config fields an ``--objective`` sets (none when it is not given)."""
+    if text is None:
+        return ObjectiveSettings()
+    from rlmtf.core.objective import Objective
+
+    obj = Objective.parse(text)
+    if "gamma" not in algo_fields:
+        raise ValueError("--objective: this algorithm has no critic to give an objective (it optimises its own "
+                         "fitness)")
+    return ObjectiveSettings(algo={"gamma": obj.gamma, "session_gamma": obj.session_gamma},
+                             train={"episode": obj.episode, "return_bonus": obj.return_bonus})
 
 
 def fail(msg: str) -> NoReturn:

@@ -16,10 +16,12 @@ from rlmtf.cli.common import (
     JsonOpt,
     KuaiRandDirOpt,
     KuaiRandModelsOpt,
+    ObjectiveOpt,
     SimConfigOpt,
     console,
     errors,
     make_env,
+    objective_settings,
     print_json,
     progress,
 )
@@ -50,6 +52,7 @@ def train(
     reuse: Annotated[float, typer.Option(help="--stream: draws per request before its unit is replaced.")] = 1.0,
     compile: Annotated[str, typer.Option(help="torch.compile the networks: none, default, reduce-overhead "
                                          "(CUDA graphs), max-autotune.")] = "none",
+    objective: ObjectiveOpt = None,
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
     kuairand_dir: KuaiRandDirOpt = None,
@@ -83,10 +86,11 @@ def train(
         if embed_dim is not None:
             wanted["embed_dim"] = embed_dim
         names = {f.name for f in dataclasses.fields(config_cls)}
-        algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names})
+        obj = objective_settings(objective, names)
+        algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names}, **obj.algo)
         cfg = TrainConfig(steps=steps, seed=seed, device=device, eval_every=eval_every,
                           checkpoint_every=checkpoint_every, stream=stream, buffer_shards=buffer_shards,
-                          reuse=reuse, compile=compile)
+                          reuse=reuse, compile=compile, **obj.train)
         main_rank = int(os.environ.get("RANK", "0")) == 0
         online = getattr(algorithm_class(algo), "online", False)
         sim = make_env(env, sim_config, kuairand_dir, kuairand_models) if online else None
@@ -133,6 +137,7 @@ def ptm(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     workers: Annotated[int, typer.Option(help="Simulation processes.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
+    objective: ObjectiveOpt = None,
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
     kuairand_dir: KuaiRandDirOpt = None,
@@ -150,11 +155,13 @@ def ptm(
         if algo not in ("esrl", "integrated"):
             raise ValueError(f"--algo must be esrl or integrated, got {algo!r}")
         hid = tuple(int(h) for h in hidden.split(","))
+        obj = objective_settings(objective, {f.name for f in dataclasses.fields(ESRLConfig)})
         sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
         cfg = PTMConfig(rounds=rounds, sessions_per_round=sessions_per_round, steps_per_round=steps_per_round,
                         test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers)
-        rows = run_ptm(algo, sim, out, cfg, dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics),
-                       TrainConfig(steps=steps_per_round, device=device, eval_every=0, seed=seed),
+        rows = run_ptm(algo, sim, out, cfg,
+                       dataclasses.replace(ESRLConfig(), hidden=hid, ensemble_size=critics, **obj.algo),
+                       TrainConfig(steps=steps_per_round, device=device, eval_every=0, seed=seed, **obj.train),
                        log=console.print).rows
     if json_out:
         print_json(rows)

@@ -32,6 +32,7 @@ import torch
 from rlmtf.algos import ALGORITHMS, algorithm_class
 from rlmtf.algos.base import Algorithm
 from rlmtf.core.fusion import ActionSpace
+from rlmtf.core.objective import EPISODES
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.io import LoggedData, read_logs, read_meta
 from rlmtf.data.samplers import DeviceSampler, SliceSampler
@@ -82,6 +83,11 @@ class TrainConfig:
     there (None: on CUDA)."""
     compile: str = "none"
     """torch.compile the networks: none, default, reduce-overhead (CUDA graphs) or max-autotune."""
+    episode: str = "session"
+    """What an episode is (``rlmtf.core.objective``): "session" (the paper) or "day" (a session's last request
+    continues into the user's next session that day; the algorithm's ``session_gamma`` discounts the step)."""
+    return_bonus: float = 0.0
+    """Day episodes: reward added to a session's last request when the user opens another session that day."""
 
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -174,6 +180,15 @@ def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg
         raise ValueError(f"steps must be >= 0, got {cfg.steps}")
     if cfg.stream and isinstance(data, LoggedData):
         raise ValueError("stream=True reads a dataset directory, not data already in memory")
+    if cfg.episode not in EPISODES:
+        raise ValueError(f"episode must be one of {', '.join(EPISODES)}, got {cfg.episode!r}")
+    if cfg.episode == "session" and cfg.return_bonus:
+        raise ValueError("return_bonus belongs to day episodes (episode='day')")
+    if cfg.episode == "day" and cfg.stream:
+        raise ValueError("day episodes link the sessions of a user-day in memory; streamed shards cut user-days, "
+                         "so train them without --stream")
+    if cfg.episode == "day" and online:
+        raise ValueError(f"{algo_name} is an online method with its own fitness: day episodes do not apply")
     info, device = init_distributed(resolve_device(cfg.device))
     ctx = RunContext(algo_name=algo_name, algo_cls=cls, data=data, dir=Path(out), cfg=cfg, algo_cfg=algo_cfg,
                      info=info, device=device, resume=resume, space=space, warm_start_from=warm_start_from, sim=sim,
@@ -237,7 +252,10 @@ def _open_data(ctx: RunContext, algo: Algorithm) -> TrainingData:
                             val_logs=stream.validation_logs() if info.is_main else None, info=stream.meta.info,
                             n_train=None, n_val=stream.val_requests, stream=stream)
     logs = ctx.data if isinstance(ctx.data, LoggedData) else read_logs(ctx.data)
-    val_t, train_t = build_transitions(logs).split(cfg.val_fraction, seed=cfg.seed)
+    trans = build_transitions(logs)
+    if cfg.episode == "day":
+        trans = trans.day_episodes(cfg.return_bonus)
+    val_t, train_t = trans.split(cfg.val_fraction, seed=cfg.seed)
     if len(train_t) == 0:
         raise ValueError("no training requests left after the validation split")
     source = (DeviceSampler(train_t, algo.device, rank=info.rank, world=info.world) if on_device
