@@ -93,6 +93,26 @@ class EnsembleActorCritic(Algorithm):
         self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
 
+    # --- evaluation -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def behaviour_advantage(self, t: Transitions, batch_requests: int = 2048) -> np.ndarray:
+        """Per critic (m,): the mean over the requests of ``t`` of sum_j [Q_i(s_j, mu(s_j)) - Q_i(s_j, mu_bp_j)],
+        how much better the critics think the actor's actions are than the behaviour policy's."""
+        total, n = None, 0
+        for lo in range(0, len(t), batch_requests):
+            v = self.view(t.batch(np.arange(lo, min(lo + batch_requests, len(t)))).to_torch(self.device))
+            s, mu_bp = v["s"], v["mu_bp"]  # (B, l, D), (B, l, A)
+            bsz, l, d = s.shape
+            s_flat = s.reshape(-1, d)
+            dq = (self.critic(s_flat, self.actor(s_flat)) - self.critic(s_flat, mu_bp.reshape(-1, mu_bp.shape[-1])))
+            part = dq.reshape(-1, bsz, l).sum(-1).sum(1)  # (m,)
+            total = part if total is None else total + part
+            n += bsz
+        if total is None:
+            raise ValueError("no requests to estimate the advantage on")
+        return (total / n).cpu().numpy()
+
     # --- training -------------------------------------------------------------------------------------
 
     def warm_start(self, t: Transitions, rng: np.random.Generator) -> float:

@@ -18,7 +18,7 @@ from rlmtf.policy.explore import ActionNoiseExploration, UniformExploration
 Explore = Literal["none", "uniform", "noise"]
 
 
-def behaviour_policy(base: Policy, explore: Explore = "uniform", per: Literal["request", "item"] = "request",
+def behaviour_policy(base: Policy, explore: Explore = "uniform", per: Literal["request", "item", "day"] = "request",
                      lower_b: float = -0.15, upper_b: float = 0.15, sigma: float = 0.2, seed: int = 0) -> Policy:
     """Wrap ``base`` in the exploration of ``docs/design.md#exploration`` (or return it for ``explore="none"``)."""
     if explore == "none":

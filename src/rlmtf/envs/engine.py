@@ -363,7 +363,8 @@ class DayRun:
                                    k / cfg.days.max_sessions_per_day]).astype(np.float32)
         obs = RequestObs(user_id=u, request_key=req_key, user_profile=env.profile_table[u],
                          user_history=st.history(g), context=context, item_id=cand, item_table=env.item_table,
-                         mtl_scores=scores.mtl, true_scores=scores.truth, session_id=self._session_id(a))
+                         mtl_scores=scores.mtl, true_scores=scores.truth, session_id=self._session_id(a),
+                         user_day_key=crng.key(self.seed, u, self.day))
         dec = self.policy.decide(obs)
         action = check_actions(dec.action, obs, dec.level, self.policy.name)
         shown = rank_shown(self.policy, obs, action, l, cfg.action_space, scores.truth)  # (b, l)

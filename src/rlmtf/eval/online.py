@@ -61,17 +61,24 @@ class ABResult:
                 "arms": [a.__dict__ for a in self.arms]}
 
 
-def online_ab(policies: Sequence[Policy], sim: Environment, *, users: int, days: int, seed: int,
+def online_ab(policies: Sequence[Policy], sim: Environment, *, users: int | np.ndarray, days: int, seed: int,
               on_arm: Callable[[int, str], Callable[[int, int], None] | None] | None = None,
-              workers: int = 1) -> ABResult:
-    """Run every policy on the same ``users`` (ids 0..users-1) for ``days`` days with ``seed``.
+              workers: int = 1, confidence: float = 0.95) -> ABResult:
+    """Run every policy on the same ``users`` (a count: ids 0..users-1; or the ids) for ``days`` days with
+    ``seed``; lifts with two-sided ``confidence`` intervals.
 
     ``on_arm(i, name)`` may return a progress callback for arm i."""
     if len(policies) < 1:
         raise ValueError("give at least one policy")
-    if not 1 <= users <= sim.cfg.n_users:
-        raise ValueError(f"users must be in [1, {sim.cfg.n_users}] (the simulator's population), got {users}")
-    user_ids = np.arange(users)
+    if np.ndim(users) == 0:
+        if not 1 <= int(users) <= sim.cfg.n_users:
+            raise ValueError(f"users must be in [1, {sim.cfg.n_users}] (the simulator's population), got {users}")
+        user_ids = np.arange(int(users))
+    else:
+        user_ids = np.asarray(users, np.int64)
+        if user_ids.size < 2 or user_ids.min() < 0 or user_ids.max() >= sim.cfg.n_users:
+            raise ValueError(f"user ids must be at least 2 ids in [0, {sim.cfg.n_users})")
+        users = int(user_ids.size)
     per_arm: list[dict[str, np.ndarray]] = []
     arms: list[ArmResult] = []
     for i, pol in enumerate(policies):
@@ -96,7 +103,7 @@ def online_ab(policies: Sequence[Policy], sim: Environment, *, users: int, days:
         for k in METRICS:
             ok = np.isfinite(control[k]) & np.isfinite(m[k])
             try:
-                arm.lifts[k] = paired_lift(control[k][ok], m[k][ok]).to_dict()
+                arm.lifts[k] = paired_lift(control[k][ok], m[k][ok], confidence).to_dict()
             except ValueError as e:  # e.g. a control mean of zero: report rather than crash
                 arm.lifts[k] = {"error": str(e)}
     return ABResult(users=users, days=days, seed=seed, arms=arms, per_user=per_arm)

@@ -9,6 +9,23 @@ neighbourhood, which is what the bound penalty keeps the actor in.
 
 Every round is evaluated by weighted GAUC on a fixed test set logged by the baseline policy and by a
 simulated online A/B test against the baseline on fixed users and seed.
+
+**The gate** (``PTMConfig.gate``; off reproduces the paper). The paper makes every round's policy the
+next behaviour policy. Each round is then a step to the edge of the exploration box in whatever direction
+the critics point, with nothing to stop a bad step, so rounds can drift. With the gate, a round's
+candidate becomes the incumbent only if it passes, in order:
+
+1. an offline estimate on held-out sessions of the round's own logs (``holdout_fraction``): the critic
+   ensemble's advantage of the candidate's actions over the logged behaviour's, whose mean minus one
+   standard deviation over the critics must be > 0 (a stand-in until off-policy evaluation lands; the
+   critics are the ones the candidate was trained with, so it is optimistic: the next test is the real one);
+2. a simulated A/B against the incumbent on users held out of exploration (the top ``gate_users`` ids of
+   the population, a platform's small-traffic test), ``gate_days`` days, a fresh seed per round: the
+   lower bound of the one-sided ``gate_confidence`` interval of the ``gate_metric`` lift must be > 0.
+
+On rejection the incumbent stays, the exploration box shrinks by ``box_shrink`` and the next round explores
+around the incumbent again, training on from the incumbent's networks. ``train_on = "all"`` trains each
+round on the logs of every round so far (each row keeps the box it was logged with).
 """
 
 from __future__ import annotations
@@ -19,8 +36,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rlmtf.algos.base import Algorithm
-from rlmtf.data.io import read_logs
+from rlmtf.data.io import LoggedData, concat_logs, read_logs
+from rlmtf.data.transitions import build_transitions
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.engine import Environment
 from rlmtf.eval.offline import evaluate_gauc, mean_policy_action
@@ -32,12 +52,16 @@ from rlmtf.train.loop import TrainConfig, train
 
 @dataclass
 class PTMResult:
-    """What :func:`run_ptm` produced: one row per round (round 0 = the baseline), the last round's
-    trained algorithm, and each round's logged-data directory."""
+    """What :func:`run_ptm` produced: one row per round (round 0 = the baseline), the final algorithm,
+    and each round's logged-data directory."""
 
     rows: list[dict]
     algo: Algorithm
+    """The final policy's algorithm: the last round's, or with the gate the last accepted round's (None if
+    no round was accepted: the baseline stays)."""
     data_dirs: list[Path] = field(default_factory=list)
+    incumbent: Policy | None = None
+    """The policy serving at the end (with the gate: the last accepted candidate, or the baseline)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,35 @@ class PTMConfig:
     seed: int = 0
     workers: int = 1
     """Processes for simulation."""
+    gate: bool = False
+    """Accept a round's candidate only if it passes the offline and the online test (module docstring)."""
+    gate_metric: str = "uvc"
+    """The online test's metric: uvc, udt, sessions or reward (per user-day)."""
+    gate_users: int = 2000
+    """Users of the online test: the top ids of the population, never used for exploration."""
+    gate_days: int = 1
+    gate_confidence: float = 0.95
+    """One-sided confidence of the online test's lower bound."""
+    holdout_fraction: float = 0.1
+    """Share of a round's sessions held out of training for the offline estimate (gated runs)."""
+    box_shrink: float = 0.5
+    """The exploration box's width is multiplied by this after a rejected round."""
+    box: float = 0.15
+    """Half-width of the first round's exploration box around mu_bp."""
+    train_on: str = "round"
+    """"round": train each round on its own logs (the paper); "all": on the logs of every round so far."""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.sessions_per_round < 1 or self.gate_users < 2 or self.gate_days < 1:
+            raise ValueError("rounds, sessions_per_round and gate_days must be >= 1, gate_users >= 2")
+        if self.gate_metric not in ("uvc", "udt", "sessions", "reward"):
+            raise ValueError(f"gate_metric must be uvc, udt, sessions or reward, got {self.gate_metric!r}")
+        if not 0.5 < self.gate_confidence < 1 or not 0 < self.box_shrink <= 1 or not 0 < self.box <= 1:
+            raise ValueError("gate_confidence must be in (0.5, 1), box_shrink in (0, 1], box in (0, 1]")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
+        if self.train_on not in ("round", "all"):
+            raise ValueError(f"train_on must be 'round' or 'all', got {self.train_on!r}")
 
 
 def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMConfig(),
@@ -75,37 +128,88 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
     rows: list[dict] = [{"round": 0, "policy": "baseline", "weighted_gauc": base_gauc, "uvc_lift": 0.0,
                          "udt_lift": 0.0, "mean_action": mean_policy_action(base, test).round(4).tolist()}]
     behaviour: Policy = base
-    prev = None
+    prev = incumbent_algo = None
+    box = cfg.box
     data_dirs: list[Path] = []
+    logs_so_far: list[LoggedData] = []
+    n_users = sim.cfg.n_users
+    gate_ids = np.arange(n_users - cfg.gate_users, n_users) if cfg.gate else None
+    explore_ids = np.arange(n_users - cfg.gate_users) if cfg.gate else None
+    if gate_ids is not None and gate_ids[0] < 1:
+        raise ValueError(f"gate_users={cfg.gate_users} leaves no user of the {n_users} to explore with")
     for k in range(1, cfg.rounds + 1):
         rd = out / f"round_{k}"
-        log(f"round {k}/{cfg.rounds}: exploring around {behaviour.name}")
-        simulate_to_parquet(sim, behaviour_policy(behaviour, "uniform", per, seed=cfg.seed + k), rd / "data",
-                            seed=cfg.seed + k, sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True,
-                            workers=cfg.workers, progress=progress)
+        log(f"round {k}/{cfg.rounds}: exploring around {behaviour.name} (box +-{box:.3g})")
+        simulate_to_parquet(sim, behaviour_policy(behaviour, "uniform", per, lower_b=-box, upper_b=box,
+                                                  seed=cfg.seed + k), rd / "data", seed=cfg.seed + k,
+                            sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True, workers=cfg.workers,
+                            progress=progress, users=explore_ids)
         data_dirs.append(rd / "data")
-        log(f"round {k}/{cfg.rounds}: training {algo} ({'warm start' if prev else 'from the behaviour policy'})")
-        prev = train(algo, rd / "data", rd / "run", cfg=TrainConfig(**{**asdict(train_cfg), "seed": cfg.seed + k}),
+        round_logs = read_logs(rd / "data")
+        held_out = None
+        if cfg.gate and cfg.holdout_fraction > 0:
+            trans = build_transitions(round_logs)
+            held_out, kept = trans.split(cfg.holdout_fraction, seed=cfg.seed + k)
+            round_logs = round_logs.take(kept.row_index.reshape(-1))
+        logs_so_far.append(round_logs)
+        data: LoggedData | Path = concat_logs(logs_so_far) if cfg.train_on == "all" else round_logs
+        log(f"round {k}/{cfg.rounds}: training {algo} ({'warm start' if prev else 'from the behaviour policy'}"
+            f"{', on every round so far' if cfg.train_on == 'all' else ''})")
+        prev = train(algo, data, rd / "run", cfg=TrainConfig(**{**asdict(train_cfg), "seed": cfg.seed + k}),
                      algo_cfg=algo_cfg, space=space, warm_start_from=prev)
         policy = prev.policy(name=f"{algo}-round{k}")
         gauc = evaluate_gauc(policy, test, space).gauc
         ab = online_ab([base, policy], sim, users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 20_000,
                        workers=cfg.workers)
         arm = ab.arms[1]
-        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc,
+        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc, "box": box,
                "mean_action": mean_policy_action(policy, test).round(4).tolist()}
         for m in ("uvc", "udt"):
             lift = arm.lifts[m]
             row.update({f"{m}_lift": lift["lift"], f"{m}_ci": [lift["ci_low"], lift["ci_high"]],
                         m: arm.means[m]["mean"]})
+        accepted = True
+        if cfg.gate:
+            accepted = _gate(cfg, k, sim, policy, behaviour, prev, held_out, gate_ids, row, log)
+        row["accepted"] = accepted
         rows.append(row)
-        log(f"round {k}: weighted GAUC {gauc:.4f}, UVC {row['uvc_lift']:+.2%}, UDT {row['udt_lift']:+.2%} vs baseline")
-        behaviour = policy
+        log(f"round {k}: weighted GAUC {gauc:.4f}, UVC {row['uvc_lift']:+.2%}, UDT {row['udt_lift']:+.2%} vs baseline"
+            + ("" if not cfg.gate else f"; {'accepted' if accepted else 'rejected'}"))
+        if accepted:
+            behaviour, incumbent_algo = policy, prev
+        else:  # the incumbent stays; explore closer to it, train on from its networks
+            box *= cfg.box_shrink
+            prev = incumbent_algo
     (out / "ptm.json").write_text(json.dumps({"algo": algo, "config": asdict(cfg), "rounds": rows}, indent=2))
     _write_csv(out / "ptm.csv", rows)
     plot_ptm(rows, out / "ptm.png", title=f"Progressive training: {algo}")
-    assert prev is not None  # rounds >= 1
-    return PTMResult(rows=rows, algo=prev, data_dirs=data_dirs)
+    final = incumbent_algo if cfg.gate else prev
+    return PTMResult(rows=rows, algo=final, data_dirs=data_dirs, incumbent=behaviour)
+
+
+def _gate(cfg: PTMConfig, k: int, sim: Environment, candidate: Policy, incumbent: Policy, algo: Algorithm,
+          held_out, gate_ids: np.ndarray, row: dict, log: Callable[[str], None]) -> bool:
+    """The offline, then the online test of round k's candidate against the incumbent (module docstring);
+    records both in ``row``."""
+    if held_out is not None and len(held_out):
+        adv = algo.behaviour_advantage(held_out)  # (m,)
+        lcb = float(adv.mean() - adv.std())
+        row["offline"] = {"estimate": "critic advantage over the behaviour (stand-in)", "mean": float(adv.mean()),
+                          "lcb": lcb}
+        if lcb <= 0:
+            log(f"round {k}: offline estimate {adv.mean():+.3f} (mean - sd over critics {lcb:+.3f}) <= 0: rejected")
+            row["gate"] = "offline"
+            return False
+    ab = online_ab([incumbent, candidate], sim, users=gate_ids, days=cfg.gate_days, seed=cfg.seed + 30_000 + k,
+                   workers=cfg.workers, confidence=2 * cfg.gate_confidence - 1)
+    lift = ab.arms[1].lifts[cfg.gate_metric]
+    row["gate_ab"] = {"metric": cfg.gate_metric, "lift": lift["lift"], "ci_low": lift["ci_low"],
+                      "ci_high": lift["ci_high"], "users": int(gate_ids.size), "days": cfg.gate_days}
+    ok = lift["ci_low"] > 0
+    row["gate"] = "passed" if ok else "online"
+    log(f"round {k}: gate A/B vs the incumbent: {cfg.gate_metric} {lift['lift']:+.2%} "
+        f"(one-sided {cfg.gate_confidence:.0%} lower bound {lift['ci_low']:+.2%})")
+    return ok
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -115,26 +219,47 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def plot_ptm(rows: list[dict], path: Path, title: str = "Progressive training") -> None:
+    """Every round: weighted GAUC, the online lift over the baseline with its CI (hollow markers: rounds
+    the gate rejected) and, for gated runs, the gate's A/B lift over the incumbent."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    gated = any("gate" in r for r in rows)
     k = [r["round"] for r in rows]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.3))
+    fig, axes = plt.subplots(1, 3 if gated else 2, figsize=(13.5 if gated else 9, 3.3))
+    a1, a2 = axes[0], axes[1]
     a1.plot(k, [r["weighted_gauc"] for r in rows], "o-")
     a1.set_xlabel("round (0 = baseline)")
     a1.set_ylabel("weighted GAUC (baseline-logged test set)")
-    for key, label in (("uvc_lift", "UVC"), ("udt_lift", "UDT")):
-        a2.plot(k, [100 * r[key] for r in rows], "o-", label=label)
+    for key, label, c in (("uvc_lift", "UVC", "C0"), ("udt_lift", "UDT", "C1")):
+        a2.plot(k, [100 * r[key] for r in rows], "-", color=c, label=label, alpha=0.6)
+        for r in rows:
+            filled = r.get("accepted", True)
+            a2.plot([r["round"]], [100 * r[key]], "o", color=c, mfc=c if filled else "white")
     for r in rows[1:]:
         for key, c in (("uvc", "C0"), ("udt", "C1")):
             lo, hi = r[f"{key}_ci"]
             a2.plot([r["round"]] * 2, [100 * lo, 100 * hi], color=c, alpha=0.5)
     a2.axhline(0, color="k", lw=0.8)
-    a2.set_xlabel("round")
+    a2.set_xlabel("round (hollow: rejected by the gate)" if gated else "round")
     a2.set_ylabel("online lift over baseline (%), 95% CI")
     a2.legend()
+    if gated:
+        a3 = axes[2]
+        for r in rows[1:]:
+            g = r.get("gate_ab")
+            if g is None:  # rejected offline: no A/B
+                a3.plot([r["round"]], [0], "x", color="C3")
+                continue
+            c = "C2" if r.get("accepted") else "C3"
+            a3.plot([r["round"]], [100 * g["lift"]], "o", color=c)
+            a3.plot([r["round"]] * 2, [100 * g["ci_low"], 100 * g["ci_high"]], color=c, alpha=0.6)
+        a3.axhline(0, color="k", lw=0.8)
+        a3.set_xlabel("round (green: accepted, red: rejected, x: offline)")
+        metric = next((r["gate_ab"]["metric"] for r in rows if "gate_ab" in r), "uvc")
+        a3.set_ylabel(f"gate: {metric.upper()} lift over incumbent (%)")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

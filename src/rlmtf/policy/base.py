@@ -42,6 +42,7 @@ class RequestObs:
     item_table: np.ndarray | None = None  # (I, F) float32
     true_scores: np.ndarray | None = None  # (B, N, K): simulator only, the exact task probabilities
     session_id: np.ndarray | None = None  # (B,) int64: the simulator's session of each request
+    user_day_key: np.ndarray | None = None  # (B,) uint64: one key per user and day (per-day exploration)
 
     @property
     def item_features(self) -> np.ndarray:

@@ -3,8 +3,10 @@
 ``UniformExploration``: ``a = clip(mu_bp(s) + eps, -1, 1)`` with ``eps ~ U(lower_b, upper_b)`` per
 dimension; defaults lower_b = -0.15, upper_b = +0.15 (IntegratedRL-MTF's). Noise is drawn once per
 request (``per="request"``, one action for all candidates) or once per user-item pair
-(``per="item"``, the data Enhanced-State RL is trained on). Every sample records mu_bp, lower_b,
-upper_b and the action.
+(``per="item"``, the data Enhanced-State RL is trained on), or once per user and day (``per="day"``:
+every request of a user's day carries the same noise, so that the logs show what one fusion does to a
+whole day, return visits included; the environments' requests carry the key it needs). Every sample
+records mu_bp, lower_b, upper_b and the action.
 
 ``ActionNoiseExploration``: the comparator ``eps ~ N(0, sigma)``, sigma = 0.2. It logs the same
 nominal box so that an analysis can count how many of its samples land inside it.
@@ -35,17 +37,23 @@ def _bounds(value: float | np.ndarray, name: str) -> np.ndarray:
 
 
 class _Exploration(Policy):
-    def __init__(self, base: Policy, per: Literal["request", "item"], seed: int):
-        if per not in ("request", "item"):
-            raise ValueError(f"per must be 'request' or 'item', got {per!r}")
+    def __init__(self, base: Policy, per: Literal["request", "item", "day"], seed: int):
+        if per not in ("request", "item", "day"):
+            raise ValueError(f"per must be 'request', 'item' or 'day', got {per!r}")
         self.base, self.per, self.seed = base, per, seed
         self.level = "item" if per == "item" or base.level == "item" else "user"  # type: ignore[misc]
         self.score_source = base.score_source
 
     def _keys(self, obs: RequestObs) -> np.ndarray:
-        """One key per request (B,) or per candidate (B, N); each yields the A noise dimensions."""
+        """One key per request (B,), per candidate (B, N) or per user-day (B,); each yields the A noise
+        dimensions."""
         if self.per == "item":
             return crng.key(self.seed, obs.request_key[:, None], np.arange(obs.n_candidates))  # (B, N)
+        if self.per == "day":
+            if obs.user_day_key is None:
+                raise ValueError("per-day exploration needs requests with a user_day_key (the environments set "
+                                 "it; a ranking service's requests have none)")
+            return crng.key(self.seed, obs.user_day_key)  # (B,)
         return crng.key(self.seed, obs.request_key)  # (B,)
 
     def _mu_bp(self, obs: RequestObs) -> np.ndarray:
@@ -67,7 +75,7 @@ class UniformExploration(_Exploration):
     """mu_bp + U(lower_b, upper_b), clipped to [-1, 1]."""
 
     def __init__(self, base: Policy, lower_b: float | np.ndarray = -0.15, upper_b: float | np.ndarray = 0.15,
-                 per: Literal["request", "item"] = "request", seed: int = 0):
+                 per: Literal["request", "item", "day"] = "request", seed: int = 0):
         super().__init__(base, per, seed)
         self.lower_b, self.upper_b = _bounds(lower_b, "lower_b"), _bounds(upper_b, "upper_b")
         bad = np.flatnonzero(self.lower_b > self.upper_b)
@@ -86,7 +94,7 @@ class UniformExploration(_Exploration):
 class ActionNoiseExploration(_Exploration):
     """mu_bp + N(0, sigma), clipped to [-1, 1]; logs the nominal box for comparison."""
 
-    def __init__(self, base: Policy, sigma: float = 0.2, per: Literal["request", "item"] = "request",
+    def __init__(self, base: Policy, sigma: float = 0.2, per: Literal["request", "item", "day"] = "request",
                  seed: int = 0, lower_b: float = -0.15, upper_b: float = 0.15):
         super().__init__(base, per, seed)
         if not sigma > 0:

@@ -1,0 +1,83 @@
+"""Progressive training with the gate: a round's candidate replaces the incumbent only when it passes the
+offline and the online test; on rejection the incumbent keeps serving, the box shrinks and the next round
+explores around the incumbent again."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import rlmtf.pipelines.ptm as ptm_module
+from rlmtf.algos.esrl import ESRLConfig
+from rlmtf.envs.sim.config import SimConfig
+from rlmtf.envs.sim.simulator import Simulator
+from rlmtf.pipelines.ptm import PTMConfig, run_ptm
+from rlmtf.train.loop import TrainConfig
+
+SMALL = dataclasses.replace(ESRLConfig(), hidden=(8,), embed_dim=4, ensemble_size=2, batch_size=32, warmup_steps=5)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    return Simulator(dataclasses.replace(SimConfig(), n_users=600, n_items=1500))
+
+
+def _cfg(**kw) -> PTMConfig:
+    return PTMConfig(rounds=2, sessions_per_round=120, steps_per_round=10, test_sessions=60, online_users=60,
+                     online_days=1, gate_users=80, seed=3, **kw)
+
+
+def test_a_rejected_round_keeps_the_incumbent_and_shrinks_the_box(sim, tmp_path, monkeypatch):
+    explored = []
+    real = ptm_module.behaviour_policy
+
+    def spy(base, explore, per, lower_b, upper_b, seed):
+        explored.append((base.name, upper_b))
+        return real(base, explore, per, lower_b=lower_b, upper_b=upper_b, seed=seed)
+
+    monkeypatch.setattr(ptm_module, "behaviour_policy", spy)
+    monkeypatch.setattr(ptm_module, "_gate", lambda *a, **k: False)
+    res = run_ptm("integrated", sim, tmp_path / "reject", _cfg(gate=True), SMALL, TrainConfig(steps=10, eval_every=0),
+                  log=lambda s: None)
+    assert explored == [("baseline", pytest.approx(0.15)), ("baseline", pytest.approx(0.075))]
+    assert [r.get("accepted") for r in res.rows[1:]] == [False, False]
+    assert res.incumbent.name == "baseline" and res.algo is None
+
+    explored.clear()
+    monkeypatch.setattr(ptm_module, "_gate", lambda *a, **k: True)
+    res = run_ptm("integrated", sim, tmp_path / "accept", _cfg(gate=True), SMALL, TrainConfig(steps=10, eval_every=0),
+                  log=lambda s: None)
+    assert explored == [("baseline", pytest.approx(0.15)), ("integrated-round1", pytest.approx(0.15))]
+    assert res.incumbent.name == "integrated-round2" and res.algo is not None
+
+
+def test_the_gate_decides_by_its_offline_and_online_tests(sim, tmp_path):
+    res = run_ptm("integrated", sim, tmp_path / "gated", _cfg(gate=True, train_on="all"), SMALL,
+                  TrainConfig(steps=10, eval_every=0), log=lambda s: None)
+    for r in res.rows[1:]:
+        assert r["gate"] in ("offline", "online", "passed")
+        if r["gate"] == "offline":
+            assert r["offline"]["lcb"] <= 0 and not r["accepted"]
+        else:
+            assert r["offline"]["lcb"] > 0
+            assert r["accepted"] == (r["gate_ab"]["ci_low"] > 0)
+            assert r["gate_ab"]["users"] == 80
+    assert (tmp_path / "gated" / "ptm.png").is_file()
+
+
+def test_exploration_leaves_the_gate_users_alone(sim, tmp_path):
+    from rlmtf.data.io import read_logs
+
+    run_ptm("integrated", sim, tmp_path / "g", dataclasses.replace(_cfg(gate=True), rounds=1), SMALL,
+            TrainConfig(steps=5, eval_every=0), log=lambda s: None)
+    users = np.unique(read_logs(tmp_path / "g" / "round_1" / "data").columns["user_id"])
+    assert users.max() < sim.cfg.n_users - 80
+
+
+@pytest.mark.parametrize("kw, match", [({"gate_metric": "ctr"}, "gate_metric"), ({"train_on": "last"}, "train_on"),
+                                        ({"box_shrink": 0.0}, "box_shrink")])
+def test_bad_gate_settings_are_refused(kw, match):
+    with pytest.raises(ValueError, match=match):
+        PTMConfig(**kw)
