@@ -94,6 +94,9 @@ class PTMConfig:
     """Half-width of the first round's exploration box around mu_bp."""
     train_on: str = "round"
     """"round": train each round on its own logs (the paper); "all": on the logs of every round so far."""
+    per: str | None = None
+    """Exploration noise per "request", "item" or "day" (a user's whole day); None: per item for Enhanced-State
+    RL, per request for IntegratedRL-MTF (the paper's)."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.sessions_per_round < 1 or self.gate_users < 2 or self.gate_days < 1:
@@ -106,6 +109,8 @@ class PTMConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.train_on not in ("round", "all"):
             raise ValueError(f"train_on must be 'round' or 'all', got {self.train_on!r}")
+        if self.per not in (None, "request", "item", "day"):
+            raise ValueError(f"per must be request, item or day, got {self.per!r}")
 
 
 def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMConfig(),
@@ -118,7 +123,7 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
     out.mkdir(parents=True, exist_ok=True)
     space = sim.cfg.action_space
     base = baseline_policy(space)
-    per = "item" if algo == "esrl" else "request"
+    per = cfg.per or ("item" if algo == "esrl" else "request")
     test_dir = Path(test_dir) if test_dir is not None else out / "test"
     if not (test_dir / "_meta.json").is_file():
         simulate_to_parquet(sim, base, test_dir, seed=cfg.seed + 10_000, sessions=cfg.test_sessions,
