@@ -33,9 +33,9 @@ def test_a_rejected_round_keeps_the_incumbent_and_shrinks_the_box(sim, tmp_path,
     explored = []
     real = ptm_module.behaviour_policy
 
-    def spy(base, explore, per, lower_b, upper_b, seed):
+    def spy(base, explore, per, lower_b, upper_b, seed, **kw):
         explored.append((base.name, upper_b))
-        return real(base, explore, per, lower_b=lower_b, upper_b=upper_b, seed=seed)
+        return real(base, explore, per, lower_b=lower_b, upper_b=upper_b, seed=seed, **kw)
 
     monkeypatch.setattr(ptm_module, "behaviour_policy", spy)
     monkeypatch.setattr(ptm_module, "_gate", lambda *a, **k: False)

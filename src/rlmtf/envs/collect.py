@@ -19,12 +19,13 @@ Explore = Literal["none", "uniform", "noise"]
 
 
 def behaviour_policy(base: Policy, explore: Explore = "uniform", per: Literal["request", "item", "day"] = "request",
-                     lower_b: float = -0.15, upper_b: float = 0.15, sigma: float = 0.2, seed: int = 0) -> Policy:
+                     lower_b: float = -0.15, upper_b: float = 0.15, sigma: float = 0.2, seed: int = 0,
+                     edge: Literal["clip", "shift"] = "clip") -> Policy:
     """Wrap ``base`` in the exploration of ``docs/design.md#exploration`` (or return it for ``explore="none"``)."""
     if explore == "none":
         return base
     if explore == "uniform":
-        return UniformExploration(base, lower_b, upper_b, per=per, seed=seed)
+        return UniformExploration(base, lower_b, upper_b, per=per, seed=seed, edge=edge)
     if explore == "noise":
         return ActionNoiseExploration(base, sigma=sigma, per=per, seed=seed, lower_b=lower_b, upper_b=upper_b)
     raise ValueError(f"explore must be none, uniform or noise, got {explore!r}")

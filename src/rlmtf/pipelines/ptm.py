@@ -97,6 +97,9 @@ class PTMConfig:
     per: str | None = None
     """Exploration noise per "request", "item" or "day" (a user's whole day); None: per item for Enhanced-State
     RL, per request for IntegratedRL-MTF (the paper's)."""
+    edge: str = "clip"
+    """Exploration at the action space's edge: "clip" (the paper) or "shift" the box inside (a dimension at
+    an edge can come back; ``rlmtf.policy.explore.UniformExploration``)."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.sessions_per_round < 1 or self.gate_users < 2 or self.gate_days < 1:
@@ -109,6 +112,8 @@ class PTMConfig:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.train_on not in ("round", "all"):
             raise ValueError(f"train_on must be 'round' or 'all', got {self.train_on!r}")
+        if self.edge not in ("clip", "shift"):
+            raise ValueError(f"edge must be clip or shift, got {self.edge!r}")
         if self.per not in (None, "request", "item", "day"):
             raise ValueError(f"per must be request, item or day, got {self.per!r}")
 
@@ -146,7 +151,7 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
         rd = out / f"round_{k}"
         log(f"round {k}/{cfg.rounds}: exploring around {behaviour.name} (box +-{box:.3g})")
         simulate_to_parquet(sim, behaviour_policy(behaviour, "uniform", per, lower_b=-box, upper_b=box,
-                                                  seed=cfg.seed + k), rd / "data", seed=cfg.seed + k,
+                                                  seed=cfg.seed + k, edge=cfg.edge), rd / "data", seed=cfg.seed + k,
                             sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True, workers=cfg.workers,
                             progress=progress, users=explore_ids)
         data_dirs.append(rd / "data")

@@ -72,11 +72,19 @@ class _Exploration(Policy):
 
 
 class UniformExploration(_Exploration):
-    """mu_bp + U(lower_b, upper_b), clipped to [-1, 1]."""
+    """mu_bp + U(lower_b, upper_b), clipped to [-1, 1] (``edge="clip"``, the paper's Formula 4), or with the
+    box moved inside [-1, 1] where it crosses an edge (``edge="shift"``: uniform over a box of the full width
+    that touches the edge, logged as that box). Clipping puts every draw beyond an edge exactly on it, so a
+    policy at the edge is logged there again and again and its critics never see actions back inside;
+    shifting keeps the samples spread, so a dimension that reached an edge can come back."""
 
     def __init__(self, base: Policy, lower_b: float | np.ndarray = -0.15, upper_b: float | np.ndarray = 0.15,
-                 per: Literal["request", "item", "day"] = "request", seed: int = 0):
+                 per: Literal["request", "item", "day"] = "request", seed: int = 0,
+                 edge: Literal["clip", "shift"] = "clip"):
         super().__init__(base, per, seed)
+        if edge not in ("clip", "shift"):
+            raise ValueError(f"edge must be 'clip' or 'shift', got {edge!r}")
+        self.edge = edge
         self.lower_b, self.upper_b = _bounds(lower_b, "lower_b"), _bounds(upper_b, "upper_b")
         bad = np.flatnonzero(self.lower_b > self.upper_b)
         if bad.size:
@@ -87,6 +95,14 @@ class UniformExploration(_Exploration):
     def decide(self, obs: RequestObs) -> Decision:
         mu = self._mu_bp(obs)
         u = crng.uniforms16(self._keys(obs), _S_UNIFORM, ACTION_DIM)  # (B, A) or (B, N, A)
+        if self.edge == "shift":
+            lo, hi = mu + self.lower_b, mu + self.upper_b  # (B, [N,] A)
+            move = np.maximum(-1.0 - lo, 0.0) - np.maximum(hi - 1.0, 0.0)  # into [-1, 1] (if the box fits)
+            lo, hi = np.maximum(lo + move, -1.0), np.minimum(hi + move, 1.0)
+            u = self._align(u, mu)
+            action = (lo + (hi - lo) * u).astype(np.float32)
+            return Decision(action=action, mu_bp=mu, lower_b=(lo - mu).astype(np.float32),
+                            upper_b=(hi - mu).astype(np.float32))
         eps = self._align(self.lower_b + (self.upper_b - self.lower_b) * u, mu)
         return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)
 
