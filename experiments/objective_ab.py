@@ -37,6 +37,8 @@ from rlmtf.core.objective import Objective
 from rlmtf.core.provenance import git_commit
 from rlmtf.data.io import read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+from rlmtf.envs.engine import Environment
+from rlmtf.envs.factory import make_env
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.eval.online import online_ab
@@ -50,7 +52,7 @@ OBJECTIVES = {"session-0.9": "session:gamma=0.9", "day-0.98": "day:gamma=0.98,se
 METRICS = ("uvc", "udt", "sessions", "reward", "session_length")
 
 
-def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Simulator, log) -> dict:
+def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Environment, log) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = baseline_policy(sim.cfg.action_space)
     t0 = time.perf_counter()
@@ -109,11 +111,13 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     ap.add_argument("--critics", type=int, default=10)
     ap.add_argument("--no-fixed-search", action="store_true", help="leave out the CMA-ES fixed-fusion arm")
+    ap.add_argument("--env", default="sim", choices=["sim", "kuairand"], help="the environment (kuairand: the "
+                    "KuaiRand-Pure world, models fitted on first use)")
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--days", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    sim = Simulator(SimConfig())
+    sim = Simulator(SimConfig()) if a.env == "sim" else make_env("kuairand")
     a.out.mkdir(parents=True, exist_ok=True)
     log_path = a.out / "log.txt"
 

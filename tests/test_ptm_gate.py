@@ -81,3 +81,25 @@ def test_exploration_leaves_the_gate_users_alone(sim, tmp_path):
 def test_bad_gate_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         PTMConfig(**kw)
+
+
+def test_cli_ptm_with_the_gate(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "small.toml"
+    cfg.write_text("n_users = 500\nn_items = 1500\n")
+    out = subprocess.run([sys.executable, "-m", "rlmtf.cli", "ptm", "--algo", "integrated", "--out", tmp_path / "p",
+                          "--rounds", "2", "--sessions-per-round", "120", "--steps-per-round", "10",
+                          "--test-sessions", "60", "--users", "60", "--days", "1", "--hidden", "8", "--critics", "2",
+                          "--gate", "--gate-users", "80", "--train-on", "all", "--per", "day", "--edge", "shift",
+                          "--objective", "day:gamma=1,session_gamma=1", "--sim-config", cfg, "--json"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert len(rows) == 3 and all("accepted" in r and "gate" in r for r in rows[1:])
+    bad = subprocess.run([sys.executable, "-m", "rlmtf.cli", "ptm", "--algo", "integrated", "--out", tmp_path / "q",
+                          "--gate-metric", "ctr", "--sim-config", cfg], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert bad.returncode == 2 and "gate_metric" in bad.stderr

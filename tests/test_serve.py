@@ -56,8 +56,9 @@ def log_dir(tmp_path):
 
 
 @pytest.fixture
-def client(log_dir):
-    with TestClient(create_app("baseline", feature_spec=SPEC, log_dir=log_dir)) as c:
+def client(log_dir, tmp_path):
+    # reloads may load from pytest's whole temporary tree (the trained policies live in other test dirs)
+    with TestClient(create_app("baseline", feature_spec=SPEC, log_dir=log_dir, models_dir=tmp_path.parent)) as c:
         yield c
 
 
@@ -270,7 +271,7 @@ def test_reload(client, monkeypatch, trained_policy, tmp_path):
     assert _reload(client, trained_policy, token=None).status_code == 401
     assert _reload(client, trained_policy, token="wrong").status_code == 403
     bad = _reload(client, tmp_path / "no-such-policy")
-    assert bad.status_code == 422 and "no-such-policy" in bad.json()["detail"]
+    assert bad.status_code == 422 and "no-such-policy" in bad.json()["detail"][0]["msg"]
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "policy.json").write_text((trained_policy / "policy.json").read_text())
@@ -750,13 +751,14 @@ def test_other_features_are_refused_at_start_and_on_reload(client, other_run, tr
     monkeypatch.setenv("RLMTF_ADMIN_TOKEN", TOKEN)
     r = _reload(client, other_run)  # the service has the simulator's features
     assert r.status_code == 422
-    assert "other features" in r.json()["detail"] and "user_profile 4 vs" in r.json()["detail"]
+    msg = r.json()["detail"][0]["msg"]
+    assert "other features" in msg and "user_profile 4 vs" in msg
     assert client.get("/v1/schema").json()["policy_version"] == "baseline"
     assert client.post("/v1/rank", json=rank_body()).status_code == 200
     # a policy on the service's features (and a built-in, which has none) still reloads
     assert _reload(client, trained_policy).status_code == 200
     assert _reload(client, "baseline").status_code == 200
-    with TestClient(create_app(str(other_run), log_dir=tmp_path / "log2")) as c:
+    with TestClient(create_app(str(other_run), log_dir=tmp_path / "log2", models_dir=tmp_path.parent)) as c:
         assert _reload(c, "baseline").status_code == 200  # served with the OTHER features
         assert c.post("/v1/rank", json=rank_body(spec=OTHER)).status_code == 200
         assert _reload(c, trained_policy).status_code == 422

@@ -36,8 +36,9 @@ def rlmtf(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
 def start_server(log_dir: Path, port: int, *extra: str) -> subprocess.Popen:
     args = extra or ("--explore-fraction", "0.5")
     proc = subprocess.Popen([sys.executable, "-m", "rlmtf.cli", "serve", "--log-dir", str(log_dir), "--port",
-                             str(port), *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "RLMTF_ADMIN_TOKEN": "secret"})
+                             str(port), "--models-dir", str(log_dir.parent), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "RLMTF_ADMIN_TOKEN": "secret"})
     deadline = time.time() + 60
     while True:
         try:

@@ -332,7 +332,7 @@ class AlgoPolicy(Policy):
 
 def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[Algorithm]) -> AlgoPolicy:
     """Rebuild a saved policy from ``policy.json`` + ``actor.safetensors`` (never pickle)."""
-    from rlmtf.algos.registry import PolicyLoadError
+    from rlmtf.algos.registry import PolicyLoadError, check_tensors
 
     try:
         spec = FeatureSpec.from_json(doc["feature_spec"])
@@ -346,8 +346,13 @@ def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[
         sd = load_file(str(weights))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise PolicyLoadError(f"{weights}: cannot read model weights ({e})") from e
-    algo = algo_cls(spec, cfg)
+    try:
+        algo = algo_cls(spec, cfg)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise PolicyLoadError(f"{path / 'policy.json'}: cannot build a {algo_cls.kind} policy from it ({e})") from e
     mods = algo.modules()
+    check_tensors(sd, {f"{name}.{k}": v for name in algo_cls.acting for k, v in mods[name].state_dict().items()},
+                  weights)
     try:
         Algorithm._load_modules(sd, {name: mods[name] for name in algo_cls.acting})
     except RuntimeError as e:

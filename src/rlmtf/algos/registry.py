@@ -37,6 +37,23 @@ class PolicyLoadError(ValueError):
     """A policy name or file that cannot be loaded; the message says why."""
 
 
+def check_tensors(found: dict, expected: dict, where: str | Path) -> None:
+    """A model file holds exactly the tensors its ``policy.json`` implies: the same names, shapes and dtypes
+    (``expected``: name -> a tensor of the right shape and dtype); :class:`PolicyLoadError` naming the first
+    difference otherwise (an extra tensor is refused, not ignored)."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        parts = ([f"missing tensor(s) {missing[:5]}"] if missing else []) + \
+                ([f"unexpected tensor(s) {extra[:5]}"] if extra else [])
+        raise PolicyLoadError(f"{where}: the weights do not match policy.json: {'; '.join(parts)}")
+    for name, want in expected.items():
+        got = found[name]
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            raise PolicyLoadError(f"{where}: the weights do not match policy.json: tensor {name!r} is {got.dtype} "
+                                  f"{list(got.shape)}, policy.json implies {want.dtype} {list(want.shape)}")
+
+
 def register_loader(kind: str, loader: Loader) -> None:
     """Make ``load_policy`` accept saved policies whose policy.json has ``"kind": kind``."""
     _LOADERS[kind] = loader

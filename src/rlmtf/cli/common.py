@@ -5,6 +5,7 @@ environment of ``--env``."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,22 +17,67 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+from typer.core import TyperGroup
 
-__all__ = ["EnvOpt", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt", "ObjectiveOpt", "SimConfigOpt", "console",
-           "errors", "fail", "load_sim", "make_env", "objective_settings", "print_json", "progress"]
+__all__ = ["ALGORITHM_NAMES", "EnvOpt", "FlagGroup", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt", "ObjectiveOpt",
+           "OverwriteOpt", "SimConfigOpt", "check", "claim_dir", "console", "errors", "fail", "given_flags",
+           "labelled_policies", "load_sim", "make_env", "objective_settings", "out_console", "print_json", "progress",
+           "warn"]
+
+
+def _width(stream) -> int | None:
+    """Rich's width for ``stream``: the terminal's; outside a terminal (a pipe, a log file) wide enough not
+    to cut lines at rich's default of 80 columns, unless $COLUMNS says otherwise."""
+    isatty = getattr(stream, "isatty", None)
+    if (isatty is not None and isatty()) or os.environ.get("COLUMNS"):
+        return None
+    return 200
+
 
 #: Messages, tables' titles and progress go to stderr; stdout carries results (``--json``).
-console = Console(stderr=True)
+console = Console(stderr=True, width=_width(sys.stderr))
+
+#: ``--algo`` names of ``rlmtf train`` (the keys of ``rlmtf.algos.ALGORITHMS``; a test keeps them equal),
+#: here so that a wrong name is refused before the library is imported.
+ALGORITHM_NAMES = ("esrl", "integrated", "es", "ddpg", "cql_sac", "bcq", "iql")
+
+
+def out_console() -> Console:
+    """The stdout console that prints result tables."""
+    return Console(width=_width(sys.stdout))
+
+
+class FlagGroup(TyperGroup):
+    """A command group whose flags (options that take no value: ``--json``, ``--help``) show no ``<bool>``
+    value in the help, which would suggest ``--json true``."""
+
+    def get_params(self, ctx):
+        return _bare_flags(super().get_params(ctx))
+
+    def get_command(self, ctx, cmd_name):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not isinstance(cmd, FlagGroup):
+            _bare_flags(cmd.get_params(ctx))
+        return cmd
+
+
+def _bare_flags(params: list) -> list:
+    for p in params:
+        if getattr(p, "is_flag", False) and not getattr(p, "count", False):
+            p.metavar = ""
+    return params
 
 SimConfigOpt = Annotated[Path | None, typer.Option("--sim-config", help="YAML/TOML/JSON file overriding simulator "
                                                                           "parameters (see `rlmtf sim config`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what OUT holds (refused without it).")]
 EnvOpt = Annotated[str, typer.Option("--env", help="Environment: sim (the embedded simulator) or kuairand (built "
                                                   "from the KuaiRand-Pure log; models fitted on first use).")]
 KuaiRandDirOpt = Annotated[Path | None, typer.Option("--kuairand-dir", help="KuaiRand-Pure directory (default: "
@@ -70,8 +116,79 @@ def objective_settings(text: str | None, algo_fields: set[str]) -> ObjectiveSett
 
 def fail(msg: str) -> NoReturn:
     """Print ``msg`` as an error and exit with code 2."""
-    console.print(f"[bold red]error:[/] {msg}")
+    console.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def given_flags(ctx: typer.Context) -> set[str]:
+    """The parameters given on the command line (or by environment variable), not left at their defaults."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {name for name, src in sources.items() if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def check(ok: bool, msg: str) -> None:
+    """Fail with ``msg`` unless ``ok``: the argument checks every command makes before importing the
+    library (seconds) or drawing a progress bar."""
+    if not ok:
+        fail(msg)
+
+
+def warn(msg: str) -> None:
+    """Print ``msg`` as a warning (the command goes on)."""
+    console.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
+
+
+def claim_dir(path: Path, what: str, overwrite: bool, own: tuple[str, ...] | None = None, also: str = "") -> None:
+    """The one overwrite rule of every command that writes a directory: a non-empty ``path`` is refused
+    unless ``--overwrite`` is given (``also``: another way out, e.g. ``--resume``). With ``--overwrite``,
+    ``own`` names the entries the command writes (glob patterns): they are deleted, and a directory holding
+    anything else is refused (a mistyped path must not cost a directory); ``own=None``: the library replaces
+    it itself."""
+    import shutil
+    from fnmatch import fnmatch
+
+    if not path.exists():
+        return
+    if not path.is_dir():
+        fail(f"{path} exists and is not a directory")
+    entries = [e for e in path.iterdir() if not e.name.startswith(".")]
+    if not entries:
+        return
+    if not overwrite:
+        fail(f"{path} already exists and is not empty ({what}); pass --overwrite to replace it{also}")
+    if own is None:
+        return
+    foreign = sorted(e.name for e in entries if not any(fnmatch(e.name, pat) for pat in own))
+    if foreign:
+        fail(f"{path} holds {foreign[:3]}, which is not part of {what}; not deleting it")
+    for e in entries:
+        shutil.rmtree(e) if e.is_dir() else e.unlink()
+
+
+def labelled_policies(specs: list[str], action_space, seed: int) -> list:
+    """The policies of repeated ``--policy`` options, each labelled: ``NAME=SPEC`` names it NAME; otherwise
+    it keeps its own name (``baseline``, a trained policy's kind), unless two would share one: then each of
+    those is labelled by its SPEC as given (e.g. its path)."""
+    from rlmtf.algos.registry import load_policy
+
+    parsed = []
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        if sep and name and rest and not Path(spec).exists() and "/" not in name:
+            parsed.append((name, rest))
+        else:
+            parsed.append((None, spec))
+    pols = [load_policy(spec, action_space, seed=seed) for _, spec in parsed]
+    own = [name or p.name for (name, _), p in zip(parsed, pols, strict=True)]
+    labels = [spec if name is None and own.count(own[i]) > 1 else own[i]
+              for i, (name, spec) in enumerate(parsed)]
+    if len(set(labels)) != len(labels):
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        raise ValueError(f"--policy: two policies are labelled {', '.join(map(repr, dup))}; name them with "
+                         "NAME=PATH")
+    for p, label in zip(pols, labels, strict=True):
+        p.name = label
+    return pols
 
 
 @contextmanager
@@ -87,9 +204,20 @@ def errors() -> Iterator[None]:
         fail(str(e))
 
 
+class _Count(ProgressColumn):
+    """``done/total``; ``done`` alone when the total is unknown (no ``N/?``) or was only a target that
+    the work passed (``--sessions``: admitted users finish their day)."""
+
+    def render(self, task) -> Text:
+        done = int(task.completed)
+        if task.total is None or done > task.total:
+            return Text(f"{done:,}", style="progress.download")
+        return Text(f"{done:,}/{int(task.total):,}", style="progress.download")
+
+
 def progress() -> Progress:
     """A rich progress display on stderr (tasks add their own totals and descriptions)."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), _Count(),
                     TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=console, transient=False)
 

@@ -9,9 +9,19 @@ from typing import Annotated
 
 import typer
 
-from rlmtf.cli.common import JsonOpt, KuaiRandDirOpt, console, errors, print_json, progress
+from rlmtf.cli.common import (
+    FlagGroup,
+    JsonOpt,
+    KuaiRandDirOpt,
+    check,
+    claim_dir,
+    console,
+    errors,
+    print_json,
+    progress,
+)
 
-data_app = typer.Typer(help="Logged data.", no_args_is_help=True)
+data_app = typer.Typer(help="Logged data.", no_args_is_help=True, cls=FlagGroup)
 
 
 @data_app.command("validate")
@@ -34,11 +44,14 @@ def data_shard(
     dst: Annotated[Path, typer.Argument(help="Output: DST/shard=K/, each a dataset of whole sessions.")],
     shards: Annotated[int, typer.Option(help="Number of shards (at least the number of training processes; "
                                         "sized so that a few fit in memory at once).")] = 16,
-    overwrite: Annotated[bool, typer.Option(help="Replace DST if it is a dataset.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the sharded dataset in DST (refused "
+                                            "without it).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Repartition logged data by a hash of session_id, so that no session spans two shards: what
     `rlmtf train --stream` and torchrun training read. Reads one input file at a time."""
+    check(shards >= 1, f"--shards must be >= 1, got {shards}")
+    claim_dir(dst, "a sharded dataset", overwrite)
     from rlmtf.data.io import read_meta
     from rlmtf.data.shard import shard_dataset
 
@@ -86,6 +99,17 @@ def data_kuairand(
             out["fit"] = fit_all(resolve_data_dir(kuairand_dir), fit, log=console.print)
     if json_out:
         print_json(out)
-    else:
-        for k, v in out.items():
-            console.print(f"[bold]{k}[/]: {v if not isinstance(v, dict) else json.dumps(v, default=str)[:2000]}")
+        return
+    if "downloaded" in out:
+        console.print(f"downloaded: {out['downloaded']}", highlight=False, soft_wrap=True)
+    if "summary" in out:
+        console.print("summary:", highlight=False)
+        for k, v in out["summary"].items():
+            console.print(f"  {k}: {json.dumps(v, default=str)}", highlight=False, soft_wrap=True)
+    if "fit" in out:
+        from rlmtf.envs.kuairand.fit import summary_lines
+
+        console.print(f"fitted the models into {fit} (held-out metrics; the whole report: {fit / 'report.json'})",
+                      highlight=False, soft_wrap=True)
+        for line in summary_lines(out["fit"]):
+            console.print(f"  {line}", highlight=False, soft_wrap=True)

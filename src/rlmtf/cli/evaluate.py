@@ -8,49 +8,55 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from rlmtf.cli.common import (
     EnvOpt,
+    FlagGroup,
     JsonOpt,
     KuaiRandDirOpt,
     KuaiRandModelsOpt,
     SimConfigOpt,
+    check,
     console,
     errors,
+    labelled_policies,
     make_env,
+    out_console,
     print_json,
     progress,
 )
 
-eval_app = typer.Typer(help="Offline (weighted GAUC) and simulated online (A/B) evaluation.", no_args_is_help=True)
-analyze_app = typer.Typer(help="Analyses of logged data and of what to optimise.", no_args_is_help=True)
+eval_app = typer.Typer(help="Offline (weighted GAUC) and simulated online (A/B) evaluation.", no_args_is_help=True,
+                       cls=FlagGroup)
+analyze_app = typer.Typer(help="Analyses of logged data and of what to optimise.", no_args_is_help=True,
+                          cls=FlagGroup)
 
 
 @eval_app.command("gauc")
 def evaluate_gauc_cmd(
     policy: Annotated[list[str], typer.Option(help="Policy to evaluate (repeatable): a built-in name or a saved "
-                                                   "policy (JSON file, model directory or run directory).")],
+                                                   "policy (JSON file, model directory or run directory); "
+                                                   "NAME=PATH labels it NAME.")],
     data: Annotated[Path, typer.Option(help="Logged test data (Parquet dataset directory or file).")],
     seed: Annotated[int, typer.Option(help="Seed of stochastic policies.")] = 0,
     sim_config: SimConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Weighted GAUC (docs/design.md#weighted-gauc) of each policy on logged data."""
-    from rlmtf.algos.registry import load_policy
     from rlmtf.data.io import read_logs
     from rlmtf.envs.sim.config import load_sim_config
     from rlmtf.eval.offline import evaluate_gauc
 
     with errors():
         space = load_sim_config(sim_config).action_space
+        pols = labelled_policies(policy, space, seed)
         with console.status(f"reading {data}..."):
             logs = read_logs(data)
         results = []
-        for p in policy:
-            with console.status(f"scoring {p}..."):
-                results.append(evaluate_gauc(load_policy(p, space, seed=seed), logs, space).to_dict())
+        for pol in pols:
+            with console.status(f"scoring {pol.name}..."):
+                results.append(evaluate_gauc(pol, logs, space).to_dict())
     if json_out:
         print_json(results[0] if len(results) == 1 else results)
         return
@@ -59,7 +65,7 @@ def evaluate_gauc_cmd(
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(r["policy"], f"{r['gauc']:.4f}", f"{r['n_users']:,}", f"{r['n_users_skipped']:,}")
-    Console().print(table)
+    out_console().print(table)
 
 
 @eval_app.command("real-gauc")
@@ -75,7 +81,6 @@ def evaluate_real_gauc_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Weighted GAUC on the real KuaiRand-Pure interactions (label long view, weight real reward + 1)."""
-    from rlmtf.algos.registry import load_policy
     from rlmtf.core.fusion import MTL_TASKS
     from rlmtf.envs.kuairand.data import load_kuairand
     from rlmtf.envs.kuairand.paths import resolve_data_dir
@@ -85,7 +90,7 @@ def evaluate_real_gauc_cmd(
         env = make_env("kuairand", sim_config, kuairand_dir, kuairand_models)
         with console.status("reading KuaiRand-Pure and scoring its rows..."):
             ev = RealGAUCEvaluator(env, load_kuairand(resolve_data_dir(kuairand_dir)), split=split)
-        results = [ev.policy_gauc(load_policy(p, env.cfg.action_space, seed=seed)).to_dict() for p in policy]
+        results = [ev.policy_gauc(pol).to_dict() for pol in labelled_policies(policy, env.cfg.action_space, seed)]
         if mtl_scores:
             results += [ev.score_gauc(t).to_dict() for t in MTL_TASKS]
     if json_out:
@@ -97,14 +102,14 @@ def evaluate_real_gauc_cmd(
     for r in results:
         table.add_row(str(r["policy"]), str(r.get("level", "")), f"{r['gauc']:.4f}", f"{r['gauc_play10s']:.4f}",
                       str(r["n_users"]), str(r["n_users_skipped"]))
-    Console().print(table)
+    out_console().print(table)
 
 
 @eval_app.command("online")
 def evaluate_online_cmd(
     policy: Annotated[list[str], typer.Option(help="Policies to compare (repeat; the first is the control): "
                                                    "built-in names or saved policies (JSON file, model directory "
-                                                   "or run directory).")],
+                                                   "or run directory); NAME=PATH labels one NAME.")],
     users: Annotated[int, typer.Option(help="Simulated users in every arm.")] = 2000,
     days: Annotated[int, typer.Option(help="Days of the test.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed shared by all arms (common random numbers).")] = 0,
@@ -116,20 +121,18 @@ def evaluate_online_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Simulated online A/B test: UVC, UDT, sessions, reward and session length, with lifts over the first."""
-    from rlmtf.algos.registry import load_policy
+    check(users >= 1, f"--users must be >= 1, got {users}")
+    check(days >= 1, f"--days must be >= 1, got {days}")
+    check(workers >= 1, f"--workers must be >= 1, got {workers}")
     from rlmtf.eval.online import METRIC_LABELS, METRICS, online_ab
 
     with errors():
         sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
-        pols = [load_policy(p, sim.cfg.action_space, seed=seed) for p in policy]
-        names = [p.name for p in pols]
-        if len(set(names)) != len(names):
-            for i, p in enumerate(pols):
-                p.name = f"{p.name}#{i}"
+        pols = labelled_policies(policy, sim.cfg.action_space, seed)
         with progress() as bar:
             def on_arm(i: int, name: str):
-                task = bar.add_task(f"arm {i + 1}/{len(pols)}: {name}", total=None, extra="")
-                return lambda s, r: bar.update(task, advance=s, extra="sessions")
+                task = bar.add_task(f"arm {i + 1}/{len(pols)}: {name}", total=None, extra="sessions")
+                return lambda s, r: bar.update(task, advance=s)
             res = online_ab(pols, sim, users=users, days=days, seed=seed, on_arm=on_arm, workers=workers)
     if json_out:
         print_json(res.to_dict())
@@ -152,7 +155,7 @@ def evaluate_online_cmd(
                     cells.append(f"{m:.3f} ({lift['lift']:+.2%} [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}] "
                                  f"p={lift['p_value']:.3g})")
         table.add_row(METRIC_LABELS[k], *cells)
-    Console().print(table)
+    out_console().print(table)
 
 
 # --- analyze --------------------------------------------------------------------------------------
@@ -161,8 +164,9 @@ def evaluate_online_cmd(
 def analyze_exploration(
     data: Annotated[Path, typer.Option(help="Logged exploration data.")],
     sigma: Annotated[float, typer.Option(help="Standard deviation of the action-noise comparator.")] = 0.2,
-    plot: Annotated[Path | None, typer.Option(help="Write the action-distribution figure (PNG) here "
-                                                   "(default: DATA/exploration.png).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the action-distribution figure (the paper's Figure 2, "
+                                                   "PNG) to this file (default: no figure; DATA is only read).")]
+    = None,
     seed: Annotated[int, typer.Option()] = 0,
     json_out: JsonOpt = False,
 ) -> None:
@@ -175,8 +179,8 @@ def analyze_exploration(
     with errors():
         logs = read_logs(data)
         rep = analyse(logs, sigma=sigma, seed=seed)
-        png = plot_action_distributions(logs, plot or Path(data) / "exploration.png", sigma=sigma, seed=seed)
-    out = {**rep.to_dict(), "plot": str(png)}
+        png = plot_action_distributions(logs, plot, sigma=sigma, seed=seed) if plot is not None else None
+    out = {**rep.to_dict(), "plot": str(png) if png is not None else None}
     if json_out:
         print_json(out)
         return
@@ -188,7 +192,7 @@ def analyze_exploration(
     console.print(f"  exploration efficiency: {rep.efficiency_from_logs:.0f}x from the logs "
                   f"(logged in-box fraction / action noise's), {rep.efficiency_analytic:.0f}x analytic without "
                   f"clipping, {rep.efficiency_analytic_clipped:.0f}x analytic with clipping to [-1, 1]")
-    console.print(f"  figure: {png}")
+    console.print(f"  figure: {png}" if png is not None else "  figure: none (--plot FILE writes it)")
 
 
 @analyze_app.command("objective")
@@ -254,7 +258,7 @@ def analyze_objective(
         table.add_column(f"cos {t} (se)", justify="right")
     for name in objs:
         table.add_row(name, *(f"{rep.cosine[name][t]:+.2f} ({rep.cosine_se[name][t]:.2f})" for t in TARGETS))
-    Console().print(table)
+    out_console().print(table)
     console.print("largest levers (gradient per unit action, se):")
     for name in [*TARGETS, *objs]:
         levers = ", ".join(f"{d} {g:+.2f} ({se:.2f})" for d, g, se in rep.levers(name))

@@ -11,22 +11,33 @@ import typer
 
 from rlmtf.cli.common import (
     EnvOpt,
+    FlagGroup,
     JsonOpt,
     KuaiRandDirOpt,
     KuaiRandModelsOpt,
+    OverwriteOpt,
     SimConfigOpt,
+    claim_dir,
     console,
     errors,
     make_env,
     print_json,
 )
 
-experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True)
+#: What ``experiment paper`` writes into OUT (``--overwrite`` deletes these and nothing else).
+EXPERIMENT_ENTRIES = ("seed_*", "tables.md", "tables.csv", "tables.json", "report.html", "config.json",
+                      "sim_config.toml", "action_distributions.png")
+
+experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True, cls=FlagGroup)
 
 
 def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, methods: str | None, workers: int,
                device: str, threads: int | None, env: str, sim_config: Path | None, json_out: bool,
-               resume: bool = False, kuairand_dir: Path | None = None, kuairand_models: Path | None = None) -> None:
+               resume: bool = False, kuairand_dir: Path | None = None, kuairand_models: Path | None = None,
+               overwrite: bool = False, resumable: bool = True) -> None:
+    if not resume:
+        claim_dir(out, "an experiment directory", overwrite, own=EXPERIMENT_ENTRIES,
+                  also=" or --resume to reuse its finished seeds" if resumable else "")
     import time
 
     from rlmtf.pipelines.paper import PRESETS, run_paper
@@ -54,6 +65,15 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
     from rlmtf.pipelines.paper import tables_markdown
 
     sys.stdout.write(tables_markdown(tables))
+    _preset_note(preset)
+
+
+def _preset_note(preset: str) -> None:
+    from rlmtf.pipelines.tables import preset_note
+
+    note = preset_note(preset)
+    if note:
+        console.print(f"[bold yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
 
 @experiment_app.command("paper")
@@ -74,12 +94,13 @@ def experiment_paper(
     sim_config: SimConfigOpt = None,
     kuairand_dir: KuaiRandDirOpt = None,
     kuairand_models: KuaiRandModelsOpt = None,
-    resume: Annotated[bool, typer.Option(help="Reuse the seeds that already finished in OUT.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Reuse the seeds that already finished in OUT.")] = False,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """The paper's Tables 1-4 on the simulator: every method, several seeds, tables + report.html."""
     _run_paper(out, preset, seeds, first_seed, methods, workers, device, threads, env, sim_config, json_out, resume,
-               kuairand_dir, kuairand_models)
+               kuairand_dir, kuairand_models, overwrite)
 
 
 @experiment_app.command("render")
@@ -96,6 +117,7 @@ def experiment_render(
         print_json(tables)
     else:
         sys.stdout.write(tables_markdown(tables))
+        _preset_note(str(tables.get("preset", "")))
 
 
 def demo(
@@ -104,7 +126,10 @@ def demo(
     seed: Annotated[int, typer.Option()] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     sim_config: SimConfigOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """End to end in minutes: the paper experiment's smoke preset (simulate, train every method, evaluate
-    offline and online, write tables and report.html)."""
-    _run_paper(out, "smoke", None, seed, None, 1, "cpu", threads, "sim", sim_config, False)
+    offline and online, write tables and report.html). The smoke preset checks the pipeline: its networks
+    and data are tiny and its numbers mean little; `rlmtf experiment paper --preset default` reproduces."""
+    _run_paper(out, "smoke", None, seed, None, 1, "cpu", threads, "sim", sim_config, False, overwrite=overwrite,
+               resumable=False)

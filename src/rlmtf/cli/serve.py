@@ -9,10 +9,12 @@ from typing import Annotated
 import typer
 
 from rlmtf.cli.common import (
+    FlagGroup,
     JsonOpt,
     KuaiRandDirOpt,
     KuaiRandModelsOpt,
     SimConfigOpt,
+    claim_dir,
     console,
     errors,
     fail,
@@ -22,7 +24,7 @@ from rlmtf.cli.common import (
     progress,
 )
 
-logs_app = typer.Typer(help="The serving log.", no_args_is_help=True)
+logs_app = typer.Typer(help="The serving log.", no_args_is_help=True, cls=FlagGroup)
 
 ServeEnvOpt = Annotated[str | None, typer.Option(
     "--env", help="Features to serve a policy that records none (the built-ins, a fixed-fusion JSON file): sim "
@@ -59,7 +61,21 @@ def serve(
                                                  "group commit); process: it survives a killed server process.")]
     = "fsync",
     max_candidates: Annotated[int, typer.Option()] = 2000,
-    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+    models_dir: Annotated[Path | None, typer.Option(help="The only directory POST /v1/admin/reload loads saved "
+                                                          "policies from (named relative to it); without it only "
+                                                          "the built-ins can be reloaded.")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 8 * 1024 * 1024,
+    max_string_length: Annotated[int, typer.Option(help="Longest id (user, session, item, request, event) "
+                                                        "accepted (422 above).")] = 256,
+    max_watch_time: Annotated[float, typer.Option(help="Largest watch_time (seconds) a feedback may report.")]
+    = 86400.0,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a request body may take to arrive (408 after).")]
+    = 30.0,
+    keep_alive_timeout: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")]
+    = 5.0,
+    max_connections: Annotated[int | None, typer.Option(help="Concurrent connections per worker (503 above; "
+                                                             "default: unlimited).")] = None,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (they stop with this process).")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
     env: ServeEnvOpt = None,
     sim_config: SimConfigOpt = None,
@@ -91,19 +107,29 @@ def serve(
             raise ValueError(f"{policy} was trained on other features than --env {env or 'sim'} gives (policy vs "
                              f"--env: {spec_difference(own, chosen)}); leave out --env and --sim-config to serve "
                              "it with its own")
+        if models_dir is not None and not models_dir.is_dir():
+            raise FileNotFoundError(f"--models-dir {models_dir}: not a directory")
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         app = create_app(policy, feature_spec=chosen, log_dir=log_dir, explore_fraction=explore_fraction,
                          lower_b=lower_b, upper_b=upper_b, max_candidates=max_candidates, seed=seed, bounds=bounds,
-                         durability=durability, torch_threads=torch_threads)
+                         durability=durability, torch_threads=torch_threads, models_dir=models_dir,
+                         max_body_bytes=max_body_bytes, max_string_length=max_string_length,
+                         max_watch_time_s=max_watch_time, body_timeout_s=body_timeout)
         app.state.store.close()  # fail here, with a clear message, not in a worker
     os.environ.update({"RLMTF_SERVE_POLICY": policy, "RLMTF_SERVE_LOG_DIR": str(log_dir),
                        "RLMTF_SERVE_FEATURE_SPEC": json.dumps(app.state.feature_spec.to_json()),
                        "RLMTF_SERVE_EXPLORE_FRACTION": str(explore_fraction), "RLMTF_SERVE_LOWER_B": str(lower_b),
                        "RLMTF_SERVE_UPPER_B": str(upper_b), "RLMTF_SERVE_MAX_CANDIDATES": str(max_candidates),
                        "RLMTF_SERVE_SEED": str(seed), "RLMTF_SERVE_BOUNDS": str(bounds) if bounds else "",
-                       "RLMTF_SERVE_DURABILITY": durability, "RLMTF_SERVE_TORCH_THREADS": str(torch_threads)})
+                       "RLMTF_SERVE_DURABILITY": durability, "RLMTF_SERVE_TORCH_THREADS": str(torch_threads),
+                       "RLMTF_SERVE_MODELS_DIR": str(models_dir) if models_dir else "",
+                       "RLMTF_SERVE_MAX_BODY_BYTES": str(max_body_bytes),
+                       "RLMTF_SERVE_MAX_STRING_LENGTH": str(max_string_length),
+                       "RLMTF_SERVE_MAX_WATCH_TIME": str(max_watch_time),
+                       "RLMTF_SERVE_BODY_TIMEOUT": str(body_timeout)})
     try:
-        run_server("rlmtf.serve.app:app_from_env", host=host, port=port, workers=workers)
+        run_server("rlmtf.serve.run:app_from_env", host=host, port=port, workers=workers,
+                   keep_alive_s=keep_alive_timeout, max_connections=max_connections)
     except OSError as e:  # the port is taken, or the address is not ours
         fail(f"cannot listen on {host}:{port}: {e}")
 
@@ -141,17 +167,44 @@ def loop(
 def logs_export(
     log_dir: Annotated[Path, typer.Option(help="The service's log directory.")],
     out: Annotated[Path, typer.Option(help="Output Parquet dataset (the logged-data schema).")],
-    overwrite: Annotated[bool, typer.Option()] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the dataset in OUT (refused without "
+                                            "it).")] = False,
+    salvage: Annotated[bool, typer.Option("--salvage", help="Export what a damaged log still holds; the summary "
+                                          "counts the rows lost per table.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Join served requests and feedback into training data that `rlmtf train` reads unchanged.
 
-    The data have the features the log records: those the service was started with."""
+    The data have the features the log records: those the service was started with. Feedback values the
+    export cannot store (from logs written before the service checked them) are left out and counted."""
+    claim_dir(out, "a dataset", overwrite)
     from rlmtf.serve.export import export_logs
 
     with errors():
-        summary = export_logs(log_dir, out, overwrite=overwrite)
+        summary = export_logs(log_dir, out, overwrite=overwrite, salvage=salvage)
     if json_out:
         print_json(summary)
     else:
         console.print("exported: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+@logs_app.command("check")
+def logs_check(
+    log_dir: Annotated[Path, typer.Option(help="The service's log directory.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Report the serving log's integrity (SQLite's integrity_check, read-only) and its row counts; exit 1
+    when it is damaged (then `rlmtf logs export --salvage` exports what can be read)."""
+    from rlmtf.serve.logcheck import check_log
+
+    with errors():
+        report = check_log(log_dir)
+    if json_out:
+        print_json(report)
+    elif report["ok"]:
+        console.print(f"{report['path']}: ok; " + ", ".join(f"{report[t]:,} {t}" for t in ("requests", "shown",
+                                                                                             "feedback")))
+    else:
+        console.print(f"[bold red]damaged:[/] {report['path']}: " + "; ".join(report["problems"][:5]))
+    if not report["ok"]:
+        raise typer.Exit(1)

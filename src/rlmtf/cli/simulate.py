@@ -8,23 +8,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from rlmtf.cli.common import (
     EnvOpt,
+    FlagGroup,
     JsonOpt,
     KuaiRandDirOpt,
     KuaiRandModelsOpt,
     SimConfigOpt,
+    check,
+    claim_dir,
     console,
     errors,
     make_env,
+    out_console,
     print_json,
     progress,
 )
 
-sim_app = typer.Typer(help="The user-session simulator.", no_args_is_help=True)
+sim_app = typer.Typer(help="The user-session simulator.", no_args_is_help=True, cls=FlagGroup)
 
 
 def simulate(
@@ -50,10 +53,18 @@ def simulate(
     env: EnvOpt = "sim",
     kuairand_dir: KuaiRandDirOpt = None,
     kuairand_models: KuaiRandModelsOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing dataset in OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the dataset in OUT (refused without "
+                                            "it).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a behaviour policy in the simulator and log every shown user-item pair to Parquet."""
+    check(per in ("request", "item"), f"--per must be 'request' or 'item', got {per!r}")
+    check(explore in ("none", "uniform", "noise"), f"--explore must be none, uniform or noise, got {explore!r}")
+    for flag, value in (("--sessions", sessions), ("--days", days), ("--users", users)):
+        check(value is None or value >= 1, f"{flag} must be >= 1, got {value}")
+    check(workers >= 1, f"--workers must be >= 1, got {workers}")
+    check(lower_b <= upper_b, f"--lower-b {lower_b} is above --upper-b {upper_b} (lower_b <= upper_b)")
+    claim_dir(out, "a dataset", overwrite)
     import time
 
     import numpy as np
@@ -62,8 +73,6 @@ def simulate(
     from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 
     with errors():
-        if per not in ("request", "item"):
-            raise ValueError(f"--per must be 'request' or 'item', got {per!r}")
         sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
         if days is None and sessions is None:
             days = 1
@@ -84,6 +93,7 @@ def simulate(
                                                workers=workers,
                                                info={"explore": explore, "per": per, "lower_b": lower_b,
                                                      "upper_b": upper_b, "sigma": sigma}, progress=tick)
+            bar.update(task, total=result.n_sessions, completed=result.n_sessions)
         dt = time.perf_counter() - t0
     summary = {"out": str(path), "policy": pol.name, "sessions": result.n_sessions, "rows": result.n_rows,
                "days": int(result.days.size), "seconds": round(dt, 2), "rows_per_s": round(result.n_rows / dt)}
@@ -146,6 +156,6 @@ def sim_calibrate(
                                                  else f"{r['tolerance']:.2f}")
         ok = "" if r["ok"] is None else ("[green]yes[/]" if r["ok"] else "[red]NO[/]")
         table.add_row(r["quantity"], f"{r['simulated']:.4f}", f"{r['real']:.4f}", err, tol, ok)
-    Console().print(table)
+    out_console().print(table)
     if not all(r["ok"] for r in rows if r["ok"] is not None):
         raise typer.Exit(1)

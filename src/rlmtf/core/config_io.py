@@ -1,21 +1,27 @@
 """One loader for every config file and every saved config: TOML / YAML / JSON files of overrides on top
 of a typed dataclass's defaults, and config dataclasses rebuilt from their saved JSON.
 
-A file's keys follow the dataclass nesting; an unknown key or a value of the wrong type is a
-:class:`ConfigError` that names the file and the key (``session.leave_bias``)."""
+A file's keys follow the dataclass nesting; an unknown key, a value of the wrong type, a number that is not
+finite or a value outside its range is a :class:`ConfigError` that names the file and the key
+(``session.leave_bias``). The range checks every config gets (:func:`check_values`) go by the field's name
+(sizes, probabilities, rates, learning rates, spreads, ordered ranges); a config's own ``validate()`` adds
+the checks between its fields (``list_len <= n_candidates``). A saved config (``policy.json``'s
+``config``) is rebuilt with the same checks (:func:`config_from_json`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "build", "config_from_json", "load_config_file", "read_config_file", "to_dict",
-           "yaml_load"]
+__all__ = ["ConfigError", "build", "check_values", "config_from_json", "load_config_file", "read_config_file",
+           "to_dict", "yaml_load"]
 
 
 class ConfigError(ValueError):
@@ -31,6 +37,14 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -39,10 +53,25 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return build(tp, value, where)
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]: any length
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _coerce(value, rest[0], where)
+        return value
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
@@ -53,15 +82,81 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        return _number(value, where)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
     return value
+
+
+# --- the range checks every config gets, by field name ------------------------------------------------
+
+#: ints that count something that must exist: at least 1
+_SIZE_INTS = re.compile(r"^(max_\w+|\w+_len|\w+_size|popsize|ensemble_size|target_every|sessions_per_candidate|"
+                        r"n_action_samples|n_candidates|latent_dim|observed_top_k|n_tasks)$")
+#: shares, probabilities, discounts and rates of an exponential average: in [0, 1]
+_UNIT = re.compile(r"^(\w+_prob|\w+_fraction|\w+_share|\w+_mix|gamma|session_gamma|tau|expectile|\w+_rate|"
+                   r"start_carry|fatigue_decay)$")
+#: learning rates: > 0
+_POSITIVE = re.compile(r"^(\w+_lr|\w+_concentration)$")
+#: spreads and noise levels: >= 0
+_NON_NEGATIVE = re.compile(r"^(\w+_sigma|\w+_noise|n_\w+|embed_dim|\w+_s|\w+_days|\w+_smoothing)$")
+
+
+def _field_problems(name: str, value: Any, where: str) -> list[str]:
+    out = []
+    if isinstance(value, bool) or value is None:
+        return out
+    if isinstance(value, int) and _SIZE_INTS.match(name) and value < 1:
+        out.append(f"{where} must be >= 1, got {value}")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            out.append(f"{where} must be a finite number, got {value}")
+        elif _UNIT.match(name) and not 0.0 <= value <= 1.0:
+            out.append(f"{where} must be in [0, 1], got {value}")
+        elif _POSITIVE.match(name) and not value > 0:
+            out.append(f"{where} must be > 0, got {value}")
+        elif _NON_NEGATIVE.match(name) and value < 0:
+            out.append(f"{where} must be >= 0, got {value}")
+    elif isinstance(value, tuple):
+        nums = [v for v in value if isinstance(v, int | float) and not isinstance(v, bool)]
+        bad = [v for v in nums if not math.isfinite(v)]
+        if bad:
+            out.append(f"{where} must hold finite numbers, got {list(value)}")
+        elif name == "hidden" and any(isinstance(v, int) and v < 1 for v in value):
+            out.append(f"{where}: every hidden layer needs >= 1 unit, got {list(value)}")
+        elif (name.endswith("_range") or name.endswith("susceptibility")) and len(nums) == 2 and nums[0] > nums[1]:
+            out.append(f"{where} must be an ordered range (low <= high), got {list(value)}")
+    return out
+
+
+def check_values(cfg: Any, where: str = "") -> list[str]:
+    """The problems of a (nested) config dataclass's values, each naming its key: every number finite,
+    sizes (``max_*``, ``*_len``, ``*_size``, ``hidden`` layers, ...) >= 1, counts ``n_*`` >= 0, shares,
+    probabilities, discounts and rates in [0, 1], learning rates and concentrations > 0, spreads, noise
+    levels and durations >= 0, ``*_range`` pairs ordered. Empty when all is well."""
+    problems: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        path = f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            problems += check_values(value, path)
+        else:
+            problems += _field_problems(f.name, value, path)
+    return problems
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved at run time: no type checks for this class
+        return {}
 
 
 def build(cls: type, overrides: dict[str, Any], where: str = "") -> Any:
     """``cls``'s defaults overridden by the (nested) dict ``overrides``, types checked key by key."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -71,7 +166,7 @@ def build(cls: type, overrides: dict[str, Any], where: str = "") -> Any:
     kwargs = {}
     for name, value in overrides.items():
         path = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(value, hints[name], path)
+        kwargs[name] = _coerce(value, hints[name], path) if name in hints else value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -91,7 +186,10 @@ def yaml_load(text: str) -> Any:
     Loader.add_implicit_resolver("tag:yaml.org,2002:float",
                                  re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                                  list("-+0123456789"))
-    return yaml.load(text, Loader=Loader)
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as e:  # a syntax error, or a tag such as !!python/object (never constructed)
+        raise ConfigError(f"not valid YAML: {' '.join(str(e).split())}") from None
 
 
 def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
@@ -99,7 +197,10 @@ def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read {what} file ({e})") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
@@ -110,10 +211,10 @@ def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
             data = json.loads(text)
         else:
             raise ConfigError(f"{path}: unknown config format {suffix!r} (use .toml, .yaml or .json)")
-    except (tomllib.TOMLDecodeError, ValueError) as e:
-        if isinstance(e, ConfigError):
-            raise
-        raise ConfigError(f"{path}: cannot parse: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{path}: cannot parse: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of parameters at the top level")
     return data
@@ -127,23 +228,38 @@ def load_config_file(cls: type, path: str | Path | None, what: str) -> Any:
     data = read_config_file(path, what)
     try:
         cfg = build(cls, data)
+        problems = check_values(cfg)
+        if problems:
+            raise ConfigError("; ".join(problems))
         validate = getattr(cfg, "validate", None)
         if validate is not None:
             validate()
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(f"{path}: {e}") from None
     return cfg
 
 
 def config_from_json(config_cls: type, d: dict) -> Any:
-    """Rebuild a frozen config dataclass from its ``asdict`` JSON (lists back to tuples); unknown or
-    ill-typed keys raise ``TypeError``/``ValueError`` naming them."""
+    """Rebuild a frozen config dataclass from its ``asdict`` JSON (lists back to tuples), with the checks a
+    config file gets (types, finite numbers, :func:`check_values`); a :class:`ConfigError` (a ``ValueError``)
+    names the key."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a JSON object, got {type(d).__name__}")
     known = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown} for {config_cls.__name__}")
+        raise ConfigError(f"unknown config key(s) {unknown} for {config_cls.__name__}")
+    hints = _hints(config_cls)
     kw = {}
-    for k, v in d.items():
+    for k, raw in d.items():
         default = known[k].default
-        kw[k] = tuple(v) if isinstance(default, tuple) and isinstance(v, list) else v
-    return config_cls(**kw)
+        v = tuple(raw) if isinstance(default, tuple) and isinstance(raw, list) else raw
+        kw[k] = _coerce(v, hints[k], f"config.{k}") if k in hints else v
+    try:
+        cfg = config_cls(**kw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config: {e}") from None
+    problems = check_values(cfg, "config")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg

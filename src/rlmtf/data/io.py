@@ -56,7 +56,7 @@ from rlmtf.core.schema import (
     list_columns,
 )
 
-__all__ = ["LogDataError", "LoggedData", "concat_logs", "read_logs", "read_meta", "validate_logs"]
+__all__ = ["LogDataError", "LoggedData", "concat_logs", "open_parquet", "read_logs", "read_meta", "validate_logs"]
 
 META_FILE = "_meta.json"
 _SPEC_KEY = b"rlmtf.feature_spec"
@@ -278,17 +278,53 @@ def read_meta(path: Path) -> DatasetMeta:
     return meta
 
 
+#: what pyarrow raises for a file it cannot decode (a corrupt footer, page or compressed block)
+_ARROW_ERRORS = (OSError, pa.ArrowException, EOFError)
+
+
+def _arrow_message(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def open_parquet(path: str | os.PathLike[str], where: str | None = None) -> pq.ParquetFile:
+    """``pq.ParquetFile(path)``; a file pyarrow cannot open (not Parquet, a corrupt footer) is a
+    :class:`LogDataError` naming it, a missing one a ``FileNotFoundError``."""
+    where = str(path) if where is None else where
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{where}: no such file")
+    try:
+        return pq.ParquetFile(path)
+    except _ARROW_ERRORS as e:
+        raise LogDataError(f"{where}: not a readable Parquet file ({_arrow_message(e)})") from None
+
+
+def _locate_corruption(pf: pq.ParquetFile, names: list[str]) -> str:
+    """'row group G, column C' of the first unreadable column chunk ('' when each reads alone)."""
+    for g in range(pf.metadata.num_row_groups):
+        for name in names:
+            try:
+                pf.read_row_group(g, columns=[name])
+            except _ARROW_ERRORS:
+                return f"row group {g}, column '{name}': "
+    return ""
+
+
 def meta_from_file(pf: pq.ParquetFile, name: str) -> DatasetMeta:
     """Meta of a single file from its schema metadata (list_len inferred if the file lacks it)."""
     md = pf.schema_arrow.metadata or {}
     if _SPEC_KEY not in md:
         raise LogDataError(f"{name}: no {_SPEC_KEY.decode()} in the Parquet schema metadata")
-    spec = FeatureSpec.from_json(json.loads(md[_SPEC_KEY]))
-    version = int(md.get(_VERSION_KEY, SCHEMA_VERSION))
-    if _LIST_LEN_KEY in md:
-        list_len = int(md[_LIST_LEN_KEY])
-    else:  # a file from another writer: the longest list seen; transitions check every request
-        pos = pf.read(columns=["position"]).column(0)
+    try:
+        spec = FeatureSpec.from_json(json.loads(md[_SPEC_KEY]))
+        version = int(md.get(_VERSION_KEY, SCHEMA_VERSION))
+        list_len = int(md[_LIST_LEN_KEY]) if _LIST_LEN_KEY in md else None
+    except (KeyError, TypeError, ValueError) as e:
+        raise LogDataError(f"{name}: malformed rlmtf schema metadata ({e!r})") from None
+    if list_len is None:  # a file from another writer: the longest list seen; transitions check every request
+        try:
+            pos = pf.read(columns=["position"]).column(0)
+        except _ARROW_ERRORS as e:
+            raise LogDataError(f"{name}: column 'position': unreadable ({_arrow_message(e)})") from None
         list_len = int(pc.max(pos).as_py() or 0) + 1
     return DatasetMeta(feature_spec=spec, list_len=list_len, schema_version=version)
 
@@ -335,8 +371,10 @@ def _column_to_numpy(arr: pa.Array, name: str, expected: pa.DataType, dim: int |
 def read_file(
     path: Path, where: str, meta: DatasetMeta, names: list[str], validate: bool
 ) -> dict[str, np.ndarray]:
-    """Read, check and convert one file; ``names`` are the columns to load, in output order."""
-    pf = pq.ParquetFile(path)
+    """Read, check and convert one file; ``names`` are the columns to load, in output order. A file pyarrow
+    cannot decode (a corrupt footer, page or compressed block) is a :class:`LogDataError` naming the file
+    and, where one column chunk is at fault, its row group and column."""
+    pf = open_parquet(path, where)
     present = set(pf.schema_arrow.names)
     for name in names:
         if name not in present:
@@ -344,7 +382,11 @@ def read_file(
     md = pf.schema_arrow.metadata or {}
     if _SPEC_KEY in md and FeatureSpec.from_json(json.loads(md[_SPEC_KEY])) != meta.feature_spec:
         raise LogDataError(f"{where}: its {_SPEC_KEY.decode()} differs from the dataset's {META_FILE}")
-    table = pf.read(columns=names)
+    try:
+        table = pf.read(columns=names)
+    except _ARROW_ERRORS as e:
+        raise LogDataError(f"{where}: {_locate_corruption(pf, names)}unreadable Parquet data "
+                           f"({_arrow_message(e)})") from None
     schema = file_schema(meta.feature_spec, meta.list_len, with_optional=True)
     dims = list_dims(meta.feature_spec)
     cols = {
@@ -376,7 +418,7 @@ def read_logs(
         names_ = [p.relative_to(root).as_posix() for p in paths]
     elif root.is_file():
         paths, names_ = [root], [str(root)]
-        meta = meta_from_file(pq.ParquetFile(root), str(root))
+        meta = meta_from_file(open_parquet(root), str(root))
     else:
         raise FileNotFoundError(f"{root}: no such file or directory")
     if meta.schema_version != SCHEMA_VERSION:
@@ -384,7 +426,7 @@ def read_logs(
 
     all_names = file_schema(meta.feature_spec, meta.list_len, with_optional=True).names
     if columns is None:
-        optional = set(pq.ParquetFile(paths[0]).schema_arrow.names) if paths else set()
+        optional = set(open_parquet(paths[0], names_[0]).schema_arrow.names) if paths else set()
         load = [n for n in all_names if n not in OPTIONAL_COLUMNS or n in optional]
     else:
         unknown = [c for c in columns if c not in all_names]
@@ -393,7 +435,7 @@ def read_logs(
         load = [n for n in all_names if n in columns]  # schema order, whatever order was asked
 
     parts = [read_file(p, w, meta, load, validate) for p, w in zip(paths, names_, strict=True)]
-    sizes = [len(next(iter(c.values()))) if c else pq.ParquetFile(p).metadata.num_rows
+    sizes = [len(next(iter(c.values()))) if c else open_parquet(p).metadata.num_rows
              for c, p in zip(parts, paths, strict=True)]
     if parts:
         cols = {n: np.concatenate([c[n] for c in parts]) for n in load}  # copies: owned, writable

@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from rlmtf.core.schema import OPTIONAL_COLUMNS, SCHEMA_VERSION, DatasetMeta, arrow_schema
-from rlmtf.data.io import DAY_DIR, META_FILE, LogDataError, meta_from_file, read_file, read_meta
+from rlmtf.data.io import DAY_DIR, META_FILE, LogDataError, meta_from_file, open_parquet, read_file, read_meta
 from rlmtf.data.writer import LogWriter
 
 __all__ = ["ShardInfo", "is_sharded", "list_shards", "session_hash", "session_shard", "shard_dataset"]
@@ -226,7 +225,7 @@ def shard_dataset(
         meta = read_meta(src_p)
         paths = sorted(src_p.rglob("*.parquet"), key=lambda p: p.relative_to(src_p).as_posix())
     elif src_p.is_file():
-        meta = meta_from_file(pq.ParquetFile(src_p), str(src_p))
+        meta = meta_from_file(open_parquet(src_p), str(src_p))
         paths = [src_p]
     else:
         raise FileNotFoundError(f"{src_p}: no such file or directory")
@@ -240,7 +239,7 @@ def shard_dataset(
 
     # the columns read_logs would load: every schema column, plus the optional ones the first file has
     all_names = arrow_schema(meta.feature_spec, with_optional=True).names
-    optional = set(pq.ParquetFile(paths[0]).schema_arrow.names) if paths else set()
+    optional = set(open_parquet(paths[0]).schema_arrow.names) if paths else set()
     load = [c for c in all_names if c not in OPTIONAL_COLUMNS or c in optional]
 
     _prepare_dst(dst_p, overwrite)

@@ -34,10 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from rlmtf.core.schema import DatasetMeta
-from rlmtf.data.io import META_FILE, LogDataError, LoggedData, concat_logs, read_logs, read_meta
+from rlmtf.data.io import META_FILE, LogDataError, LoggedData, concat_logs, open_parquet, read_logs, read_meta
 from rlmtf.data.samplers import DeviceSampler
 from rlmtf.data.shard import is_sharded, list_shards, session_hash
 from rlmtf.data.transitions import RequestBatch, Transitions, build_transitions
@@ -67,10 +66,10 @@ def discover_units(path: str | Path) -> tuple[DatasetMeta, list[StreamUnit]]:
         units = []
         for d in list_shards(root):
             files = sorted(d.rglob("*.parquet"))
-            units.append(StreamUnit(d.name, d, sum(pq.ParquetFile(f).metadata.num_rows for f in files)))
+            units.append(StreamUnit(d.name, d, sum(open_parquet(f).metadata.num_rows for f in files)))
     else:
         files = sorted(root.rglob("*.parquet"), key=lambda p: p.relative_to(root).as_posix())
-        units = [StreamUnit(f.relative_to(root).as_posix(), f, pq.ParquetFile(f).metadata.num_rows) for f in files]
+        units = [StreamUnit(f.relative_to(root).as_posix(), f, open_parquet(f).metadata.num_rows) for f in files]
     units = [u for u in units if u.rows > 0]
     if not units:
         raise LogDataError(f"{root}: the dataset holds no rows")

@@ -37,6 +37,11 @@ import numpy as np
 
 from rlmtf.eval.online import METRICS
 from rlmtf.eval.stats import paired_lift
+from rlmtf.pipelines.tables import tables_markdown, write_outputs
+
+__all__ = ["LABELS", "METHODS", "PRESETS", "Preset", "SeedResult", "build_tables", "finish", "gauc_entry",
+           "lift_entry", "load_seed_result", "rank_agreement", "render", "run_paper", "run_seed", "tables_markdown",
+           "write_outputs"]
 
 #: (key, label) in the order of the paper's Table 1, then the paper's method.
 METHODS: tuple[tuple[str, str], ...] = (
@@ -341,88 +346,6 @@ def build_tables(results: list[SeedResult]) -> dict:
     return {"table1": t1, "table2": t2, "table3": t3, "table4": t4, "agreement": rank_agreement(results, have)}
 
 
-# --- writing ------------------------------------------------------------------------------------------
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.2f}%"
-
-
-def _sd(x: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}%"
-
-
-def _num(x: float | None, nd: int = 4) -> str:
-    return "—" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
-
-
-def _p(x: float) -> str:
-    if not np.isfinite(x):
-        return "—"
-    return f"{x:.3f}" if x >= 0.001 else (f"{x:.1e}" if x > 0 else "< 1e-300")
-
-
-def tables_markdown(tables: dict) -> str:
-    lines = ["## Table 1: weighted GAUC (baseline-logged test set)", "",
-             "| method | weighted GAUC (mean ± sd) | 95% CI over seeds | p vs ES | paper |", "|---|---|---|---|---|"]
-    for e in tables["table1"]:
-        lines.append(f"| {e['label']} | {_num(e['mean'])} ± {_num(e['std'])} | [{_num(e['ci_low'])}, "
-                     f"{_num(e['ci_high'])}] | {_p(e['p_value'])} | {_num(e['paper'])} |")
-    if tables["table2"]:
-        lines += ["", "## Table 2: simulated online lifts over ES", "",
-                  "| method | metric | lift | 95% CI | p | per-seed sd | paper |", "|---|---|---|---|---|---|---|"]
-        for e in tables["table2"]:
-            lines.append(f"| {e['label']} | {e['metric'].removesuffix('_lift').upper()} | {_pct(e['mean'])} | "
-                         f"[{_pct(e['ci_low'])}, {_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_sd(e['std'])} | "
-                         f"{_pct(e['paper']) if e['paper'] is not None else '—'} |")
-    if tables["table3"]:
-        lines += ["", "## Table 3: IntegratedRL-MTF vs Enhanced-State RL, weighted GAUC", "",
-                  "| method | weighted GAUC (mean ± sd) | 95% CI | diff | p (paired over seeds) | paper |",
-                  "|---|---|---|---|---|---|"]
-        for e in tables["table3"]:
-            lines.append(f"| {e['label']} | {_num(e['mean'])} ± {_num(e['std'])} | [{_num(e['ci_low'])}, "
-                         f"{_num(e['ci_high'])}] | {_num(e.get('diff_vs_reference'))} | {_p(e['p_value'])} | "
-                         f"{_num(e['paper'])} |")
-    if tables["table4"]:
-        lines += ["", "## Table 4: Enhanced-State RL's simulated online lifts over IntegratedRL-MTF", "",
-                  "| metric | lift | 95% CI | p | per-seed sd | paper |", "|---|---|---|---|---|---|"]
-        for e in tables["table4"]:
-            lines.append(f"| {e['metric'].removesuffix('_lift')} | {_pct(e['mean'])} | [{_pct(e['ci_low'])}, "
-                         f"{_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_sd(e['std'])} | "
-                         f"{_pct(e['paper']) if e['paper'] is not None else '—'} |")
-    ag = tables["agreement"]
-    lines += ["", "## Offline vs online agreement", "",
-              (f"Rank correlation between mean weighted GAUC and mean UVC over {len(ag['methods'])} methods: "
-              f"Spearman {_num(ag.get('spearman'), 3)} (p {_p(ag.get('spearman_p', float('nan')))}), "
-              f"Kendall {_num(ag.get('kendall'), 3)} (p {_p(ag.get('kendall_p', float('nan')))}).")]
-    return "\n".join(lines) + "\n"
-
-
-CSV_COLUMNS = ("table", "method", "label", "metric", "control", "reference", "mean", "std", "ci_low", "ci_high",
-               "p_value", "n_seeds", "paper")
-
-
-def write_outputs(out: Path, tables: dict, meta: dict) -> None:
-    import csv
-
-    (out / "tables.md").write_text(f"# {meta['title']}\n\n{meta['subtitle']}\n\n" + tables_markdown(tables))
-    entries = [e for k in ("table1", "table2", "table3", "table4") for e in tables[k]]
-    with (out / "tables.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for e in entries:
-            w.writerow({k: e.get(k, "") for k in CSV_COLUMNS})
-    doc = {"meta": meta, "entries": entries, "agreement": tables["agreement"]}
-    (out / "tables.json").write_text(json.dumps(doc, indent=2, default=_json_default, allow_nan=True))
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
 def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int | None = None, first_seed: int = 0,
               sim=None, methods: tuple[str, ...] | None = None, workers: int = 1, device: str = "cpu",
               env: str = "sim", resume: bool = False, log: Callable[[str], None] = print) -> dict:
@@ -477,7 +400,13 @@ def finish(out: Path, results: list[SeedResult], meta: dict, log: Callable[[str]
                         f"`{meta['commit']}`, {meta['seconds'] / 60:.1f} min.")
     write_outputs(out, tables, meta)
     write_report(out / "report.html", tables, results, meta, out)
-    log(f"wrote {out / 'tables.md'}, {out / 'tables.json'}, {out / 'report.html'} in {meta['seconds'] / 60:.1f} min")
+    files = [f for f in ("report.html", "tables.md", "tables.csv", "tables.json", "action_distributions.png",
+                         "config.json", "sim_config.toml") if (out / f).is_file()]
+    seeds = ", ".join(f"seed_{r.seed}" for r in results)
+    log(f"wrote {', '.join(files)} into {out}, and per seed ({seeds}) the test set and every method's run "
+        f"(config.json, metrics.jsonl, checkpoint/, policy/); progressive training's per-round data and policies "
+        f"are in seed_N/ptm_integrated|ptm_esrl/round_K/{{data,run/policy}} ({meta['seconds'] / 60:.1f} min)")
+    tables["preset"] = meta["preset"]["name"]
     return tables
 
 

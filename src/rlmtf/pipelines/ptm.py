@@ -120,10 +120,13 @@ class PTMConfig:
 
 def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMConfig(),
             algo_cfg: Any = None, train_cfg: TrainConfig = TrainConfig(),
-            log: Callable[[str], None] = print, progress=None, test_dir: Path | None = None) -> PTMResult:
+            log: Callable[[str], None] = print, progress=None, test_dir: Path | None = None,
+            on_step: Callable[[int, int, dict], None] | None = None) -> PTMResult:
     """Run the rounds; write ``ptm.json``, ``ptm.csv`` and ``ptm.png`` into ``out``.
 
-    ``test_dir``: an existing baseline-logged test set to evaluate on (default: log one in ``out/test``)."""
+    ``test_dir``: an existing baseline-logged test set to evaluate on (default: log one in ``out/test``).
+    ``progress(sessions, rows)`` follows each round's exploration; ``on_step(round, step, metrics)`` its
+    training (metrics at logged steps, else ``{}``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     space = sim.cfg.action_space
@@ -166,7 +169,8 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
         log(f"round {k}/{cfg.rounds}: training {algo} ({'warm start' if prev else 'from the behaviour policy'}"
             f"{', on every round so far' if cfg.train_on == 'all' else ''})")
         prev = train(algo, data, rd / "run", cfg=TrainConfig(**{**asdict(train_cfg), "seed": cfg.seed + k}),
-                     algo_cfg=algo_cfg, space=space, warm_start_from=prev)
+                     algo_cfg=algo_cfg, space=space, warm_start_from=prev,
+                     on_step=None if on_step is None else (lambda step, m, k=k: on_step(k, step, m)))
         policy = prev.policy(name=f"{algo}-round{k}")
         gauc = evaluate_gauc(policy, test, space).gauc
         ab = online_ab([base, policy], sim, users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 20_000,

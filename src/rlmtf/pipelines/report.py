@@ -11,11 +11,13 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 
-from rlmtf.pipelines.paper import LABELS, METHODS, tables_markdown
+from rlmtf.pipelines.paper import LABELS, METHODS
+from rlmtf.pipelines.tables import preset_note, tables_markdown
 
 
 def _plt():
@@ -39,21 +41,23 @@ def _img_file(path: Path) -> str:
 
 
 def fig_gauc(tables: dict) -> str:
+    """Bars from 0.5 (a random ranking), so that their lengths compare; the value at the end of each."""
     plt = _plt()
     rows = [e for e in tables["table1"]] + [e for e in tables["table3"] if e["method"] == "esrl"]
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
     y = np.arange(len(rows))
     means = np.array([e["mean"] for e in rows])
-    err = np.array([e["std"] if np.isfinite(e["std"]) else 0.0 for e in rows])
-    ax.barh(y, means, xerr=err, color=["C3" if e["method"] == "esrl" else "C0" for e in rows], alpha=0.8,
-            capsize=3)
-    ax.set_yticks(y, [e["label"] for e in rows])
-    lo = float(np.nanmin(means - err))
+    err = np.array([e["std"] if e["std"] is not None and np.isfinite(e["std"]) else 0.0 for e in rows])
+    ax.barh(y, means - 0.5, left=0.5, xerr=err, color=["C3" if e["method"] == "esrl" else
+                                                       "C7" if e["method"] == "baseline" else "C0" for e in rows],
+            alpha=0.8, capsize=3)
+    for yi, m, s in zip(y, means, err, strict=True):
+        ax.text(m + s + 0.002, yi, f"{m:.4f}", va="center", fontsize=7)
+    ax.set_yticks(y, [e["label"] if e["method"] != "baseline" else "hand-set baseline" for e in rows])
     hi = float(np.nanmax(means + err))
-    pad = max((hi - lo) * 0.3, 0.002)
-    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlim(0.5, max(hi + 0.25 * (hi - 0.5), 0.52))
     ax.invert_yaxis()
-    ax.set_xlabel("weighted GAUC (mean ± sd over seeds)")
+    ax.set_xlabel("weighted GAUC (mean ± sd over seeds; the axis starts at 0.5, a random ranking)")
     ax.set_title("Offline: weighted GAUC on the baseline-logged test set")
     return _png(fig)
 
@@ -117,18 +121,20 @@ def fig_ptm_actions(results) -> str | None:
     if not kinds:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds) + 2.0, 3.2), squeeze=False, sharey=True,
+                             layout="constrained")
     labels = [f"power {t}" for t in MTL_TASKS] + [f"bias {t}" for t in MTL_TASKS]
-    for ax, k in zip(axes[0], kinds, strict=True):
+    for j, (ax, k) in enumerate(zip(axes[0], kinds, strict=True)):
         m = np.mean([[row["mean_action"] for row in r.ptm[k]] for r in results], axis=0)  # (rounds + 1, A)
         im = ax.imshow(m.T, aspect="auto", cmap="coolwarm", vmin=-1, vmax=1)
         ax.set_yticks(range(m.shape[1]), labels[: m.shape[1]], fontsize=7)
+        ax.tick_params(axis="y", labelleft=j == 0)  # one set of row labels, left of the first panel
         ax.set_xticks(range(m.shape[0]), [str(row["round"]) for row in results[0].ptm[k]])
         ax.set_xlabel("round (0 = hand-set baseline)")
         ax.set_title(LABELS[k], fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), label="mean action on the test set")
     fig.suptitle("Where progressive training moves the policy (the bound penalty keeps each round near the "
-                 "previous round's exploration box)", y=1.04, fontsize=10)
+                 "previous round's exploration box)", fontsize=10)
     return _png(fig)
 
 
@@ -145,6 +151,8 @@ def fig_training(results) -> str | None:
     if not runs:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     cols = 4
     n_rows = (len(runs) + cols - 1) // cols
     fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 2.6 * n_rows), squeeze=False)
@@ -158,10 +166,14 @@ def fig_training(results) -> str | None:
         for k in keys[:4]:
             v = np.array([r.get(k, np.nan) for r in rec], dtype=float)
             ax.plot(steps, v, label=k.split("/", 1)[1], lw=1)
-        if keys and all(np.nanmin([r.get(k, np.nan) for r in rec]) > 0 for k in keys[:4]):
-            ax.set_yscale("log")
+        # one scale for every loss panel: symmetric log (losses span decades and some, e.g. -Q, are negative);
+        # ES's fitness (reward per session, in a narrow range) on a linear one
+        if m != "es":
+            ax.set_yscale("symlog", linthresh=1e-2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(LABELS[m] + (" (last PTM round)" if m in ("integrated", "esrl") else ""), fontsize=9)
         ax.set_xlabel("generation" if m == "es" else "step", fontsize=8)
+        ax.set_ylabel("fitness (linear)" if m == "es" else "loss (symlog)", fontsize=8)
         ax.legend(fontsize=6)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(runs):]:
@@ -209,11 +221,17 @@ def _md_table_to_html(md: str) -> str:
     return "\n".join(parts)
 
 
+def _code_spans(text: str) -> str:
+    """``text`` escaped for HTML, with Markdown's `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222}table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;
 padding:.25em .6em;text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}td:first-child,
 th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.5em 0}code{background:#f5f5f5;
-padding:0 .2em}.note{color:#555;font-size:.92em}"""
+padding:0 .2em}.note{color:#555;font-size:.92em}.warn{background:#fff4d6;border:1px solid #e8c15a;
+padding:.6em .9em;border-radius:4px}"""
 
 
 def write_report(path: Path, tables: dict, results, meta: dict, out: Path) -> Path:
@@ -228,12 +246,16 @@ def write_report(path: Path, tables: dict, results, meta: dict, out: Path) -> Pa
             ("Policy drift over the rounds", fig_ptm_actions(results),
              ("Mean normalised action ([-1, 1]; -1 = the low end of the power or bias range) of each round's policy "
              "on the test set, averaged over seeds.")),
-            ("Training curves", fig_training(results), "Losses per logged interval (ES: fitness per generation)."),
+            ("Training curves", fig_training(results),
+             ("Losses per logged interval on a symmetric log scale (linear within ±0.01); ES: fitness per "
+              "generation, linear.")),
             ("Action distributions (Figure 2)", fig_actions(out, results),
              ("Logged actions of round 1 of progressive exploration: the bounded uniform exploration box against "
              "Gaussian action noise of the same mean."))]
     seconds = meta.get("seconds", float("nan"))
     body = [f"<h1>{html.escape(meta['title'])}</h1>",
+            *([f"<p class='warn'><b>Note.</b> {_code_spans(preset_note(meta['preset']['name']) or '')}</p>"]
+              if preset_note(meta["preset"]["name"]) else []),
             (f"<p class='note'>Preset <code>{html.escape(meta['preset']['name'])}</code>, seeds "
             f"{html.escape(str(meta['seeds']))}, env <code>{html.escape(meta['env'])}</code>, commit "
             f"<code>{html.escape(str(meta['commit']))}</code>, device {html.escape(meta['device'])}, "

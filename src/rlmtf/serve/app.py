@@ -48,23 +48,28 @@ durable write is encoded (float32 BLOBs) on the event loop, handed to the store'
 awaited, so the event loop parses the next request while the commit (and its fsync) runs, and
 concurrent requests share one commit (group commit, :mod:`rlmtf.serve.store`). Metrics and the body
 limit are one plain ASGI middleware (:mod:`rlmtf.serve.metrics`). Under ``rlmtf serve``
-(``app_from_env``) the start-up heap is frozen out of the garbage collector (``gc.freeze``) and a torch
-policy gets one intra-op thread per worker; with several workers the listening socket is made by
-:mod:`rlmtf.serve.run` so that connections get ``TCP_NODELAY`` (uvicorn's own socket left Nagle on:
-~40 ms per response).
+(:func:`rlmtf.serve.run.app_from_env`) the start-up heap is frozen out of the garbage collector
+(``gc.freeze``) and a torch policy gets one intra-op thread per worker; with several workers the
+listening socket is made by :mod:`rlmtf.serve.run` so that connections get ``TCP_NODELAY`` (uvicorn's
+own socket left Nagle on: ~40 ms per response).
 
 Policy version: ``baseline`` (or the built-in's name) for built-ins, else the first 12 hex digits of a
 blake2b hash of the policy's files (policy.json and every ``*.safetensors``, by name; a run directory
 and its ``policy/`` have the same version).
 
-Admin reload needs ``Authorization: Bearer <token>`` equal to the env var ``RLMTF_ADMIN_TOKEN``
-(401 without a bearer token, 403 for a wrong one or when the variable is unset). The new policy is
+Admin reload (:mod:`rlmtf.serve.admin`) needs ``Authorization: Bearer <token>`` equal to the env var
+``RLMTF_ADMIN_TOKEN`` (401 without a bearer token, 403 for a wrong one or when the variable is unset),
+checked before the body is read; it loads a built-in or a policy under ``models_dir``. The new policy is
 loaded and smoke-tested on a dummy request before it is swapped in under a lock; a failing load
 keeps the old policy serving and answers 422 with the reason. A request reads the served policy
 once, so it is answered and logged entirely by the old or entirely by the new one.
 
 Feedback: ``event_id`` is an idempotency key; a repeat (same id, whatever its payload) is stored
-once and answered ``{"duplicate": true}``. Feedback may only name an item shown in that request.
+once and answered ``{"duplicate": true}``. Values are checked at the door: finite JSON numbers,
+watch_time in [0, ``max_watch_time_s``], watch_ratio in [0, ``MAX_WATCH_RATIO``], the rest exactly 0 or 1,
+so the export never meets a value it cannot store. Ranking: an optional ``request_key`` makes a retry
+idempotent (answered from the log, logged once). Ids are at most ``max_string_length`` characters.
+Feedback may only name an item shown in that request.
 Every request and feedback event is committed to SQLite (:mod:`rlmtf.serve.store`, WAL) before the
 response is sent; ``durability`` (``rlmtf serve --durability``) says what a commit survives:
 ``fsync`` (default, ``synchronous=FULL``) a power loss, ``process`` (``synchronous=NORMAL``) a
@@ -76,10 +81,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import math
 import os
+import sqlite3
 import threading
 import uuid
 from contextlib import asynccontextmanager
@@ -88,11 +93,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from rlmtf.algos.registry import BUILTIN, PolicyLoadError, load_policy, policy_file, saved_feature_spec
 from rlmtf.core.fusion import ActionSpace, fused_log_score, rank_top_l
@@ -100,26 +104,34 @@ from rlmtf.core.reward import REWARD_BEHAVIOURS
 from rlmtf.core.schema import FEEDBACK_COLUMNS, FeatureSpec
 from rlmtf.policy.base import Policy, RequestObs, check_actions
 from rlmtf.policy.explore import UniformExploration
+from rlmtf.serve.admin import ADMIN_TOKEN_ENV, check_admin, resolve_reload
 from rlmtf.serve.bounds import UserBounds, load_user_bounds
 from rlmtf.serve.metrics import EdgeMiddleware, Metrics
+from rlmtf.serve.openapi import ADMIN_RESPONSES, FEEDBACK_RESPONSES, RANK_RESPONSES, document
 from rlmtf.serve.store import ServeStore, ShownItem
 from rlmtf.serve.wire import (
     Candidate,
     FeedbackRequest,
+    FeedbackResponse,
     RankedItem,
     RankParser,
     RankRequest,
     RankResponse,
     ReloadRequest,
+    ReloadResponse,
     WireError,
+    check_content_type,
+    check_lengths,
     clean_errors,
+    duplicate_key,
     spec_difference,
 )
 
 __all__ = ["create_app", "policy_version", "explore_assigned", "ADMIN_TOKEN_ENV", "Candidate", "FeedbackRequest",
            "RankRequest", "RankResponse", "RankedItem", "ReloadRequest"]
 
-ADMIN_TOKEN_ENV = "RLMTF_ADMIN_TOKEN"
+#: watch_ratio a feedback may report at most (a ratio of the video's duration)
+MAX_WATCH_RATIO = 1000.0
 #: the returned fused score is exp(log score); above this log it would overflow a double, so it is capped
 #: there (the ranking itself uses the log scores and is unaffected)
 _MAX_LOG_SCORE = math.log(np.finfo(np.float64).max)
@@ -199,26 +211,13 @@ def _json_response(content: Any, status: int = 200) -> Response:
                     media_type="application/json")
 
 
-def _openapi_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) -> None:
-    """Document request bodies that handlers parse themselves (``{path: model}``) in /openapi.json."""
+def _refusal(e: WireError) -> Response:
+    return _json_response({"detail": e.errors}, e.status)
 
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        comps = doc.setdefault("components", {}).setdefault("schemas", {})
-        for path, model in bodies.items():
-            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            comps.update(js.pop("$defs", {}))
-            comps[model.__name__] = js
-            op = doc.get("paths", {}).get(path, {}).get("post")
-            if op is not None:
-                op["requestBody"] = {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
-        app.openapi_schema = doc
-        return doc
 
-    app.openapi = openapi  # type: ignore[method-assign]
+def _strict_body(request: Request, raw: bytes) -> WireError | None:
+    """What every JSON body is checked for first: its Content-Type, and no key given twice."""
+    return check_content_type(request.headers.get("content-type")) or duplicate_key(raw)
 
 
 @dataclass(frozen=True)
@@ -242,7 +241,9 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
                upper_b: float = 0.15, max_candidates: int = 2000, max_body_bytes: int = 8 * 1024 * 1024,
                seed: int = 0, action_space: ActionSpace = ActionSpace(),
                bounds: str | os.PathLike[str] | UserBounds | None = None,
-               torch_threads: int | None = None, durability: str = "fsync", freeze_gc: bool = False) -> FastAPI:
+               torch_threads: int | None = None, durability: str = "fsync", freeze_gc: bool = False,
+               models_dir: str | os.PathLike[str] | None = None, max_string_length: int = 256,
+               max_watch_time_s: float = 86400.0, body_timeout_s: float = 30.0) -> FastAPI:
     """The ranking service; see the module docstring. ``feature_spec``: the features it accepts (default:
     the policy's own, else the simulator's); a policy that records another one is refused.
     ``bounds``: a per-user bounds file (:mod:`rlmtf.serve.bounds`) or a loaded :class:`UserBounds`.
@@ -251,7 +252,9 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
     acknowledged record survives (:mod:`rlmtf.serve.store`). ``freeze_gc``: move everything alive after start-up
     (and after each reload) to the garbage collector's permanent generation (``gc.freeze``), so that the
     collections a request's many small objects trigger do not walk the whole heap (torch, numpy, the policy):
-    for a server process, not for a library caller."""
+    for a server process, not for a library caller. ``models_dir``: where an admin reload may load from
+    (:mod:`rlmtf.serve.admin`). ``max_string_length``: the longest id accepted; ``max_watch_time_s``: the
+    largest watch_time a feedback may report; ``body_timeout_s``: a body must arrive within this (408)."""
     spec = feature_spec if feature_spec is not None else saved_feature_spec(policy_spec)
     if spec is None:
         from rlmtf.envs.sim.config import SimConfig
@@ -262,6 +265,9 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
         raise ValueError(f"explore_fraction must be in [0, 1], got {explore_fraction}")
     if max_candidates < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    if max_string_length < 1 or max_body_bytes < 1 or not (0 < max_watch_time_s < math.inf) or body_timeout_s <= 0:
+        raise ValueError("max_string_length, max_body_bytes, max_watch_time_s and body_timeout_s must be > 0 "
+                         "(and finite)")
     parser = RankParser(spec, max_candidates)
     user_group = parser.user_group
     n_profile = spec.user_profile.dim
@@ -304,8 +310,8 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
     app.state.feature_spec = spec
     app.state.metrics = metrics
     app.state.user_bounds = user_bounds
-    app.add_middleware(EdgeMiddleware, limit=max_body_bytes, metrics=metrics)
-    _openapi_bodies(app, {"/v1/rank": RankRequest, "/v1/feedback": FeedbackRequest})
+    app.add_middleware(EdgeMiddleware, limit=max_body_bytes, metrics=metrics, body_timeout_s=body_timeout_s)
+    document(app, {"/v1/rank": RankRequest, "/v1/feedback": FeedbackRequest, "/v1/admin/reload": ReloadRequest})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -322,17 +328,32 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
                 "max_candidates": max_candidates, "policy_version": state["served"].version,
                 "policy_level": state["served"].policy.level, "action_dim": spec.action_dim}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     def prom() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(state["served"].version, store),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/rank", response_model=RankResponse)
+    @app.post("/v1/rank", response_model=RankResponse, responses=RANK_RESPONSES)
     async def rank(request: Request) -> Response:
+        raw = await request.body()
         try:
-            req = parser.parse(await request.body())
+            bad = _strict_body(request, raw)
+            if bad is not None:
+                raise bad
+            req = parser.parse(raw)
+            longest = max(range(len(req.item_ids)), key=lambda i: len(req.item_ids[i]))
+            bad = check_lengths({"user_id": req.user_id, "session_id": req.session_id,
+                                 "request_key": req.request_key,
+                                 f"candidates.{longest}.item_id": req.item_ids[longest]}, max_string_length)
+            if bad is not None:
+                raise bad
         except WireError as e:
-            return _json_response({"detail": e.errors}, e.status)
+            return _refusal(e)
+        if req.request_key is not None:
+            prior = store.logged_response(req.request_key)
+            if prior is not None:  # a retry: the answer it was given, logged once
+                return _json_response(prior)
         served = state["served"]  # one read: a concurrent reload cannot mix two policies in a request
         n = len(req.item_ids)
         feats, scores, user, ctx = req.item_features, req.mtl_scores, req.user, req.context
@@ -372,10 +393,15 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
         committed = store.log_request_async(
             request_id=request_id, user_id=req.user_id, session_id=req.session_id, policy_version=served.version,
             explored=explored, user_profile=user[:n_profile], user_history=user[n_profile:], context=ctx,
-            shown=shown)
+            shown=shown, request_key=req.request_key)
         body = {"request_id": request_id, "policy_version": served.version, "explored": explored, "items": items}
         try:
             await asyncio.wrap_future(committed)  # on disk before the answer
+        except sqlite3.IntegrityError:  # a concurrent retry with the same request_key was logged first
+            prior = store.logged_response(req.request_key) if req.request_key is not None else None
+            if prior is None:
+                raise HTTPException(503, detail="could not log the request") from None
+            return _json_response(prior)
         except Exception as e:
             raise HTTPException(503, detail=f"could not log the request: {type(e).__name__}: {e}") from e
         with metrics.lock:
@@ -383,12 +409,20 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
             metrics.explored += int(explored)
         return _json_response(body)
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", response_model=FeedbackResponse, responses=FEEDBACK_RESPONSES)
     async def feedback(request: Request) -> Response:
+        raw = await request.body()
+        bad = _strict_body(request, raw)
+        if bad is not None:
+            return _refusal(bad)
         try:
-            fb = FeedbackRequest.model_validate_json(await request.body())
+            fb = FeedbackRequest.model_validate_json(raw)
         except ValidationError as e:
             return _json_response({"detail": clean_errors(e.errors(), ("body",))}, 422)
+        bad = check_lengths({"request_id": fb.request_id, "item_id": fb.item_id, "event_id": fb.event_id},
+                            max_string_length)
+        if bad is not None:
+            return _refusal(bad)
         logged, shown = store.shown_status(fb.request_id, fb.item_id)
         if not logged:
             raise HTTPException(404, detail=f"unknown request_id {fb.request_id!r}")
@@ -399,6 +433,9 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
                 raise _err(["behaviours", name], f"unknown behaviour {name!r} (known: {', '.join(FEEDBACK_KEYS)})")
             if name in _CONTINUOUS and v < 0:
                 raise _err(["behaviours", name], f"{name} must be >= 0")
+            cap = max_watch_time_s if name == "watch_time" else MAX_WATCH_RATIO
+            if name in _CONTINUOUS and v > cap:
+                raise _err(["behaviours", name], f"{name} must be <= {cap:g}")
             if name not in _CONTINUOUS and v not in (0, 1):
                 raise _err(["behaviours", name], f"{name} must be 0 or 1")
         event_id = fb.event_id or uuid.uuid4().hex
@@ -410,47 +447,36 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
             raise HTTPException(503, detail=f"could not log the feedback: {type(e).__name__}: {e}") from e
         return _json_response({"event_id": event_id, "accepted": True, "duplicate": not new})
 
-    @app.post("/v1/admin/reload")
-    def reload(body: ReloadRequest, authorization: str | None = Header(default=None)) -> dict:
-        token = os.environ.get(ADMIN_TOKEN_ENV, "")
-        if not authorization or not authorization.startswith("Bearer "):
-            raise HTTPException(401, detail="missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        if not token:
-            raise HTTPException(403, detail=f"admin endpoints are disabled ({ADMIN_TOKEN_ENV} is not set)")
-        if not hmac.compare_digest(authorization[len("Bearer "):].encode(), token.encode()):
-            raise HTTPException(403, detail="wrong token")
+    @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=ADMIN_RESPONSES)
+    async def reload(request: Request) -> Response:
+        check_admin(request.headers.get("authorization"))  # before anything of the body is looked at
+        raw = await request.body()
+        bad = _strict_body(request, raw)
+        if bad is not None:
+            return _json_response({"detail": bad.errors, "policy_version": state["served"].version}, bad.status)
+        try:
+            body = ReloadRequest.model_validate_json(raw)
+        except ValidationError as e:
+            return _json_response({"detail": clean_errors(e.errors(), ("body",)),
+                                   "policy_version": state["served"].version}, 422)
+        return await asyncio.to_thread(swap, body.policy)
+
+    def swap(name: str) -> Response:
         with swap_lock:
             old = state["served"]
             try:
-                new = build(body.policy)
+                new = build(resolve_reload(name, models_dir))
             except PolicyLoadError as e:
-                return JSONResponse(status_code=422, content={"detail": str(e), "policy_version": old.version})
+                return _json_response({"detail": [{"loc": ["body", "policy"], "msg": str(e), "type": "policy_load"}],
+                                       "policy_version": old.version}, 422)
             state["served"] = new
         if freeze_gc:
             _freeze_heap()
-        return {"policy_version": new.version, "previous_version": old.version, "level": new.policy.level}
+        return _json_response({"policy_version": new.version, "previous_version": old.version,
+                               "level": new.policy.level})
 
     return app
 
 
 # REWARD_BEHAVIOURS is re-exported for clients that build feedback payloads.
-__all__ += ["REWARD_BEHAVIOURS", "FEEDBACK_KEYS"]
-
-
-def app_from_env() -> FastAPI:
-    """An app configured by ``RLMTF_SERVE_*`` environment variables (how ``rlmtf serve`` passes its
-    options to every uvicorn worker process): POLICY, LOG_DIR, EXPLORE_FRACTION, LOWER_B, UPPER_B,
-    MAX_CANDIDATES, SEED, BOUNDS (a per-user bounds file), TORCH_THREADS, DURABILITY, FEATURE_SPEC (the
-    feature spec as JSON, :meth:`FeatureSpec.to_json`; unset: the policy's own, else the simulator's)."""
-    env = os.environ
-    threads = env.get("RLMTF_SERVE_TORCH_THREADS", "")
-    spec_json = env.get("RLMTF_SERVE_FEATURE_SPEC", "")
-    return create_app(env.get("RLMTF_SERVE_POLICY", "baseline"), log_dir=env["RLMTF_SERVE_LOG_DIR"],
-                      feature_spec=FeatureSpec.from_json(json.loads(spec_json)) if spec_json else None,
-                      explore_fraction=float(env.get("RLMTF_SERVE_EXPLORE_FRACTION", "0")),
-                      lower_b=float(env.get("RLMTF_SERVE_LOWER_B", "-0.15")),
-                      upper_b=float(env.get("RLMTF_SERVE_UPPER_B", "0.15")),
-                      max_candidates=int(env.get("RLMTF_SERVE_MAX_CANDIDATES", "2000")),
-                      seed=int(env.get("RLMTF_SERVE_SEED", "0")), bounds=env.get("RLMTF_SERVE_BOUNDS") or None,
-                      torch_threads=int(threads) if threads else None,
-                      durability=env.get("RLMTF_SERVE_DURABILITY", "fsync"), freeze_gc=True)
+__all__ += ["REWARD_BEHAVIOURS", "FEEDBACK_KEYS", "FeedbackResponse", "ReloadResponse", "MAX_WATCH_RATIO"]

@@ -20,14 +20,20 @@ Join and conventions (written down here because the paper is silent):
   ``log_duration`` item feature is standardised with the catalogue's (unknown here) duration
   parameters, so it cannot give the duration back.
 - **Reward.** ``reward = rlmtf.core.reward.item_reward`` of the merged behaviours with ``reward_weights``.
+- **Values the service would refuse today.** The service checks every feedback value at the door
+  (finite, watch_time in [0, its cap], 0/1 behaviours exactly 0 or 1). A log written before those
+  checks may hold others: such an event (or an item whose merged watch_time leaves float32's range) is
+  left out and counted in ``skipped_feedback``, so one bad client never stops the export.
+- **A damaged log** is refused (:class:`rlmtf.serve.store.LogStoreError`); ``salvage=True`` exports what
+  SQLite can still read and counts the rest in ``lost_rows`` (:mod:`rlmtf.serve.logcheck`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
-import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,11 +43,22 @@ from rlmtf.core.reward import REWARD_BEHAVIOURS, RewardWeights, item_reward
 from rlmtf.core.schema import FEEDBACK_COLUMNS, DatasetMeta, FeatureSpec
 from rlmtf.data.io import BINARY_FEEDBACK
 from rlmtf.data.writer import LogWriter
-from rlmtf.serve.store import DB_NAME, decode_vector, read_feature_spec
+from rlmtf.serve.logcheck import read_log_tables
+from rlmtf.serve.store import DB_NAME, LogStoreError, corrupt_message, decode_vector, read_feature_spec
 
 __all__ = ["export_logs", "stable_id"]
 
 _DAY_S = 86400.0
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _usable(name: str, v: object) -> bool:
+    """Whether a logged feedback value is one the export can store (what the service accepts today is)."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return False
+    if name in BINARY_FEEDBACK:
+        return v in (0, 1)
+    return 0 <= v <= _F32_MAX
 
 
 def stable_id(*parts: str) -> int:
@@ -56,49 +73,60 @@ def _spec_dims(spec: FeatureSpec) -> dict[str, int]:
 
 def export_logs(log_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                 feature_spec: FeatureSpec | None = None, reward_weights: RewardWeights = RewardWeights(), *,
-                list_len: int = 5, overwrite: bool = False) -> dict:
+                list_len: int = 5, overwrite: bool = False, salvage: bool = False) -> dict:
     """Join the serving log under ``log_dir`` into a logged-data dataset at ``out_dir``.
 
     ``feature_spec``: the dataset's; default the one the log records (what the service was started
-    with). A given one must have the logged one's sizes. Returns a summary: rows, requests, sessions,
-    days, skipped_requests (shown length != list_len).
+    with). A given one must have the logged one's sizes. ``salvage``: export what a damaged log still
+    holds. Returns a summary: rows, requests, sessions, days, skipped_requests (shown length !=
+    list_len), skipped_feedback (values it cannot use) and, salvaging, lost_rows per table.
     """
     db = Path(log_dir) / DB_NAME
     if not db.is_file():
         raise FileNotFoundError(f"{db}: no serving log")
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn, tables, lost = read_log_tables(db, salvage=salvage)
     try:
-        logged_spec = read_feature_spec(conn)
-        if feature_spec is None:
-            if logged_spec is None:
-                raise ValueError(f"{db}: the log records no feature spec; pass the one it was written with")
-            feature_spec = logged_spec
-        elif logged_spec is not None:
-            logged, wanted = _spec_dims(logged_spec), _spec_dims(feature_spec)
-            if logged != wanted:
-                raise ValueError(f"{db}: the log was written with feature dims {logged}, not {wanted}")
-        requests = conn.execute("SELECT request_id, user_id, session_id, ts, k, user_profile, user_history, context "
-                                "FROM requests ORDER BY ts, seq").fetchall()
-        shown_rows = conn.execute("SELECT request_id, position, item_id, item_features, mtl_scores, mu_bp, lower_b, "
-                                  "upper_b, action FROM shown ORDER BY request_id, position").fetchall()
-        fb_rows = conn.execute("SELECT request_id, item_id, behaviours, session_end FROM feedback "
-                               "ORDER BY seq").fetchall()
+        try:
+            logged_spec = read_feature_spec(conn)
+        except Exception as e:  # a damaged meta table, or a spec that is not one
+            raise LogStoreError(corrupt_message(db, f"its feature spec is unreadable: {e}")) from None
     finally:
         conn.close()
+    if feature_spec is None:
+        if logged_spec is None:
+            raise ValueError(f"{db}: the log records no feature spec; pass the one it was written with")
+        feature_spec = logged_spec
+    elif logged_spec is not None:
+        logged, wanted = _spec_dims(logged_spec), _spec_dims(feature_spec)
+        if logged != wanted:
+            raise ValueError(f"{db}: the log was written with feature dims {logged}, not {wanted}")
+    requests, shown_rows, fb_rows = tables["requests"], tables["shown"], tables["feedback"]
 
     shown: dict[str, list[tuple]] = defaultdict(list)
     for r in shown_rows:
         shown[r[0]].append(r)
     feedback: dict[tuple[str, str], dict[str, float]] = {}
     ended: set[str] = set()
+    skipped_feedback = 0
     for request_id, item_id, beh_json, session_end in fb_rows:
+        try:
+            beh = json.loads(beh_json)
+        except (TypeError, ValueError):
+            beh = None
+        if not isinstance(beh, dict) or not all(_usable(k, v) for k, v in beh.items() if k in FEEDBACK_COLUMNS):
+            skipped_feedback += 1
+            continue
         agg = feedback.setdefault((request_id, item_id), {})
-        for name, v in json.loads(beh_json).items():
+        for name, v in beh.items():
             if name not in FEEDBACK_COLUMNS:
                 continue
             agg[name] = agg.get(name, 0.0) + float(v) if name == "watch_time" else max(agg.get(name, 0.0), float(v))
         if session_end:
             ended.add(request_id)
+    for key, agg in list(feedback.items()):  # a sum beyond float32: the item's feedback cannot be stored
+        if any(v > _F32_MAX for v in agg.values()):
+            del feedback[key]
+            skipped_feedback += 1
 
     # sessions: (user, session) in time order, split after a session_end
     by_session: dict[tuple[str, str], list[tuple]] = defaultdict(list)
@@ -169,5 +197,8 @@ def export_logs(log_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]
         for day in days:
             m = arrays["day"] == day
             w.write(day, {k: v[m] for k, v in arrays.items() if k != "day"})
-    return {"rows": n, "requests": n_requests, "sessions": n_sessions, "days": days, "skipped_requests": skipped,
-            "out_dir": str(out_dir)}
+    out = {"rows": n, "requests": n_requests, "sessions": n_sessions, "days": days, "skipped_requests": skipped,
+           "skipped_feedback": skipped_feedback, "out_dir": str(out_dir)}
+    if salvage:
+        out["lost_rows"] = lost
+    return out

@@ -42,6 +42,14 @@ Tables:
   lower_b, upper_b, action, score
 - ``feedback``: seq, event_id (unique: a repeated event is stored once), request_id, item_id,
   behaviours (JSON object), session_end, ts
+Idempotent retries: a request may carry a client ``request_key`` (unique); a retry with a logged key is
+answered from the log (:meth:`ServeStore.logged_response`), never logged twice. Logs from before the
+key have the column added on open.
+
+A corrupt store (not a database, truncated, a damaged page) is refused when a :class:`ServeStore` opens
+it (``PRAGMA quick_check`` read-only first, so nothing is written to it): :class:`LogStoreError` names the
+file. :mod:`rlmtf.serve.logcheck` reports its integrity and salvages what can be read.
+
 - ``meta``: key/value (the feature spec the log was written with, ``feature_spec``: one per log, so a
   service with other features refuses to open it; :func:`read_feature_spec`)
 """
@@ -81,7 +89,8 @@ CREATE TABLE IF NOT EXISTS requests (
     k INTEGER NOT NULL,
     user_profile TEXT NOT NULL,
     user_history TEXT NOT NULL,
-    context TEXT NOT NULL
+    context TEXT NOT NULL,
+    request_key TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_session ON requests (session_id, ts, seq);
 CREATE TABLE IF NOT EXISTS shown (
@@ -109,6 +118,40 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_request ON feedback (request_id, item_id);
 """
+
+
+class LogStoreError(ValueError):
+    """A serving log that cannot be used: not a SQLite database, truncated or damaged; the message names it."""
+
+
+def corrupt_message(path: Path, e: BaseException | str) -> str:
+    return (f"{path}: the serving log is corrupt or not a serving log ({e}); it was left as it is: "
+            f"`rlmtf logs check --log-dir {path.parent}` reports it, `rlmtf logs export --salvage` exports "
+            "what can be read")
+
+
+def quick_check(path: Path) -> None:
+    """Read-only ``PRAGMA quick_check`` of an existing log; :class:`LogStoreError` when it is not sound."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        raise LogStoreError(corrupt_message(path, e)) from None
+    if rows != ["ok"]:
+        raise LogStoreError(corrupt_message(path, "; ".join(map(str, rows[:3]))))
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    """Add what later versions of the log hold (the ``request_key`` column) to an older log."""
+    cols = {r[1] for r in c.execute("PRAGMA table_info(requests)")}
+    if "request_key" not in cols:
+        c.execute("ALTER TABLE requests ADD COLUMN request_key TEXT")
+    c.execute("CREATE UNIQUE INDEX IF NOT EXISTS requests_key ON requests (request_key)")
 
 
 @dataclass
@@ -178,9 +221,15 @@ class ServeStore:
         self.busy_timeout_s = busy_timeout_s
         self._lock = threading.Lock()  # the read connection
         self._start_lock = threading.Lock()
-        self._conn = open_db(self.path)
-        self._wconn = open_db(self.path, SYNCHRONOUS[durability])
-        self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the commit path
+        quick_check(self.path)  # a damaged log is refused before anything writes to it
+        try:
+            self._conn = open_db(self.path)
+            self._wconn = open_db(self.path, SYNCHRONOUS[durability])
+            self._wconn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run off the commit path
+            self._wconn.executescript(_SCHEMA)
+            self._tx(self._wconn, _migrate)
+        except sqlite3.DatabaseError as e:
+            raise LogStoreError(corrupt_message(self.path, e)) from None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
@@ -189,7 +238,6 @@ class ServeStore:
         self._dirty = False
         self.groups = 0  # committed groups (for tests and metrics)
         self.writes = 0  # committed writes
-        self._wconn.executescript(_SCHEMA)
         if feature_spec_json is not None:
             wanted = FeatureSpec.from_json(feature_spec_json)
 
@@ -333,8 +381,10 @@ class ServeStore:
     def log_request_async(self, *, request_id: str, user_id: str, session_id: str, policy_version: str,
                           explored: bool, user_profile: Sequence[float] | np.ndarray,
                           user_history: Sequence[float] | np.ndarray, context: Sequence[float] | np.ndarray,
-                          shown: Sequence[ShownItem], ts: float | None = None) -> Future:
-        """Queue a request and its shown items (one savepoint); the future resolves once committed."""
+                          shown: Sequence[ShownItem], ts: float | None = None,
+                          request_key: str | None = None) -> Future:
+        """Queue a request and its shown items (one savepoint); the future resolves once committed (to an
+        ``sqlite3.IntegrityError`` when ``request_key`` was already logged: then nothing is written)."""
         ts = time.time() if ts is None else ts
         # encode here, in the caller's thread: the writer thread then only runs SQLite (which releases the GIL)
         enc = encode_vector
@@ -348,7 +398,8 @@ class ServeStore:
 
         def write(c: sqlite3.Connection) -> None:
             c.execute("INSERT INTO requests (request_id, user_id, session_id, ts, policy_version, explored, k, "
-                      "user_profile, user_history, context) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", req_row)
+                      "user_profile, user_history, context, request_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (*req_row, request_key))
             c.executemany("INSERT INTO shown VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", shown_rows)
 
         return self.submit(write)
@@ -394,6 +445,19 @@ class ServeStore:
                                      "EXISTS (SELECT 1 FROM shown WHERE request_id = ? AND item_id = ?)",
                                      (request_id, request_id, item_id)).fetchone()
         return bool(row[0]), bool(row[1])
+
+    def logged_response(self, request_key: str) -> dict | None:
+        """The answer given to the request logged with ``request_key`` (None if there is none): its id, policy
+        version, exploration flag and shown items with their scores and actions, as ``/v1/rank`` sent them."""
+        with self._lock:
+            row = self._conn.execute("SELECT request_id, policy_version, explored FROM requests WHERE request_key = ?",
+                                     (request_key,)).fetchone()
+            if row is None:
+                return None
+            shown = self._conn.execute("SELECT item_id, score, action FROM shown WHERE request_id = ? "
+                                       "ORDER BY position", (row[0],)).fetchall()
+        return {"request_id": row[0], "policy_version": row[1], "explored": bool(row[2]),
+                "items": [{"item_id": i, "score": sc, "action": decode_vector(a)} for i, sc, a in shown]}
 
     def counts(self) -> dict[str, int]:
         with self._lock:

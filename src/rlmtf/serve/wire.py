@@ -19,10 +19,16 @@ so how it becomes arrays decides the service's latency. :meth:`RankParser.parse`
 no faster at 100 candidates and 10-40 % faster in the parse at 500: not worth a second validator.)
 
 Errors are :class:`WireError` holding FastAPI's ``[{"loc": [...], "msg": ..., "type": ...}]`` list.
+
+Strictness (every body): a JSON object with no key given twice (:func:`duplicate_key`; pydantic alone
+keeps the last), sent as ``Content-Type: application/json`` (:func:`check_content_type`, else 415);
+``k`` a JSON integer, behaviours JSON numbers, ``session_end`` a JSON boolean; ids at most
+``max_string`` characters (:func:`check_lengths`, ``rlmtf serve --max-string-length``).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Annotated, Any
@@ -32,8 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
 
-__all__ = ["Candidate", "FeedbackRequest", "ParsedRank", "RankParser", "RankRequest", "RankResponse",
-           "RankedItem", "ReloadRequest", "WireError", "clean_errors", "spec_difference", "vector"]
+__all__ = ["Candidate", "ErrorBody", "ErrorItem", "FeedbackRequest", "FeedbackResponse", "MessageBody", "ParsedRank",
+           "RankParser", "RankRequest", "RankResponse", "RankedItem", "ReloadErrorBody", "ReloadRequest",
+           "ReloadResponse", "WireError", "check_content_type", "check_lengths", "clean_errors", "duplicate_key",
+           "spec_difference", "vector"]
 
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 FeatureValue = Finite | list[Finite]
@@ -54,7 +62,10 @@ class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(min_length=1)
     session_id: str = Field(min_length=1)
-    k: int = 5
+    k: int = Field(default=5, strict=True)
+    request_key: str | None = Field(default=None, min_length=1, description=(
+        "Idempotency key: a retry with a key already served is answered with the logged response and not "
+        "logged again."))
     user_features: dict[str, FeatureValue]
     context: dict[str, FeatureValue]
     candidates: list[Candidate]
@@ -78,13 +89,50 @@ class FeedbackRequest(BaseModel):
     request_id: str = Field(min_length=1)
     item_id: str = Field(min_length=1)
     event_id: str | None = Field(default=None, min_length=1)
-    behaviours: dict[str, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict)
-    session_end: bool = False
+    behaviours: dict[str, Finite] = Field(default_factory=dict)
+    session_end: bool = Field(default=False, strict=True)
+
+
+class FeedbackResponse(BaseModel):
+    event_id: str
+    accepted: bool
+    duplicate: bool
 
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: str = Field(min_length=1)
+    policy: str = Field(min_length=1, description="A built-in policy, or a policy under the service's --models-dir "
+                                                  "(relative to it).")
+
+
+class ReloadResponse(BaseModel):
+    policy_version: str
+    previous_version: str
+    level: str
+
+
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """A refused body (422): FastAPI's shape, ``loc`` naming the field."""
+
+    detail: list[ErrorItem]
+
+
+class ReloadErrorBody(ErrorBody):
+    """A policy that cannot be loaded (422): the reason, and the version that keeps serving."""
+
+    policy_version: str
+
+
+class MessageBody(BaseModel):
+    """Every other refusal: one message."""
+
+    detail: str
 
 
 # --- errors -----------------------------------------------------------------------------------------
@@ -100,6 +148,50 @@ class WireError(Exception):
 
 def _err(loc: list[Any], msg: str, kind: str = "value_error") -> WireError:
     return WireError([{"loc": ["body", *loc], "msg": msg, "type": kind}])
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    seen: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _Duplicate(k)
+        seen[k] = v
+    return seen
+
+
+class _Duplicate(Exception):
+    """A JSON object names a key twice."""
+
+
+def duplicate_key(raw: bytes) -> WireError | None:
+    """A :class:`WireError` when some JSON object in ``raw`` names a key twice (None otherwise, also for a
+    body that is not JSON: the model's parse reports that)."""
+    try:
+        json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _Duplicate as e:
+        return _err([str(e.args[0])], f"key {e.args[0]!r} given twice in one JSON object", "duplicate_key")
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+def check_content_type(value: str | None) -> WireError | None:
+    """A 415 :class:`WireError` unless the body is declared ``application/json`` (any charset)."""
+    media = (value or "").split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        return None
+    return WireError([{"loc": ["header", "content-type"], "msg": f"expected Content-Type application/json, got "
+                       f"{value!r}", "type": "content_type"}], 415)
+
+
+def check_lengths(fields: dict[str, str | None], limit: int) -> WireError | None:
+    """A :class:`WireError` naming the first string (``{field: value}``, ``loc`` joined by dots) over ``limit``
+    characters."""
+    for where, v in fields.items():
+        if v is not None and len(v) > limit:
+            loc: list[Any] = [int(p) if p.isdigit() else p for p in where.split(".")]
+            return _err(loc, f"{len(v)} characters, at most {limit} allowed", "string_too_long")
+    return None
 
 
 _UNION_TAGS = frozenset({"float", "list[float]", "list[constrained-float]", "constrained-float"})
@@ -194,6 +286,7 @@ class ParsedRank:
     item_ids: list[str]  # (N,)
     item_features: np.ndarray  # (N, F) float32
     mtl_scores: np.ndarray  # (N, K) float32, >= 0
+    request_key: str | None = None
 
 
 class RankParser:
@@ -230,7 +323,7 @@ class RankParser:
         if arrays is None:
             arrays = self._items_exact(req.candidates)
         ids, feats, scores = arrays
-        return ParsedRank(req.user_id, req.session_id, req.k, user, ctx, ids, feats, scores)
+        return ParsedRank(req.user_id, req.session_id, req.k, user, ctx, ids, feats, scores, req.request_key)
 
     def _items_fast(self, cands: list[Candidate]) -> tuple[list[str], np.ndarray, np.ndarray] | None:
         """Bulk assembly and checks; None when anything looks wrong (then the exact walk reports it).

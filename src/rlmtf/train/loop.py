@@ -6,7 +6,9 @@ A run directory holds ``config.json`` (the resolved configuration, seed, data an
 the sampler's RNG state and the optimizers' scalars: :mod:`rlmtf.train.checkpoint`) and ``policy/``
 (the actor as a loadable policy). ``resume=True`` continues from the checkpoint and gives the same
 weights as an uninterrupted run with the same seed: batches come from one seeded numpy generator whose
-state is checkpointed, and nothing else is random after initialisation.
+state is checkpointed, and nothing else is random after initialisation. A resumed run must have the
+configuration in ``config.json`` (refused by name otherwise) and records its new training config there.
+Ctrl-C (one process) ends the current step, saves a checkpoint and raises :class:`TrainingInterrupted`.
 
 Scale: ``stream=True`` trains from a dataset larger than memory (:mod:`rlmtf.data.stream`); under
 ``torchrun`` the processes train one model with DistributedDataParallel (:mod:`rlmtf.train.distributed`),
@@ -20,8 +22,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +50,8 @@ from rlmtf.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, b
 if TYPE_CHECKING:
     from rlmtf.envs.engine import Environment
 
-__all__ = ["ALGORITHMS", "COMPILE_MODES", "TrainConfig", "compile_networks", "resolve_device", "train"]
+__all__ = ["ALGORITHMS", "COMPILE_MODES", "TrainConfig", "TrainingInterrupted", "compile_networks", "resolve_device",
+           "train"]
 
 #: Called on rank 0 after every step with the step and, at logged steps, its metrics (else ``{}``).
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -88,6 +94,16 @@ class TrainConfig:
     continues into the user's next session that day; the algorithm's ``session_gamma`` discounts the step)."""
     return_bonus: float = 0.0
     """Day episodes: reward added to a session's last request when the user opens another session that day."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: the loop finished its step, saved a checkpoint that ``resume=True``
+    continues from, and stopped."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted at step {step}; checkpoint in {checkpoint}")
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -224,11 +240,15 @@ def _train(ctx: RunContext) -> Algorithm:
     if ctx.online:
         algo.attach(ctx.sim)  # type: ignore[attr-defined]
     try:
-        _initialise(ctx, algo, data)
-        if info.is_main and not ctx.resume:
-            (ctx.dir / "metrics.jsonl").write_text("")
-            _write_config(ctx, algo, data)
-        _loop(ctx, algo, data)
+        with _interrupt_flag(not info.active) as interrupted:
+            if ctx.resume:
+                _check_resumed_config(ctx, algo)
+            _initialise(ctx, algo, data)
+            if info.is_main and not ctx.resume:
+                (ctx.dir / "metrics.jsonl").write_text("")
+            if info.is_main:
+                _write_config(ctx, algo, data)
+            _loop(ctx, algo, data, interrupted)
         if info.is_main:
             algo.save_policy(ctx.dir / "policy", extra={"name": f"{ctx.algo_name}"})
         barrier(info)
@@ -309,20 +329,86 @@ def _stream_normalisation(algo: Algorithm, stream: StreamingSampler, info: DistI
                                                                                           dtype=torch.float32))
 
 
+class _Flag:
+    """Set by the first Ctrl-C while training runs (the second one interrupts at once)."""
+
+    def __init__(self) -> None:
+        self.set = False
+
+
+@contextmanager
+def _interrupt_flag(enabled: bool) -> Iterator[_Flag]:
+    """While training runs, the first SIGINT only sets a flag, so that the loop ends its step and saves a
+    checkpoint (a step cut in the middle could not be resumed exactly); the default handler comes back
+    after it. Only in the main thread of a single process: under torchrun the ranks would stop at
+    different steps."""
+    flag = _Flag()
+    if not enabled or threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield flag
+        return
+
+    def handler(signum, frame) -> None:
+        flag.set = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+#: Fields of a run's saved configuration that a resumed run must share (the rest may change: steps, device,
+#: evaluation and checkpoint intervals, compile mode).
+RESUME_FIXED = ("seed", "val_fraction", "stream", "buffer_shards", "reuse", "val_max_requests", "episode",
+                "return_bonus")
+
+
+def _check_resumed_config(ctx: RunContext, algo: Algorithm) -> None:
+    """A resumed run must be the run in its directory: the same algorithm and algorithm config (else the
+    checkpoint's tensors do not fit) and the same data-defining training settings; refused by name."""
+    path = ctx.dir / "config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    diffs = []
+    if saved.get("algo") != ctx.algo_name:
+        diffs.append(f"algo {ctx.algo_name} (the run: {saved.get('algo')})")
+    mine = json.loads(json.dumps(dataclasses.asdict(algo.cfg), default=str))
+    theirs = saved.get("algo_config", {})
+    diffs += [f"{k} {mine[k]} (the run: {theirs.get(k)})" for k in mine if k in theirs and mine[k] != theirs[k]]
+    mine_t, theirs_t = dataclasses.asdict(ctx.cfg), saved.get("train_config", {})
+    diffs += [f"{k} {mine_t[k]} (the run: {theirs_t[k]})" for k in RESUME_FIXED
+              if k in theirs_t and mine_t[k] != theirs_t[k]]
+    if diffs:
+        raise ValueError(f"resume: the run in {ctx.dir} was trained with another configuration ({path}): "
+                         + "; ".join(diffs))
+
+
 def _write_config(ctx: RunContext, algo: Algorithm, data: TrainingData) -> None:
-    """``config.json``: the resolved configuration, the data, the world size and the commit."""
-    (ctx.dir / "config.json").write_text(json.dumps({
+    """``config.json``: the resolved configuration, the data, the world size and the commit; a resumed run
+    updates it (its training config, e.g. the total steps) and appends to its ``resumed`` list."""
+    path = ctx.dir / "config.json"
+    doc = {
         "algo": ctx.algo_name, "algo_config": dataclasses.asdict(algo.cfg),
         "train_config": dataclasses.asdict(ctx.cfg), "device": ctx.device, "world_size": ctx.info.world,
         "data": str(ctx.data) if not isinstance(ctx.data, LoggedData) else "<in memory>",
         "data_info": data.info, "train_requests": data.n_train, "val_requests": data.n_val,
         "stream": data.stream.describe() if data.stream is not None else None,
-        "warm_start": ctx.warm_start_from is not None, "commit": _commit()}, indent=2, default=str))
+        "warm_start": ctx.warm_start_from is not None, "commit": _commit()}
+    if ctx.resume and path.is_file():
+        old = json.loads(path.read_text())
+        resumed = [*old.get("resumed", []), {"from_step": algo.step, "steps": ctx.cfg.steps, "device": ctx.device,
+                                             "commit": doc["commit"]}]
+        doc = {**old, "train_config": doc["train_config"], "device": ctx.device, "resumed": resumed}
+    path.write_text(json.dumps(doc, indent=2, default=str))
 
 
-def _loop(ctx: RunContext, algo: Algorithm, data: TrainingData) -> None:
+def _loop(ctx: RunContext, algo: Algorithm, data: TrainingData, interrupted: _Flag) -> None:
     """Steps until ``cfg.steps``: metrics averaged over each logging interval into ``metrics.jsonl``, the
-    validation weighted GAUC every ``eval_every`` steps, a checkpoint every ``checkpoint_every`` steps."""
+    validation weighted GAUC every ``eval_every`` steps, a checkpoint every ``checkpoint_every`` steps; after
+    a Ctrl-C, a checkpoint at the end of the step and :class:`TrainingInterrupted`."""
     cfg, info = ctx.cfg, ctx.info
     bsz = getattr(algo.cfg, "batch_size", 0)
     algo.lazy_metrics = algo.device.type == "cuda"
@@ -331,6 +417,9 @@ def _loop(ctx: RunContext, algo: Algorithm, data: TrainingData) -> None:
     t_last = time.perf_counter()
     with open(ctx.dir / "metrics.jsonl", "a") if info.is_main else open(os.devnull, "w") as mf:
         while algo.step < cfg.steps:
+            if interrupted.set:
+                save_checkpoint(ctx.dir, algo, data.rng, info, data.stream)
+                raise TrainingInterrupted(algo.step, ctx.dir / "checkpoint")
             m = algo.update(None if ctx.online else data.source.sample(bsz, data.rng))
             for k, v in m.items():
                 acc[k] = acc.get(k, 0.0) + v

@@ -103,6 +103,8 @@ class KuaiRandEnvConfig:
             problems.append("session.max_requests and days.max_sessions_per_day must be >= 1")
         if min(self.session.length_smoothing, self.days.active_smoothing, self.days.sessions_smoothing) <= 0:
             problems.append("smoothing pseudo-counts must be > 0")
+        if min(self.n_users, self.n_items) < 0:
+            problems.append("n_users and n_items must be >= 0 (0: filled from the data)")
         if problems:
             raise ConfigError("KuaiRand environment config: " + "; ".join(problems))
 

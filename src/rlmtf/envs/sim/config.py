@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlmtf.core.config_io import build, load_config_file, to_dict
+from rlmtf.core.config_io import ConfigError, build, check_values, load_config_file, to_dict
 from rlmtf.core.fusion import ActionSpace
 from rlmtf.core.reward import RewardWeights
 
@@ -244,10 +244,46 @@ class SimConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+    def validate(self) -> None:
+        """:class:`ConfigError` naming every key whose value makes no sense with the others (the checks of
+        one value alone, types, finite numbers and ranges, are :func:`rlmtf.core.config_io.check_values`)."""
+        it, us, mtl, r = self.items, self.users, self.mtl, self.retrieval
+        problems = []
+        for name in ("n_users", "n_items", "n_categories"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.list_len <= r.n_candidates:
+            problems.append(f"list_len must be in [1, retrieval.n_candidates={r.n_candidates}], got {self.list_len}")
+        if us.observed_top_k > self.n_categories >= 1:
+            problems.append(f"users.observed_top_k ({us.observed_top_k}) must be <= n_categories ({self.n_categories})")
+        if not 0 < it.duration_min_s <= it.duration_median_s <= it.duration_max_s:
+            problems.append("items: need 0 < duration_min_s <= duration_median_s <= duration_max_s, got "
+                            f"{it.duration_min_s}, {it.duration_median_s}, {it.duration_max_s}")
+        if min(us.activity_a, us.activity_b) <= 0:
+            problems.append("users.activity_a and users.activity_b must be > 0 (a Beta distribution)")
+        if self.users.clickbait_susceptibility[0] < 0:
+            problems.append("users.clickbait_susceptibility must be >= 0")
+        if self.behaviour.max_watch_ratio <= 0 or self.behaviour.skip_seconds_median <= 0 \
+                or self.behaviour.engaged_ratio_median <= 0:
+            problems.append("behaviour.max_watch_ratio, skip_seconds_median and engaged_ratio_median must be > 0")
+        if mtl.watch_time_cap_s <= 0:
+            problems.append(f"mtl.watch_time_cap_s must be > 0, got {mtl.watch_time_cap_s}")
+        if mtl.short_s > mtl.long_s:
+            problems.append(f"mtl.short_s ({mtl.short_s}) must be <= mtl.long_s ({mtl.long_s})")
+        if self.session.max_requests < 1 or self.days.max_sessions_per_day < 1:
+            problems.append("session.max_requests and days.max_sessions_per_day must be >= 1")
+        if problems:
+            raise ConfigError("sim config: " + "; ".join(problems))
+
 
 def sim_config_from_dict(d: dict[str, Any]) -> SimConfig:
-    """Defaults overridden by the (nested) dict ``d``."""
-    return build(SimConfig, d)
+    """Defaults overridden by the (nested) dict ``d``, checked as a config file is."""
+    cfg = build(SimConfig, d)
+    problems = check_values(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    cfg.validate()
+    return cfg
 
 
 def load_sim_config(path: str | Path | None) -> SimConfig:
