@@ -30,6 +30,8 @@ import torch
 
 from rlmtf.algos.esrl import ESRLConfig
 from rlmtf.core.provenance import git_commit
+from rlmtf.envs.engine import Environment
+from rlmtf.envs.factory import make_env
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.eval.online import online_ab
@@ -46,7 +48,7 @@ SETTINGS = {
 }
 
 
-def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Simulator, log) -> dict:
+def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Environment, log) -> dict:
     res: dict = {"seed": seed}
     finals = [baseline_policy(sim.cfg.action_space)]
     for name in a.settings:
@@ -89,9 +91,11 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=2)
     ap.add_argument("--gate-users", type=int, default=2000)
     ap.add_argument("--gate-days", type=int, default=2)
+    ap.add_argument("--env", default="sim", choices=["sim", "kuairand"], help="the environment (kuairand: the "
+                    "KuaiRand-Pure world, models fitted on first use)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    sim = Simulator(SimConfig())
+    sim = Simulator(SimConfig()) if a.env == "sim" else make_env("kuairand")
     a.out.mkdir(parents=True, exist_ok=True)
     log_path = a.out / "log.txt"
 
