@@ -26,7 +26,7 @@ from rlmtf.policy.fixed import baseline_policy
 from rlmtf.train.loop import TrainConfig, train
 
 SPEC = feature_spec(SimConfig())
-BCQ_SMALL = BCQConfig(hidden=(16, 16), embed_dim=4, n_action_samples=5, latent_dim=4, batch_size=16)
+BCQ_SMALL = BCQConfig(hidden=(16, 16), embed_dim=4, n_action_samples=5, n_act_samples=7, latent_dim=4, batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_perturbation_stays_within_rho_of_the_generated_action():
         assert (dev <= BCQ_SMALL.rho + 1e-6).all() and (out.abs() <= 1.0).all()
         assert dev.max() > 0.9 * BCQ_SMALL.rho  # the bound is tight, not trivially far away
         # acting: every candidate lies within rho of the decoded action of the fixed latents
-        n = BCQ_SMALL.n_action_samples
+        n = BCQ_SMALL.n_act_samples
         decoded = algo.vae.decode(s.repeat_interleave(n, 0), algo.vae.act_latents.repeat(64, 1)).reshape(64, n, -1)
         assert ((algo.candidate_actions(s) - decoded).abs() <= BCQ_SMALL.rho + 1e-6).all()
 
@@ -108,7 +108,7 @@ def test_perturbation_stays_within_rho_of_the_generated_action():
 def test_acting_is_argmax_q1_over_fixed_latents(tmp_path):
     algo = BCQ(SPEC, BCQ_SMALL, seed=0)
     lat = algo.vae.act_latents
-    assert lat.shape == (BCQ_SMALL.n_action_samples, BCQ_SMALL.latent_dim) and (lat.abs() <= 0.5).all()
+    assert lat.shape == (BCQ_SMALL.n_act_samples, BCQ_SMALL.latent_dim) and (lat.abs() <= 0.5).all()
     s = 2 * torch.randn(9, SPEC.user_state_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         cand = algo.candidate_actions(s)  # (9, n, A)

@@ -16,10 +16,30 @@ On the *user state* s_t (one action per request, reward r_t):
   actions of the current policy drawn at s and n drawn at s' (all evaluated at s, each divided by its
   density), as in the authors' code: logsumexp over the 3n values Q(s, a_k) - log p(a_k).
 
-Differences from the paper: alpha_cql is fixed (5.0; no Lagrange dual on a target action gap); the
-target omits the entropy bonus by default (``backup_entropy``), as the CQL reference implementations
-do; no behaviour-cloning warm-up of the actor; learning rates 3e-4 everywhere; the networks use the
-shared encoder of :mod:`rlmtf.core.nets`. The deterministic action that is served is tanh(mean(s)).
+Fixed for logged data, as the references do it:
+
+- the conservative weight is tuned automatically, the Lagrangian form of the paper's Appendix F ("CQL-Lagrange",
+  as d3rlpy's ``CQLConfig`` does it by default): the critics minimise alpha' * w * (gap - tau_cql) with
+  gap = log sum exp - Q(s, a_data), w = ``cql_alpha``, tau_cql = ``cql_threshold`` (10, d3rlpy's
+  ``alpha_threshold``) and alpha' = exp(log alpha') >= 0, while log alpha' ascends the same expression
+  (Adam, ``cql_alpha_lr`` 1e-4, d3rlpy's ``alpha_learning_rate``): alpha' shrinks while the gap is below
+  the threshold and grows while it is above;
+- the actor's learning rate is CQL's policy learning rate, 1e-4 (``policy_lr``; the paper's Appendix F,
+  the authors' SAC-CQL code and d3rlpy's ``actor_learning_rate``), a third of the critics': the actor
+  must not outrun the conservative critics.
+
+Measured (``benchmarks/peer_d3rlpy.py``, BENCHMARKS.md; per-request exploration data in a +-0.15 box
+around the hand-set fusion, 3,000 steps, 64x64): with the actor at 3e-4 it put 50-68% of its action
+dimensions outside the logged box and 27-48% at the edge of [-1, 1], -26.6% to -29.4% UVC online
+(fixed or tuned weight alike); at 1e-4, 6% outside and none at the edge, +1.5% UVC, as d3rlpy's CQL
+(+1.6%). Confining the actor to the logged range instead (as DDPG does, :mod:`rlmtf.algos.action_range`)
+measured worse for CQL (-2.8% to -4.1% UVC): the uniform actions of the log-sum-exp then lie inside the
+data, so the penalty no longer separates the data from the actions around it.
+
+Differences from the paper: the target omits the entropy bonus by default (``backup_entropy``), as the
+CQL reference implementations do; no behaviour-cloning warm-up of the actor; the temperature's learning
+rate is d3rlpy's 1e-4 and the critics' 3e-4; the networks use the shared encoder of :mod:`rlmtf.core.nets`.
+The deterministic action that is served is tanh(mean(s)).
 """
 
 from __future__ import annotations
@@ -55,6 +75,13 @@ def cql_penalty(q_ood: torch.Tensor, log_density: torch.Tensor, q_data: torch.Te
     return (cql_logsumexp(q_ood, log_density, temp) - q_data).mean(-1)
 
 
+def cql_alpha_loss(log_alpha: torch.Tensor, gap: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
+    """Loss of the Lagrange multiplier log alpha' of CQL-Lagrange: -alpha' * weight * (gap - threshold),
+    summed over the critics; gap (m,) detached. Its gradient makes alpha' grow while the gap is above the
+    threshold and shrink while it is below."""
+    return -(log_alpha.exp() * weight * (gap - threshold)).sum()
+
+
 def sac_actor_loss(q_pi: torch.Tensor, log_pi: torch.Tensor, alpha: torch.Tensor | float) -> torch.Tensor:
     """E[alpha log pi(a|s) - Q(s, a)], a ~ pi(s): q_pi (B,) (min over critics), log_pi (B,)."""
     return (alpha * log_pi - q_pi).mean()
@@ -88,7 +115,15 @@ class CQLSACConfig(BaselineConfig):
     """Hyper-parameters; CQL ones from the paper / reference code, the shared ones of :class:`BaselineConfig`."""
 
     cql_alpha: float = 5.0
-    """Weight of the CQL(H) regulariser in every critic's loss (fixed: no Lagrange tuning)."""
+    """w: weight of the CQL(H) regulariser in every critic's loss (times the Lagrange multiplier alpha')."""
+    cql_alpha_lr: float = 1e-4
+    """Adam learning rate of log alpha' (CQL-Lagrange; d3rlpy's ``alpha_learning_rate``); 0: alpha' stays 1,
+    a fixed weight w."""
+    cql_threshold: float = 10.0
+    """tau_cql: the gap (log sum exp - Q(s, a_data)) the multiplier steers towards (d3rlpy's ``alpha_threshold``)."""
+    policy_lr: float | None = 1e-4
+    """Adam learning rate of the actor: CQL's policy learning rate (the paper's Appendix F, d3rlpy's
+    ``actor_learning_rate``); None: the shared ``actor_lr``."""
     n_action_samples: int = 10
     """n: uniform actions, and policy actions at s and at s', drawn per state for the log-sum-exp."""
     cql_temp: float = 1.0
@@ -97,8 +132,8 @@ class CQLSACConfig(BaselineConfig):
     """Subtract alpha log pi(a'|s') in the TD target (plain SAC); off, as in CQL's reference code."""
     init_log_alpha: float = 0.0
     """Initial log of the entropy temperature alpha."""
-    alpha_lr: float = 3e-4
-    """Adam learning rate of log alpha."""
+    alpha_lr: float = 1e-4
+    """Adam learning rate of log alpha (d3rlpy's ``temp_learning_rate``)."""
 
 
 class CQLSAC(Algorithm):
@@ -118,9 +153,11 @@ class CQLSAC(Algorithm):
         self.critic = CriticEnsemble(dims, a, 2, cfg.hidden, cfg.embed_dim).to(self.device)
         self.critic_target = target_copy(self.critic)
         self.log_alpha = LogAlpha(cfg.init_log_alpha).to(self.device)
-        self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
+        self.log_cql_alpha = LogAlpha(0.0).to(self.device)
+        self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr if cfg.policy_lr is None else cfg.policy_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
         self.alpha_opt = self.adam(self.log_alpha.parameters(), cfg.alpha_lr)
+        self.cql_alpha_opt = self.adam(self.log_cql_alpha.parameters(), cfg.cql_alpha_lr)
 
     def act_tensor(self, state: torch.Tensor) -> torch.Tensor:
         """The deterministic action tanh(mean(s))."""
@@ -142,8 +179,8 @@ class CQLSAC(Algorithm):
     def critic_loss(self, s: torch.Tensor, a: torch.Tensor, r: torch.Tensor, done: torch.Tensor,
                     s2: torch.Tensor, discount: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """TD loss of both critics + cql_alpha * CQL(H) penalty, and pieces for the metrics; ``discount``
-        (B,) defaults to gamma."""
+        """TD loss of both critics + alpha' * cql_alpha * CQL(H) penalty (alpha' detached: the threshold of
+        the Lagrangian is a constant here), and pieces for the metrics; ``discount`` (B,) defaults to gamma."""
         cfg = self.cfg
         bsz, a_dim = a.shape
         n = cfg.n_action_samples
@@ -169,8 +206,9 @@ class CQLSAC(Algorithm):
                            for x in (a_rand, a_cur, a_nxt)], 2)  # (2, B, 3n)
         td = critic_mse(q, y)
         pen = cql_penalty(q_ood, log_density, q, cfg.cql_temp)  # (2,)
-        return td + cfg.cql_alpha * pen.sum(), {"td": td, "cql": pen.mean(), "q": q, "y": y,
-                                                 "q_rand": q_ood[:, :, :n]}
+        weight = cfg.cql_alpha * self.log_cql_alpha().detach().exp()
+        return td + weight * pen.sum(), {"td": td, "cql": pen.mean(), "gap": pen.detach(), "q": q, "y": y,
+                                         "q_rand": q_ood[:, :, :n]}
 
     def actor_loss(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SAC's actor loss with the current alpha, and the (detached) log pi of the draws; call with the
@@ -180,7 +218,8 @@ class CQLSAC(Algorithm):
         return sac_actor_loss(q_pi, logp, self.log_alpha().detach()), logp.detach()
 
     def update(self, batch: RequestBatch) -> dict[str, float]:
-        """One step of the critics, then of the actor, then of alpha, then the soft target update."""
+        """One step of the critics, then of the actor, of alpha, of alpha', then the soft target update."""
+        cfg = self.cfg
         s, a, r, done, s2, disc = self.user_tensors(batch)
 
         loss_c, parts = self.critic_loss(s, a, r, done, s2, disc)
@@ -199,19 +238,26 @@ class CQLSAC(Algorithm):
         loss_t.backward()
         self.alpha_opt.step()
 
+        loss_l = cql_alpha_loss(self.net("log_cql_alpha")(), parts["gap"], cfg.cql_alpha, cfg.cql_threshold)
+        self.cql_alpha_opt.zero_grad(set_to_none=True)
+        loss_l.backward()
+        self.cql_alpha_opt.step()
+
         self.step += 1
-        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        soft_update(self.critic_target, self.critic, cfg.tau)
         return self.metrics({"losses/critic": loss_c, "losses/td": parts["td"], "losses/cql": parts["cql"],
                         "losses/actor": loss_a, "losses/alpha": loss_t, "alpha": self.log_alpha().exp(),
+                        "cql_alpha": cfg.cql_alpha * self.log_cql_alpha().exp(),
                         "actor/entropy": -logp.mean(), "q/mean": parts["q"].mean(), "q/target_mean": parts["y"].mean(),
                         "q/random_mean": parts["q_rand"].mean()})
 
     def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
-                "log_alpha": self.log_alpha}
+                "log_alpha": self.log_alpha, "log_cql_alpha": self.log_cql_alpha}
 
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt}
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt, "alpha_opt": self.alpha_opt,
+                "cql_alpha_opt": self.cql_alpha_opt}
 
 
 register(CQLSAC)
