@@ -166,9 +166,9 @@ def claim_dir(path: Path, what: str, overwrite: bool, own: tuple[str, ...] | Non
 
 
 def labelled_policies(specs: list[str], action_space, seed: int) -> list:
-    """The policies of repeated ``--policy`` options, each labelled: ``NAME=SPEC`` names it NAME; otherwise
+    """The policies of repeated ``--policy`` options, each labelled: ``NAME=PATH`` names it NAME; otherwise
     it keeps its own name (``baseline``, a trained policy's kind), unless two would share one: then each of
-    those is labelled by its SPEC as given (e.g. its path)."""
+    those is labelled by the path as given (e.g. its path)."""
     from rlmtf.algos.registry import load_policy
 
     parsed = []
