@@ -1,18 +1,24 @@
 """Progressive training as the paper runs it against progressive training that cannot drift.
 
 Per seed, on the default simulator, IntegratedRL-MTF over ``--rounds`` rounds of ``--sessions`` sessions
-and ``--steps`` steps each, in two settings fixed here before any run:
+and ``--steps`` steps each, in settings fixed here before any run:
 
-- **paper**: exploration per request around the newest policy, the session objective (gamma 0.9), each
-  round trained on its own logs, every round's policy becomes the next behaviour policy;
-- **improved**: exploration per user-day, the undiscounted day objective, each round trained on the logs
-  of all rounds so far, and the gate (``rlmtf.pipelines.ptm``): a candidate replaces the incumbent only
-  if the critics' advantage on held-out sessions is positive and an A/B against the incumbent on 2,000
-  users held out of exploration has a one-sided 95% lower bound above 0 on UVC; otherwise the box shrinks.
+- **paper**: the paper's action space, exploration per request around the newest policy, the session
+  objective (gamma 0.9), each round trained on its own logs, every round's policy becomes the next
+  behaviour policy;
+- **improved**: the relative action space (docs/design.md#the-action-space), exploration per user-day with
+  the box shifted inside the action space at its edges, the undiscounted day objective, each round trained
+  on the logs of all rounds so far, and the gate (``rlmtf.pipelines.ptm``): a candidate replaces the
+  incumbent only if the critics' advantage on held-out sessions is positive and an A/B against the
+  incumbent on 2,000 users held out of exploration has a one-sided 95% lower bound above 0 on UVC;
+  otherwise the box shrinks. This is the setting reported as this project's method.
+- **improved-paper-space**: the improved setting in the paper's action space with clipped exploration (the
+  previous measurement of the improved setting), to show what the action space adds.
 
 The policy reported for each setting is the one serving after the last round (paper: the last round's;
 improved: the last accepted candidate, or the baseline if none was). It is compared with the hand-set
-baseline in a final A/B on a seed no round used.
+baseline and with the CMA-ES fixed fusion (one fusion for everybody maximising weighted GAUC on the
+improved setting's round-1 logs, the classical approach) in one final A/B on a seed no round used.
 
     python experiments/ptm_gate.py --out runs/ptm_gate --seeds 1 2 3
 """
@@ -31,34 +37,41 @@ import torch
 from rlmtf.algos.esrl import ESRLConfig
 from rlmtf.core.provenance import git_commit
 from rlmtf.envs.engine import Environment
-from rlmtf.envs.factory import make_env
+from rlmtf.data.io import read_logs
+from rlmtf.envs.factory import make_env, with_action_space
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.eval.online import online_ab
 from rlmtf.eval.stats import mean_ci
+from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
 from rlmtf.pipelines.ptm import PTMConfig, run_ptm
 from rlmtf.policy.fixed import baseline_policy
 from rlmtf.train.loop import TrainConfig
 
+#: name -> (PTMConfig fields, algorithm config fields, TrainConfig fields, action space)
 SETTINGS = {
     "paper": ({"gate": False, "train_on": "round", "per": "request"}, {"gamma": 0.9, "session_gamma": 1.0},
-              {"episode": "session"}),
-    "improved": ({"gate": True, "train_on": "all", "per": "day"}, {"gamma": 1.0, "session_gamma": 1.0},
-                 {"episode": "day"}),
+              {"episode": "session"}, "paper"),
+    "improved": ({"gate": True, "train_on": "all", "per": "day", "edge": "shift"},
+                 {"gamma": 1.0, "session_gamma": 1.0}, {"episode": "day"}, "relative"),
+    "improved-paper-space": ({"gate": True, "train_on": "all", "per": "day"}, {"gamma": 1.0, "session_gamma": 1.0},
+                             {"episode": "day"}, "paper"),
 }
 
 
-def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Environment, log) -> dict:
+def one_seed(seed: int, out: Path, a: argparse.Namespace, envs: dict[str, Environment], log) -> dict:
     res: dict = {"seed": seed}
+    sim = envs["paper"]
     finals = [baseline_policy(sim.cfg.action_space)]
     for name in a.settings:
-        ptm_kw, algo_kw, train_kw = SETTINGS[name]
+        ptm_kw, algo_kw, train_kw, space = SETTINGS[name]
+        env = envs[space]
         cfg = PTMConfig(rounds=a.rounds, sessions_per_round=a.sessions, steps_per_round=a.steps,
                         test_sessions=a.test_sessions, online_users=a.users, online_days=a.days, seed=seed,
                         gate_users=a.gate_users, gate_days=a.gate_days, **ptm_kw)
         algo_cfg = dataclasses.replace(ESRLConfig(), hidden=tuple(a.hidden), ensemble_size=a.critics, **algo_kw)
         t = time.perf_counter()
-        r = run_ptm("integrated", sim, out / name, cfg, algo_cfg,
+        r = run_ptm("integrated", env, out / name, cfg, algo_cfg,
                     TrainConfig(steps=a.steps, eval_every=0, log_every=500, checkpoint_every=10**9, **train_kw),
                     log=lambda s, n=name: log(f"seed {seed} {n}: {s}"))
         final = r.incumbent
@@ -66,6 +79,14 @@ def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Environment, log)
         finals.append(final)
         res[name] = {"rounds": r.rows}
         log(f"seed {seed}: {name} PTM in {time.perf_counter() - t:.0f}s")
+        if name == "improved" and r.data_dirs:  # the classical fixed fusion, tuned on the same first-round logs
+            space_ = env.cfg.action_space
+            fixed, hist = fixed_search(read_logs(r.data_dirs[0]), baseline_policy(space_).action,
+                                       FixedSearchConfig(seed=seed), space_)
+            fixed.name = "CMA-ES fixed fusion"
+            finals.append(fixed)
+            res["cma_es"] = {"gauc_history": hist, "action": fixed.action.tolist()}
+            log(f"seed {seed}: CMA-ES fixed fusion, weighted GAUC {hist[0]:.4f} -> {hist[-1]:.4f}")
     ab = online_ab(finals, sim, users=a.users, days=a.days, seed=seed + 50_000)
     res["final"] = ab.to_dict()
     for arm in ab.arms[1:]:
@@ -95,7 +116,9 @@ def main() -> None:
                     "KuaiRand-Pure world, models fitted on first use)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    sim = Simulator(SimConfig()) if a.env == "sim" else make_env("kuairand")
+    envs = {space: (Simulator(with_action_space(SimConfig(), space)) if a.env == "sim"
+                    else make_env("kuairand", action_space=space))
+            for space in sorted({SETTINGS[n][3] for n in a.settings} | {"paper"})}
     a.out.mkdir(parents=True, exist_ok=True)
     log_path = a.out / "log.txt"
 
@@ -105,7 +128,7 @@ def main() -> None:
         with log_path.open("a") as f:
             f.write(line + "\n")
 
-    results = [one_seed(s, a.out / f"seed_{s}", a, sim, log) for s in a.seeds]
+    results = [one_seed(s, a.out / f"seed_{s}", a, envs, log) for s in a.seeds]
     summary = {}
     for arm in results[0]["final"]["arms"][1:]:
         for m in ("uvc", "udt", "reward", "sessions", "session_length"):

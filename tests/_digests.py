@@ -22,7 +22,9 @@ import numpy as np
 RECORD = Path(__file__).parent / "data" / "digests.json"
 ALGOS = ("esrl", "integrated", "ddpg", "cql_sac", "bcq", "iql", "es")
 _VOLATILE = {"commit", "created", "created_at", "elapsed_s", "wall_s", "time", "seconds", "steps_per_s",
-             "sim_config_path", "out", "data", "path", "log_dir"}
+             "sim_config_path", "out", "data", "path", "log_dir",
+             # action-space config keys added after the record: at their defaults they change no number
+             "parameterisation", "log_bias_range"}
 
 
 def _h(*parts: bytes) -> str:

@@ -87,7 +87,7 @@ def test_baseline_to_json_custom_space():
     assert j["action"][0] == pytest.approx(-0.5, abs=1e-6)
 
 
-@pytest.mark.parametrize("bad", [np.zeros(9), np.zeros((1, 10)), np.zeros(11)])
+@pytest.mark.parametrize("bad", [np.zeros(8), np.zeros((1, 10)), np.zeros(11)])
 def test_fixed_rejects_wrong_shape(bad):
     with pytest.raises(ValueError, match="shape"):
         FixedPolicy(bad)
@@ -116,7 +116,7 @@ def test_fixed_accepts_range_ends():
     ],
 )
 def test_fixed_from_params_rejects_outside_space(power, bias):
-    with pytest.raises(ValueError, match="outside the action space"):
+    with pytest.raises(ValueError, match="outside the 'paper' action space"):
         FixedPolicy.from_params(power, bias)
 
 

@@ -122,6 +122,9 @@ class Algorithm:
         #: ``update`` returns its metrics as 0-d tensors instead of floats: on a GPU, a float() per metric
         #: per step would wait for the device every step (the training loop converts when it logs)
         self.lazy_metrics = False
+        #: the fusion parameterisation of the actions (the training loop sets the logs' own; the policy and
+        #: ``policy.json`` carry it, so a saved policy ranks the same in any environment)
+        self.action_space: ActionSpace | None = default_space(spec.action_dim)
 
     # --- the view of a batch: user level by default ----------------------------------------------------
 
@@ -289,6 +292,8 @@ class Algorithm:
                    for k, v in mods[name].state_dict().items()}, str(path / "actor.safetensors"))
         doc = {"kind": self.kind, "level": self.level, "config": dataclasses.asdict(self.cfg),
                "feature_spec": self.spec.to_json(), "step": self.step, **(extra or {})}
+        if self.action_space is not None:
+            doc["action_space"] = dataclasses.asdict(self.action_space)
         (path / "policy.json").write_text(json.dumps(doc, indent=2))
         return path
 
@@ -324,6 +329,7 @@ class AlgoPolicy(Policy):
 
     def __init__(self, algo: Algorithm, name: str):
         self.algo, self.level, self.kind, self.name = algo, algo.level, algo.kind, name  # type: ignore[misc]
+        self.action_space = algo.action_space
 
     @torch.no_grad()
     def act(self, obs: RequestObs) -> np.ndarray:
@@ -360,7 +366,23 @@ def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[
     for m in mods.values():
         m.eval()
     algo.step = int(doc.get("step", 0))
+    if "action_space" in doc:
+        try:
+            algo.action_space = ActionSpace.from_dict(dict(doc["action_space"]))
+        except (TypeError, ValueError) as e:
+            raise PolicyLoadError(f"{path / 'policy.json'}: malformed action_space ({e})") from e
+        if algo.action_space.dim != spec.action_dim:
+            raise PolicyLoadError(f"{path / 'policy.json'}: action_space has {algo.action_space.dim} dimensions, "
+                                  f"the feature spec {spec.action_dim}")
     return AlgoPolicy(algo, str(doc.get("name", algo_cls.kind)))
+
+
+def default_space(dim: int) -> ActionSpace | None:
+    """The default action space of ``dim`` dimensions, None if no parameterisation has that many."""
+    try:
+        return ActionSpace.for_dim(dim)
+    except ValueError:
+        return None
 
 
 def register(algo_cls: type[Algorithm]) -> None:

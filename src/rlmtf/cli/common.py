@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.text import Text
 from typer.core import TyperGroup
 
-__all__ = ["ALGORITHM_NAMES", "EnvOpt", "FlagGroup", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt", "ObjectiveOpt",
+__all__ = ["ALGORITHM_NAMES", "ActionSpaceOpt", "EnvOpt", "FlagGroup", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt", "ObjectiveOpt",
            "OverwriteOpt", "SimConfigOpt", "check", "claim_dir", "console", "errors", "fail", "given_flags",
            "labelled_policies", "load_sim", "make_env", "objective_settings", "out_console", "print_json", "progress",
            "warn"]
@@ -78,6 +78,11 @@ SimConfigOpt = Annotated[Path | None, typer.Option("--sim-config", help="YAML/TO
                                                                           "parameters (see `rlmtf sim config`).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace what OUT holds (refused without it).")]
+ActionSpaceOpt = Annotated[str | None, typer.Option(
+    "--action-space", help="Fusion parameterisation the actions are in: paper (10 numbers, the papers') or relative "
+    "(the first power fixed at 1, biases on a log scale: no direction that changes nothing, no bias floor next to "
+    "the hand-set fusion; docs/design.md#the-action-space). Default: the config's (paper). Trained policies carry "
+    "theirs, so evaluation needs no flag.")]
 EnvOpt = Annotated[str, typer.Option("--env", help="Environment: sim (the embedded simulator) or kuairand (built "
                                                   "from the KuaiRand-Pure log; models fitted on first use).")]
 KuaiRandDirOpt = Annotated[Path | None, typer.Option("--kuairand-dir", help="KuaiRand-Pure directory (default: "
@@ -228,11 +233,13 @@ def load_sim(sim_config: Path | None):
 
 
 def make_env(env: str = "sim", sim_config: Path | None = None, kuairand_dir: Path | None = None,
-             kuairand_models: Path | None = None):
-    """The environment of ``--env``: the embedded simulator, or the KuaiRand-Pure environment."""
+             kuairand_models: Path | None = None, action_space: str | None = None):
+    """The environment of ``--env``: the embedded simulator, or the KuaiRand-Pure environment; ``action_space``
+    overrides the config's parameterisation (``--action-space``)."""
     from rlmtf.envs.factory import make_env as factory_make_env
 
-    return factory_make_env(env, sim_config, kuairand_dir, kuairand_models, log=console.print)
+    return factory_make_env(env, sim_config, kuairand_dir, kuairand_models, log=console.print,
+                            action_space=action_space)
 
 
 def print_json(obj) -> None:

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from rlmtf.cli.common import (
+    ActionSpaceOpt,
     EnvOpt,
     FlagGroup,
     JsonOpt,
@@ -49,6 +50,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed of the run (the world is fixed by the config's world_seed).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes; each simulates a block of users and writes its own "
                                               "shard.")] = 1,
+    action_space: ActionSpaceOpt = None,
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
     kuairand_dir: KuaiRandDirOpt = None,
@@ -73,7 +75,7 @@ def simulate(
     from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 
     with errors():
-        sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
+        sim = make_env(env, sim_config, kuairand_dir, kuairand_models, action_space)
         if days is None and sessions is None:
             days = 1
         base = load_policy(policy, sim.cfg.action_space, seed=seed)

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from rlmtf.cli.common import (
+    ActionSpaceOpt,
     EnvOpt,
     JsonOpt,
     KuaiRandDirOpt,
@@ -189,6 +190,7 @@ def ptm(
     edge: Annotated[str, typer.Option(help="clip draws at the action space's edge (the paper) or shift the box "
                                       "inside.")] = "clip",
     objective: ObjectiveOpt = None,
+    action_space: ActionSpaceOpt = None,
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
     kuairand_dir: KuaiRandDirOpt = None,
@@ -215,7 +217,7 @@ def ptm(
 
     with errors():
         obj = objective_settings(objective, {f.name for f in dataclasses.fields(ESRLConfig)})
-        sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
+        sim = make_env(env, sim_config, kuairand_dir, kuairand_models, action_space)
         cfg = PTMConfig(rounds=rounds, sessions_per_round=sessions_per_round, steps_per_round=steps_per_round,
                         test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers,
                         gate=gate, gate_metric=gate_metric, gate_users=gate_users, gate_days=gate_days,

@@ -40,7 +40,7 @@ from rlmtf.core import rng as crng
 from rlmtf.core.fusion import fused_log_score, rank_top_l
 from rlmtf.core.reward import item_reward
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
-from rlmtf.policy.base import Decision, Policy, RequestObs, check_actions
+from rlmtf.policy.base import Decision, Policy, RequestObs, check_actions, space_of
 
 # stream ids of the draws the engine makes (worlds use other ids for theirs)
 S_ACTIVE, S_RETURN, S_HOUR, S_LEAVE = 1, 2, 3, 4
@@ -167,6 +167,10 @@ class Environment(ABC):
             raise ValueError("give days, max_sessions or both")
         if days is not None and days < 1:
             raise ValueError(f"days must be >= 1, got {days}")
+        if sink is not None and space_of(policy, cfg.action_space) != cfg.action_space:
+            raise ValueError(f"{policy.name}: acts in the {space_of(policy, cfg.action_space).parameterisation!r} "
+                             f"action space, the environment logs actions of the {cfg.action_space.parameterisation!r} "
+                             "one (set action_space in the environment config to log this policy)")
         user_ids = np.arange(cfg.n_users, dtype=np.int64) if users is None else np.asarray(users, np.int64)
         if user_ids.size == 0 or user_ids.min() < 0 or user_ids.max() >= cfg.n_users:
             raise ValueError(f"user ids must lie in [0, {cfg.n_users}) and not be empty")
@@ -366,8 +370,9 @@ class DayRun:
                          mtl_scores=scores.mtl, true_scores=scores.truth, session_id=self._session_id(a),
                          user_day_key=crng.key(self.seed, u, self.day))
         dec = self.policy.decide(obs)
-        action = check_actions(dec.action, obs, dec.level, self.policy.name)
-        shown = rank_shown(self.policy, obs, action, l, cfg.action_space, scores.truth)  # (b, l)
+        space = space_of(self.policy, cfg.action_space)
+        action = check_actions(dec.action, obs, dec.level, self.policy.name, space.dim)
+        shown = rank_shown(self.policy, obs, action, l, space, scores.truth)  # (b, l)
         items = np.take_along_axis(cand, shown, 1)
         fb, logged_truth = env.draw_feedback(scores, u, items, shown, crng.key(req_key[:, None], items),
                                              self.sessions, a, self.sink is not None and self.log_true)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS
+from rlmtf.core.fusion import ActionSpace
 from rlmtf.core.objective import Objective, user_day_values
 from rlmtf.envs.engine import Environment
 from rlmtf.eval.online import per_user_metrics
@@ -30,7 +30,7 @@ from rlmtf.policy.fixed import FixedPolicy
 __all__ = ["ACTION_NAMES", "DEFAULT_OBJECTIVES", "GradientReport", "objective_gradients"]
 
 TARGETS = ("uvc", "udt", "reward")
-ACTION_NAMES = tuple(f"power:{t}" for t in MTL_TASKS) + tuple(f"bias:{t}" for t in MTL_TASKS)
+ACTION_NAMES = ActionSpace().names()
 DEFAULT_OBJECTIVES = ("session:gamma=0.9", "session:gamma=1", "day:gamma=0.9,session_gamma=0.9",
                       "day:gamma=1,session_gamma=1")
 
@@ -50,15 +50,16 @@ class GradientReport:
     cosine: dict[str, dict[str, float]]  # objective -> target -> cosine
     cosine_se: dict[str, dict[str, float]]
     objectives: dict[str, str] = field(default_factory=dict)  # name -> label
+    action_names: list[str] = field(default_factory=lambda: list(ACTION_NAMES))
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__, action_names=list(ACTION_NAMES))
+        return dict(self.__dict__)
 
     def levers(self, name: str, k: int = 3) -> list[tuple[str, float, float]]:
         """The k action dimensions with the largest |gradient| of ``name``: (dimension, gradient, se)."""
         g, se = np.asarray(self.gradient[name]), np.asarray(self.gradient_se[name])
         order = np.argsort(-np.abs(g))[:k]
-        return [(ACTION_NAMES[i], float(g[i]), float(se[i])) for i in order]
+        return [(self.action_names[i], float(g[i]), float(se[i])) for i in order]
 
 
 def _per_user(env: Environment, policy: FixedPolicy, objectives: Mapping[str, Objective], users: np.ndarray,
@@ -104,8 +105,9 @@ def objective_gradients(env: Environment, action: np.ndarray, objectives: Mappin
     ``on_run(i, n)`` may return a progress callback for run i of n. At a box edge the difference is
     one-sided (the step is clipped to [-1, 1])."""
     action = np.asarray(action, np.float64)
-    if action.shape != (ACTION_DIM,) or not np.isfinite(action).all() or (np.abs(action) > 1).any():
-        raise ValueError(f"action must be {ACTION_DIM} finite numbers in [-1, 1], got {action.tolist()}")
+    dim = env.cfg.action_space.dim
+    if action.shape != (dim,) or not np.isfinite(action).all() or (np.abs(action) > 1).any():
+        raise ValueError(f"action must be {dim} finite numbers in [-1, 1], got {action.tolist()}")
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1], got {step}")
     if not 1 <= users <= env.cfg.n_users or days < 1:
@@ -113,7 +115,7 @@ def objective_gradients(env: Environment, action: np.ndarray, objectives: Mappin
     user_ids = np.arange(users)
     names = list(TARGETS) + list(objectives)
     runs = []
-    for i in range(ACTION_DIM):
+    for i in range(dim):
         for sign in (+1, -1):
             a = action.copy()
             a[i] = np.clip(a[i] + sign * step, -1.0, 1.0)
@@ -123,7 +125,7 @@ def objective_gradients(env: Environment, action: np.ndarray, objectives: Mappin
         progress = on_run(j, len(runs)) if on_run else None
         per_run.append(_per_user(env, FixedPolicy(a.astype(np.float32), name="probe"), objectives, user_ids, days,
                                  seed, progress))
-    width = np.array([runs[2 * i][i] - runs[2 * i + 1][i] for i in range(ACTION_DIM)])  # (A,)
+    width = np.array([runs[2 * i][i] - runs[2 * i + 1][i] for i in range(dim)])  # (A,)
 
     rng = np.random.default_rng(seed)
     weights = np.vstack([np.ones(users), rng.multinomial(users, np.full(users, 1.0 / users), size=bootstrap)])
@@ -150,4 +152,5 @@ def objective_gradients(env: Environment, action: np.ndarray, objectives: Mappin
                           gradient={n: g[0].tolist() for n, g in grads.items()},
                           gradient_se={n: np.nanstd(g[1:], 0).tolist() for n, g in grads.items()},
                           cosine=cosine, cosine_se=cosine_se,
-                          objectives={n: o.label for n, o in objectives.items()})
+                          objectives={n: o.label for n, o in objectives.items()},
+                          action_names=list(env.cfg.action_space.names()))

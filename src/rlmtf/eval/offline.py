@@ -18,7 +18,7 @@ from rlmtf.core.fusion import ActionSpace, fused_log_score
 from rlmtf.data.io import LoggedData
 from rlmtf.data.transitions import group_requests
 from rlmtf.eval.gauc import min_max_normalise, weighted_gauc
-from rlmtf.policy.base import Policy, RequestObs, check_actions
+from rlmtf.policy.base import Policy, RequestObs, check_actions, space_of
 
 
 @dataclass
@@ -46,7 +46,9 @@ def logged_requests_obs(data: LoggedData, rows: np.ndarray, true_scores: bool = 
 
 def policy_log_scores(policy: Policy, data: LoggedData, space: ActionSpace = ActionSpace(),
                       batch_requests: int = 8192) -> np.ndarray:
-    """log(final score) the policy gives each logged row (row order of ``data``)."""
+    """log(final score) the policy gives each logged row (row order of ``data``); ``space``: the actions' space
+    unless the policy carries its own."""
+    space = space_of(policy, space)
     rows = group_requests(data)  # (R, l)
     use_true = policy.score_source == "true"
     if use_true and "true_scores" not in data.columns:
@@ -56,7 +58,7 @@ def policy_log_scores(policy: Policy, data: LoggedData, space: ActionSpace = Act
         r = rows[lo: lo + batch_requests]
         obs = logged_requests_obs(data, r, true_scores=use_true)
         a = policy.act(obs)
-        a = check_actions(a, obs, "item" if a.ndim == 3 else "user", policy.name)
+        a = check_actions(a, obs, "item" if a.ndim == 3 else "user", policy.name, space.dim)
         scores = obs.true_scores if use_true else obs.mtl_scores
         out[r.reshape(-1)] = fused_log_score(scores, a if a.ndim == 3 else a[:, None, :], space).reshape(-1)
     return out

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlmtf.core import rng as crng
-from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, ActionSpace, fused_log_score
+from rlmtf.core.fusion import MTL_TASKS, ActionSpace, fused_log_score
 from rlmtf.core.reward import RewardWeights, item_reward
 from rlmtf.core.schema import DatasetMeta, FeatureSpec
 from rlmtf.data.io import LoggedData
@@ -77,7 +77,7 @@ from rlmtf.envs.kuairand.env import KuaiRandEnv
 from rlmtf.envs.kuairand.fit import FittedKuaiRand
 from rlmtf.envs.kuairand.paths import KuaiRandDataError
 from rlmtf.eval.gauc import min_max_normalise, weighted_gauc
-from rlmtf.policy.base import Policy, RequestObs, check_actions
+from rlmtf.policy.base import Policy, RequestObs, check_actions, space_of
 
 __all__ = ["PLAY_THRESHOLD_S", "SPLITS", "BootstrapDiff", "RealGAUCEvaluator", "RealGAUCResult", "RealRows",
            "check_policy_spec", "fixed_gauc", "policy_feature_spec", "real_gauc", "real_rows", "score_gauc"]
@@ -299,7 +299,8 @@ class RealGAUCEvaluator:
         """The policy's action (n, A) on every row (user- or item-level alike: one candidate per request)."""
         check_policy_spec(policy, self.spec)
         n = len(self.rows)
-        out = np.empty((n, ACTION_DIM), np.float32)
+        dim = space_of(policy, self.space).dim
+        out = np.empty((n, dim), np.float32)
         for lo in range(0, n, self.batch_rows):
             idx = np.arange(lo, min(lo + self.batch_rows, n))
             obs = self.observe(idx)
@@ -309,23 +310,25 @@ class RealGAUCEvaluator:
                 raise ValueError(f"policy {policy.name!r} cannot act on the KuaiRand observations (feature spec "
                                  f"user state {self.spec.user_state_dim}, enhanced state "
                                  f"{self.spec.enhanced_state_dim} dims): {e}") from e
-            a = check_actions(a, obs, "item" if a.ndim == 3 else "user", policy.name)
-            out[idx] = a.reshape(len(idx), ACTION_DIM)
+            a = check_actions(a, obs, "item" if a.ndim == 3 else "user", policy.name, dim)
+            out[idx] = a.reshape(len(idx), dim)
         return out
 
-    def log_scores_of_actions(self, actions: np.ndarray) -> np.ndarray:
-        """log(final score) (n,) of per-row actions (n, A), or of one action (A,) for every row."""
+    def log_scores_of_actions(self, actions: np.ndarray, space: ActionSpace | None = None) -> np.ndarray:
+        """log(final score) (n,) of per-row actions (n, A), or of one action (A,) for every row, in ``space``
+        (default: the environment's)."""
         a = np.asarray(actions, np.float64)
-        if a.shape not in ((ACTION_DIM,), (len(self.rows), ACTION_DIM)):
-            raise ValueError(f"actions must have shape ({ACTION_DIM},) or ({len(self.rows)}, {ACTION_DIM}), "
-                             f"got {a.shape}")
+        space = space or self.space
+        dim = space.dim
+        if a.shape not in ((dim,), (len(self.rows), dim)):
+            raise ValueError(f"actions must have shape ({dim},) or ({len(self.rows)}, {dim}), got {a.shape}")
         if not np.isfinite(a).all() or (np.abs(a) > 1 + 1e-6).any():
             raise ValueError("actions must be finite and in [-1, 1]")
-        return fused_log_score(self.rows.mtl_scores.astype(np.float64), a, self.space)
+        return fused_log_score(self.rows.mtl_scores.astype(np.float64), a, space)
 
     def predictions(self, policy: Policy) -> np.ndarray:
         """The policy's min-max normalised fused scores (n,) in row order."""
-        return min_max_normalise(self.log_scores_of_actions(self.actions(policy)))
+        return min_max_normalise(self.log_scores_of_actions(self.actions(policy), space_of(policy, self.space)))
 
     # --- metrics ------------------------------------------------------------------------------------------
 

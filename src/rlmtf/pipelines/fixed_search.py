@@ -3,7 +3,7 @@
 Before RL-MTF, fusion weights were tuned by grid search or Bayesian optimisation over a set of
 candidate parameter vectors (the Enhanced-State RL paper's introduction, refs [19, 36]): the same
 weights for every user and item. Here CMA-ES (the ``cmaes`` package) searches the action space
-[-1, 1]^10 for the fixed fusion with the highest weighted GAUC on logged training data. It is a
+([-1, 1]^10, or [-1, 1]^9 in the relative parameterisation) for the fixed fusion with the highest weighted GAUC on logged training data. It is a
 non-personalised reference point that every RL method should beat, and it is cheap to train.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlmtf.core.fusion import ACTION_DIM, ActionSpace, fused_log_score
+from rlmtf.core.fusion import ActionSpace, fused_log_score
 from rlmtf.data.io import LoggedData
 from rlmtf.eval.gauc import weighted_gauc
 from rlmtf.policy.fixed import FixedPolicy
@@ -48,7 +48,7 @@ def fixed_search(data: LoggedData, start: np.ndarray, cfg: FixedSearchConfig = F
         return weighted_gauc(users, labels, fused_log_score(scores, a, space), weights).gauc
 
     opt = CMA(mean=np.clip(np.asarray(start, np.float64), -0.95, 0.95), sigma=cfg.sigma,
-              bounds=np.tile([-1.0, 1.0], (ACTION_DIM, 1)), population_size=cfg.population, seed=cfg.seed)
+              bounds=np.tile([-1.0, 1.0], (space.dim, 1)), population_size=cfg.population, seed=cfg.seed)
     best_a, best = np.asarray(start, np.float64), gauc(np.asarray(start, np.float64))
     history = []
     for g in range(cfg.generations):
@@ -63,4 +63,4 @@ def fixed_search(data: LoggedData, start: np.ndarray, cfg: FixedSearchConfig = F
         history.append(best)
         if on_generation:
             on_generation(g, best)
-    return FixedPolicy(np.clip(best_a, -1, 1).astype(np.float32), name="fixed-search"), history
+    return FixedPolicy(np.clip(best_a, -1, 1).astype(np.float32), name="fixed-search", space=space), history

@@ -114,7 +114,7 @@ def fig_ptm(results) -> str | None:
 
 def fig_ptm_actions(results) -> str | None:
     """Mean action of each round's policy on the test set: where progressive training moves the policy."""
-    from rlmtf.core.fusion import MTL_TASKS
+    from rlmtf.core.fusion import ActionSpace
 
     kinds = [k for k in ("integrated", "esrl") if all(k in r.ptm for r in results)
              and all("mean_action" in row for row in results[0].ptm[k])]
@@ -123,9 +123,10 @@ def fig_ptm_actions(results) -> str | None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds) + 2.0, 3.2), squeeze=False, sharey=True,
                              layout="constrained")
-    labels = [f"power {t}" for t in MTL_TASKS] + [f"bias {t}" for t in MTL_TASKS]
     for j, (ax, k) in enumerate(zip(axes[0], kinds, strict=True)):
         m = np.mean([[row["mean_action"] for row in r.ptm[k]] for r in results], axis=0)  # (rounds + 1, A)
+        space = ActionSpace(parameterisation="relative" if m.shape[1] == ActionSpace().dim - 1 else "paper")
+        labels = [n.replace(":", " ") for n in space.names()]
         im = ax.imshow(m.T, aspect="auto", cmap="coolwarm", vmin=-1, vmax=1)
         ax.set_yticks(range(m.shape[1]), labels[: m.shape[1]], fontsize=7)
         ax.tick_params(axis="y", labelleft=j == 0)  # one set of row labels, left of the first panel

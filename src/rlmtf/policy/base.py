@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from rlmtf.core.fusion import ACTION_DIM
+from rlmtf.core.fusion import ACTION_DIM, ActionSpace
 
 
 @dataclass
@@ -95,6 +95,9 @@ class Policy(ABC):
     #: "mtl" ranks with the MTL model's scores; "true" with the exact probabilities (simulator oracle).
     score_source: Literal["mtl", "true"] = "mtl"
     name: str = "policy"
+    #: The fusion parameterisation its actions are in (docs/design.md#the-action-space); None: the
+    #: environment's. A policy trained in the relative space carries it, so it ranks the same anywhere.
+    action_space: ActionSpace | None = None
 
     @abstractmethod
     def act(self, obs: RequestObs) -> np.ndarray:
@@ -118,12 +121,21 @@ class Policy(ABC):
         return None
 
 
-def check_actions(a: np.ndarray, obs: RequestObs, level: str, who: str) -> np.ndarray:
-    """Validate a policy's output shape and range; returns it as float32."""
+def space_of(policy: Policy, default: ActionSpace) -> ActionSpace:
+    """The action space ``policy``'s actions are in: its own, else ``default`` (the environment's)."""
+    return policy.action_space if policy.action_space is not None else default
+
+
+def check_actions(a: np.ndarray, obs: RequestObs, level: str, who: str, dim: int | None = ACTION_DIM) -> np.ndarray:
+    """Validate a policy's output shape and range; returns it as float32. ``dim``: the action space's
+    dimension (None: any)."""
     b, n = obs.item_id.shape
-    expected = (b, ACTION_DIM) if level == "user" else (b, n, ACTION_DIM)
+    d = a.shape[-1] if dim is None and a.ndim else dim
+    expected = (b, d) if level == "user" else (b, n, d)
     if a.shape != expected:
-        raise ValueError(f"{who}: {level}-level policy returned actions of shape {a.shape}, expected {expected}")
+        hint = (f" (an action space of {d} dimensions; {ACTION_DIM}: the paper's, {ACTION_DIM - 1}: the relative one, "
+                "docs/design.md#the-action-space)" if a.ndim and a.shape[-1] != d else "")
+        raise ValueError(f"{who}: {level}-level policy returned actions of shape {a.shape}, expected {expected}{hint}")
     if not np.isfinite(a).all():
         raise ValueError(f"{who}: returned non-finite actions")
     if (np.abs(a) > 1 + 1e-6).any():

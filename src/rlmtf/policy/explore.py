@@ -23,17 +23,24 @@ from typing import Literal
 import numpy as np
 
 from rlmtf.core import rng as crng
-from rlmtf.core.fusion import ACTION_DIM
 from rlmtf.policy.base import Decision, Policy, RequestObs, check_actions
 
 _S_UNIFORM, _S_NOISE = 311, 312
 
 
 def _bounds(value: float | np.ndarray, name: str) -> np.ndarray:
-    b = np.broadcast_to(np.asarray(value, dtype=np.float32), (ACTION_DIM,)).copy()
-    if not np.isfinite(b).all():
-        raise ValueError(f"{name} must be finite, got {b.tolist()}")
+    """A box bound: one number for every action dimension, or one per dimension (checked against the
+    action's dimension when the first action is drawn)."""
+    b = np.array(value, dtype=np.float32)
+    if b.ndim > 1 or not np.isfinite(b).all():
+        raise ValueError(f"{name} must be a finite number or a list of them, got {b.tolist()}")
     return b
+
+
+def _fit(bound: np.ndarray, dim: int, name: str) -> np.ndarray:
+    if bound.ndim == 1 and bound.size != dim:
+        raise ValueError(f"{name} has {bound.size} numbers, but the actions have {dim} dimensions")
+    return np.broadcast_to(bound, (dim,)).astype(np.float32)
 
 
 class _Exploration(Policy):
@@ -41,6 +48,7 @@ class _Exploration(Policy):
         if per not in ("request", "item", "day"):
             raise ValueError(f"per must be 'request', 'item' or 'day', got {per!r}")
         self.base, self.per, self.seed = base, per, seed
+        self.action_space = base.action_space
         self.level = "item" if per == "item" or base.level == "item" else "user"  # type: ignore[misc]
         self.score_source = base.score_source
 
@@ -57,10 +65,14 @@ class _Exploration(Policy):
         return crng.key(self.seed, obs.request_key)  # (B,)
 
     def _mu_bp(self, obs: RequestObs) -> np.ndarray:
-        mu = check_actions(self.base.act(obs), obs, self.base.level, self.base.name)
+        mu = check_actions(self.base.act(obs), obs, self.base.level, self.base.name, dim=None)
         if self.level == "item" and mu.ndim == 2:
-            mu = np.broadcast_to(mu[:, None, :], (obs.batch_size, obs.n_candidates, ACTION_DIM))
+            mu = np.broadcast_to(mu[:, None, :], (obs.batch_size, obs.n_candidates, mu.shape[-1]))
         return mu
+
+    def _box(self, mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a = mu.shape[-1]
+        return _fit(self.lower_b, a, "lower_b"), _fit(self.upper_b, a, "upper_b")
 
     @staticmethod
     def _align(eps: np.ndarray, mu: np.ndarray) -> np.ndarray:
@@ -86,25 +98,27 @@ class UniformExploration(_Exploration):
             raise ValueError(f"edge must be 'clip' or 'shift', got {edge!r}")
         self.edge = edge
         self.lower_b, self.upper_b = _bounds(lower_b, "lower_b"), _bounds(upper_b, "upper_b")
-        bad = np.flatnonzero(self.lower_b > self.upper_b)
+        lo, hi = np.broadcast_arrays(self.lower_b, self.upper_b)
+        bad = np.flatnonzero(np.atleast_1d(lo > hi))
         if bad.size:
             raise ValueError(f"lower_b > upper_b in dimension {int(bad[0])}: "
-                             f"{self.lower_b[bad[0]]} > {self.upper_b[bad[0]]}")
+                             f"{np.atleast_1d(lo)[bad[0]]} > {np.atleast_1d(hi)[bad[0]]}")
         self.name = f"{base.name}+uniform"
 
     def decide(self, obs: RequestObs) -> Decision:
         mu = self._mu_bp(obs)
-        u = crng.uniforms16(self._keys(obs), _S_UNIFORM, ACTION_DIM)  # (B, A) or (B, N, A)
+        lower_b, upper_b = self._box(mu)
+        u = crng.uniforms16(self._keys(obs), _S_UNIFORM, mu.shape[-1])  # (B, A) or (B, N, A)
         if self.edge == "shift":
-            lo, hi = mu + self.lower_b, mu + self.upper_b  # (B, [N,] A)
+            lo, hi = mu + lower_b, mu + upper_b  # (B, [N,] A)
             move = np.maximum(-1.0 - lo, 0.0) - np.maximum(hi - 1.0, 0.0)  # into [-1, 1] (if the box fits)
             lo, hi = np.maximum(lo + move, -1.0), np.minimum(hi + move, 1.0)
             u = self._align(u, mu)
             action = (lo + (hi - lo) * u).astype(np.float32)
             return Decision(action=action, mu_bp=mu, lower_b=(lo - mu).astype(np.float32),
                             upper_b=(hi - mu).astype(np.float32))
-        eps = self._align(self.lower_b + (self.upper_b - self.lower_b) * u, mu)
-        return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)
+        eps = self._align(lower_b + (upper_b - lower_b) * u, mu)
+        return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=lower_b, upper_b=upper_b)
 
 
 class ActionNoiseExploration(_Exploration):
@@ -121,5 +135,6 @@ class ActionNoiseExploration(_Exploration):
 
     def decide(self, obs: RequestObs) -> Decision:
         mu = self._mu_bp(obs)
-        eps = self._align(np.float32(self.sigma) * crng.normals(self._keys(obs), _S_NOISE, ACTION_DIM), mu)
-        return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=self.lower_b, upper_b=self.upper_b)
+        lower_b, upper_b = self._box(mu)
+        eps = self._align(np.float32(self.sigma) * crng.normals(self._keys(obs), _S_NOISE, mu.shape[-1]), mu)
+        return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=lower_b, upper_b=upper_b)

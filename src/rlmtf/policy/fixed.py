@@ -27,13 +27,21 @@ class FixedPolicy(Policy):
 
     level = "user"
 
-    def __init__(self, action: np.ndarray, name: str = "fixed", score_source: str = "mtl"):
+    def __init__(self, action: np.ndarray, name: str = "fixed", score_source: str = "mtl",
+                 space: ActionSpace | None = None):
         action = np.asarray(action, dtype=np.float32)
-        if action.shape != (ACTION_DIM,):
-            raise ValueError(f"{name}: a fixed action has {ACTION_DIM} numbers, got shape {action.shape}")
+        if action.shape not in ((ACTION_DIM,), (ACTION_DIM - 1,)):
+            raise ValueError(f"{name}: a fixed action has {ACTION_DIM} numbers ({ACTION_DIM - 1} in the relative "
+                             f"action space), got shape {action.shape}")
         if not np.isfinite(action).all() or (np.abs(action) > 1).any():
             raise ValueError(f"{name}: action must be finite and in [-1, 1], got {action.tolist()}")
+        if space is not None and space.dim != action.size:
+            raise ValueError(f"{name}: a fixed action of {action.size} numbers is not in the {space.parameterisation!r} "
+                             f"action space ({space.dim} dimensions)")
+        if space is None and action.size == ACTION_DIM - 1:
+            space = ActionSpace(parameterisation="relative")
         self.action = action
+        self.action_space = space
         self.name = name
         self.score_source = score_source  # type: ignore[assignment]
 
@@ -42,14 +50,17 @@ class FixedPolicy(Policy):
                     score_source: str = "mtl") -> FixedPolicy:
         a = space.from_params(np.asarray(power, dtype=np.float64), np.asarray(bias, dtype=np.float64))
         if (np.abs(a) > 1 + 1e-9).any():
-            raise ValueError(f"{name}: power {list(power)} / bias {list(bias)} fall outside the action space "
-                             f"(power in {space.power_range}, bias in {space.bias_range})")
-        return cls(np.clip(a, -1, 1), name=name, score_source=score_source)
+            bias_range = space.log_bias_range if space.relative else space.bias_range
+            raise ValueError(f"{name}: power {list(power)} / bias {list(bias)} fall outside the "
+                             f"{space.parameterisation!r} action space (power in {space.power_range}"
+                             f"{' relative to the first' if space.relative else ''}, bias in {bias_range})")
+        return cls(np.clip(a, -1, 1), name=name, score_source=score_source, space=space)
 
     def act(self, obs: RequestObs) -> np.ndarray:
-        return np.broadcast_to(self.action, (obs.batch_size, ACTION_DIM)).copy()
+        return np.broadcast_to(self.action, (obs.batch_size, self.action.size)).copy()
 
     def to_json(self, space: ActionSpace = ActionSpace()) -> dict:
+        space = self.action_space or space
         power, bias = space.to_params(self.action.astype(np.float64))
         return {"kind": "fixed", "name": self.name, "action": self.action.tolist(),
                 "power": dict(zip(MTL_TASKS, power.tolist(), strict=True)),
@@ -65,11 +76,11 @@ class RandomPolicy(Policy):
     level = "user"
     name = "random"
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    def __init__(self, seed: int = 0, dim: int = ACTION_DIM):
+        self.seed, self.dim = seed, dim
 
     def act(self, obs: RequestObs) -> np.ndarray:
-        k = crng.key(self.seed, obs.request_key[:, None], np.arange(ACTION_DIM))
+        k = crng.key(self.seed, obs.request_key[:, None], np.arange(self.dim))
         return (2.0 * crng.uniform(k, 301) - 1.0).astype(np.float32)
 
 

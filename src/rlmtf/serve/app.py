@@ -102,7 +102,7 @@ from rlmtf.algos.registry import BUILTIN, PolicyLoadError, load_policy, policy_f
 from rlmtf.core.fusion import ActionSpace, fused_log_score, rank_top_l
 from rlmtf.core.reward import REWARD_BEHAVIOURS
 from rlmtf.core.schema import FEEDBACK_COLUMNS, FeatureSpec
-from rlmtf.policy.base import Policy, RequestObs, check_actions
+from rlmtf.policy.base import Policy, RequestObs, check_actions, space_of
 from rlmtf.policy.explore import UniformExploration
 from rlmtf.serve.admin import ADMIN_TOKEN_ENV, check_admin, resolve_reload
 from rlmtf.serve.bounds import UserBounds, load_user_bounds
@@ -185,7 +185,7 @@ def _smoke_test(policy: Policy, spec: FeatureSpec) -> None:
         context=np.zeros((1, spec.context.dim), np.float32), item_id=np.arange(n, dtype=np.int64)[None],
         mtl_scores=np.full((1, n, len(spec.mtl_tasks)), 0.1, np.float32),
         item_features_=np.zeros((1, n, spec.item_features.dim), np.float32))
-    check_actions(np.asarray(policy.act(obs)), obs, policy.level, policy.name)
+    check_actions(np.asarray(policy.act(obs)), obs, policy.level, policy.name, dim=None)
 
 
 def _limit_torch_threads(threads: int | None) -> None:
@@ -372,7 +372,8 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
                                                                                 seed=seed)
             with served.lock:
                 dec = policy.decide(obs)
-            action = check_actions(np.asarray(dec.action), obs, dec.level, served.policy.name)
+            space = space_of(served.policy, action_space)
+            action = check_actions(np.asarray(dec.action), obs, dec.level, served.policy.name, space.dim)
         except Exception as e:
             raise HTTPException(500, detail=f"policy failed: {type(e).__name__}: {e}") from e
         a_item = action[0] if action.ndim == 3 else np.broadcast_to(action[0], (n, action.shape[-1]))  # (N, A)
@@ -380,7 +381,7 @@ def create_app(policy_spec: str = "baseline", *, feature_spec: FeatureSpec | Non
         mu_item = mu[0] if mu.ndim == 3 else np.broadcast_to(mu[0], a_item.shape)
         lo = np.broadcast_to(np.asarray(dec.lower_b, np.float32), (1, *a_item.shape)).reshape(a_item.shape)
         hi = np.broadcast_to(np.asarray(dec.upper_b, np.float32), (1, *a_item.shape)).reshape(a_item.shape)
-        log_s = fused_log_score(scores.astype(np.float64), a_item.astype(np.float64), action_space)  # (N,)
+        log_s = fused_log_score(scores.astype(np.float64), a_item.astype(np.float64), space)  # (N,)
         top = rank_top_l(log_s[None], req.k)[0].tolist()
         items, shown = [], []
         for pos, j in enumerate(top):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS
+from rlmtf.core.fusion import MTL_TASKS
 from rlmtf.core.schema import FEEDBACK_COLUMNS, FeatureGroup, FeatureSpec
 from rlmtf.policy.base import Policy, RequestObs
 
@@ -61,7 +61,7 @@ class RemoteRanker(Policy):
 
     def act(self, obs: RequestObs) -> np.ndarray:
         # the service decides; the simulator only needs a well-formed placeholder
-        return np.zeros((obs.batch_size, ACTION_DIM), dtype=np.float32)
+        return np.zeros((obs.batch_size, self.spec.action_dim), dtype=np.float32)
 
     def rank(self, obs: RequestObs, l: int) -> np.ndarray:
         spec = self.spec

@@ -135,7 +135,8 @@ class RunContext:
     device: str
     """The device this rank trains on."""
     resume: bool
-    space: ActionSpace
+    space: ActionSpace | None
+    """The actions' space (None until the data is open: then the logs' own)."""
     warm_start_from: Algorithm | None
     sim: Environment | None
     on_step: StepCallback | None
@@ -176,14 +177,16 @@ def compile_networks(algo: Algorithm, mode: str) -> None:
 
 
 def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg: TrainConfig = TrainConfig(),
-          algo_cfg: Any = None, resume: bool = False, space: ActionSpace = ActionSpace(),
+          algo_cfg: Any = None, resume: bool = False, space: ActionSpace | None = None,
           warm_start_from: Algorithm | None = None, sim: Environment | None = None,
           on_step: StepCallback | None = None) -> Algorithm:
     """Train ``algo_name`` on logged data; write the run directory; return the trained algorithm.
 
     ``algo_cfg`` is the algorithm's own config (default: its defaults). Online algorithms (ES) also
     need ``sim``, the simulator they evaluate candidates in; for them a step is one generation and the
-    logged data only provides the input standardisation and the validation set.
+    logged data only provides the input standardisation and the validation set. ``space``: the action space
+    of the logged actions (default: the one the logs record, else the default of their dimension); the saved
+    policy carries it.
 
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; they train one model together
     (:mod:`rlmtf.train.distributed`) and rank 0 writes the run directory.
@@ -237,6 +240,12 @@ def _train(ctx: RunContext) -> Algorithm:
         (ctx.dir / "checkpoint").mkdir(parents=True, exist_ok=True)
 
     data = _open_data(ctx, algo)
+    ctx = dataclasses.replace(ctx, space=ctx.space or (ctx.sim.cfg.action_space if ctx.online  # type: ignore[union-attr]
+                                                       else logged_space(data.info, algo.spec.action_dim)))
+    if ctx.space.dim != algo.spec.action_dim:
+        raise ValueError(f"the {ctx.space.parameterisation!r} action space has {ctx.space.dim} dimensions, the logged "
+                         f"actions {algo.spec.action_dim}")
+    algo.action_space = ctx.space
     if ctx.online:
         algo.attach(ctx.sim)  # type: ignore[attr-defined]
     try:
@@ -256,6 +265,13 @@ def _train(ctx: RunContext) -> Algorithm:
         if data.stream is not None:
             data.stream.close()
     return algo
+
+
+def logged_space(info: dict, dim: int) -> ActionSpace:
+    """The action space logs were written in: the one their environment config records, else the default
+    space of ``dim`` dimensions."""
+    d = (info.get("sim_config") or {}).get("action_space")
+    return ActionSpace.from_dict(dict(d)) if isinstance(d, dict) else ActionSpace.for_dim(dim)
 
 
 def _open_data(ctx: RunContext, algo: Algorithm) -> TrainingData:

@@ -165,7 +165,8 @@ class KuaiRandEnv(Environment):
                                        ("last_session_length", 1), ("long_term_engagement", 1))),
             context=CONTEXT_GROUP,
             item_features=FeatureGroup(tuple((f"item:{n}", 1) for n in b.names("item"))
-                                       + tuple((f"item_stats:{n}", 1) for n in STAT_NAMES)))
+                                       + tuple((f"item_stats:{n}", 1) for n in STAT_NAMES)),
+            action_dim=cfg.action_space.dim)
         # users' logged rates (shrunk), for the history's start and the leave / return centring
         col = {n: j for j, n in enumerate(STAT_NAMES)}
         self.user_lv_rate = expit(ustats[:, col["logit_long_view"]].astype(np.float64))

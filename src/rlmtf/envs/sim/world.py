@@ -68,7 +68,8 @@ def user_history_group(n_categories: int) -> FeatureGroup:
 def feature_spec(cfg: SimConfig) -> FeatureSpec:
     c = cfg.n_categories
     return FeatureSpec(user_profile=user_profile_group(c), user_history=user_history_group(c),
-                       context=CONTEXT_GROUP, item_features=item_feature_group(c))
+                       context=CONTEXT_GROUP, item_features=item_feature_group(c),
+                       action_dim=cfg.action_space.dim)
 
 
 def make_items(cfg: SimConfig, rng: np.random.Generator) -> Items:
