@@ -144,7 +144,8 @@ class EvolutionStrategy(Algorithm):
         cfg = self.cfg
         self.action_dim = a = spec.action_dim
         self.state_dim = d = sum(self.group_dims(spec))
-        init = np.asarray(baseline_policy().action if cfg.init_action is None else cfg.init_action, np.float64)
+        start = baseline_policy(self.action_space).action if self.action_space is not None else None
+        init = np.asarray(start if cfg.init_action is None else cfg.init_action, np.float64)
         if init.shape != (a,) or not np.isfinite(init).all() or (np.abs(init) > 1).any():
             raise ValueError(f"init_action must be {a} numbers in [-1, 1], got {cfg.init_action}")
         b0 = np.arctanh(np.clip(init, -_INIT_CLIP, _INIT_CLIP))

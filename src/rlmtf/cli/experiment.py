@@ -26,7 +26,7 @@ from rlmtf.cli.common import (
 
 #: What ``experiment paper`` writes into OUT (``--overwrite`` deletes these and nothing else).
 EXPERIMENT_ENTRIES = ("seed_*", "tables.md", "tables.csv", "tables.json", "report.html", "config.json",
-                      "sim_config.toml", "action_distributions.png")
+                      "sim_config.toml", "action_distributions.png", "paper", "improved")
 
 experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_is_help=True, cls=FlagGroup)
 
@@ -34,37 +34,48 @@ experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_
 def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, methods: str | None, workers: int,
                device: str, threads: int | None, env: str, sim_config: Path | None, json_out: bool,
                resume: bool = False, kuairand_dir: Path | None = None, kuairand_models: Path | None = None,
-               overwrite: bool = False, resumable: bool = True) -> None:
+               overwrite: bool = False, resumable: bool = True, setting: str = "paper") -> None:
     if not resume:
         claim_dir(out, "an experiment directory", overwrite, own=EXPERIMENT_ENTRIES,
                   also=" or --resume to reuse its finished seeds" if resumable else "")
     import time
 
     from rlmtf.pipelines.paper import PRESETS, run_paper
+    from rlmtf.pipelines.settings import SETTINGS
     from rlmtf.train.loop import resolve_device
 
     with errors():
         if preset not in PRESETS:
             raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
+        names = list(SETTINGS) if setting == "both" else [setting]
+        if any(n not in SETTINGS for n in names):
+            raise ValueError(f"unknown --setting {setting!r}; choose from {', '.join(SETTINGS)} or both")
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        sim = make_env(env, sim_config, kuairand_dir, kuairand_models)
         t0 = time.perf_counter()
 
         def log(msg: str) -> None:
             console.print(f"[dim]{time.perf_counter() - t0:7.1f}s[/] {msg}")
 
-        tables = run_paper(out, preset=preset, seeds=seeds, first_seed=first_seed, sim=sim, env=env,
-                           methods=tuple(m.strip() for m in methods.split(",")) if methods else None,
-                           workers=workers, device=resolve_device(device), resume=resume, log=log)
+        all_tables = {}
+        for name in names:
+            sim = make_env(env, sim_config, kuairand_dir, kuairand_models, SETTINGS[name].action_space)
+            all_tables[name] = run_paper(
+                out / name if setting == "both" else out, preset=preset, seeds=seeds, first_seed=first_seed, sim=sim,
+                env=env, methods=tuple(m.strip() for m in methods.split(",")) if methods else None, workers=workers,
+                device=resolve_device(device), resume=resume, log=lambda s, n=name: log(f"{n} setting: {s}" if setting == "both" else s), setting=name)
     if json_out:
-        print_json(tables)
+        print_json(all_tables if setting == "both" else all_tables[setting])
         return
     from rlmtf.pipelines.paper import tables_markdown
 
-    sys.stdout.write(tables_markdown(tables))
+    text = "".join((f"# The {name} setting\n\n" if setting == "both" else "") + tables_markdown(t) + "\n"
+                   for name, t in all_tables.items())
+    if setting == "both":
+        (out / "tables.md").write_text(f"# The paper experiment in both settings\n\n{text}")
+    sys.stdout.write(text)
     _preset_note(preset)
 
 
@@ -84,12 +95,15 @@ def experiment_paper(
                                         "hour on 2 cores) or full (paper-sized, GPU).")] = "default",
     seeds: Annotated[int | None, typer.Option(help="Seeds (default: the preset's).")] = None,
     first_seed: Annotated[int, typer.Option(help="The first seed; seeds run first_seed, first_seed+1, ...")] = 0,
-    methods: Annotated[str | None, typer.Option(help="Comma-separated subset of es, ddpg, cql_sac, bcq, iql, "
+    methods: Annotated[str | None, typer.Option(help="Comma-separated subset of fixed, es, ddpg, cql_sac, bcq, iql, "
                                                 "integrated_once, integrated, esrl (default: all).")] = None,
     workers: Annotated[int, typer.Option(help="Simulation processes.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest when other jobs share "
                                                 "the cores).")] = None,
+    setting: Annotated[str, typer.Option(help="paper (the papers' choices), improved (the relative action space, the "
+                                         "user-day objective, per-day exploration, gated progressive training; "
+                                         "docs/design.md#settings) or both (OUT/paper and OUT/improved).")] = "paper",
     env: EnvOpt = "sim",
     sim_config: SimConfigOpt = None,
     kuairand_dir: KuaiRandDirOpt = None,
@@ -98,9 +112,10 @@ def experiment_paper(
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """The paper's Tables 1-4 on the simulator: every method, several seeds, tables + report.html."""
+    """The paper's Tables 1-4 (and Table 5: every method against the hand-set baseline and the CMA-ES fixed
+    fusion) on the simulator: every method, several seeds, tables + report.html."""
     _run_paper(out, preset, seeds, first_seed, methods, workers, device, threads, env, sim_config, json_out, resume,
-               kuairand_dir, kuairand_models, overwrite)
+               kuairand_dir, kuairand_models, overwrite, setting=setting)
 
 
 @experiment_app.command("render")

@@ -11,9 +11,15 @@ For every seed:
 4. **IntegratedRL-MTF w/o PTM**: trained once on round 1's data (one round of exploration around the
    baseline) for as many steps as PTM takes in total;
 5. **DDPG, CQL+SAC, BCQ (BatchRL-MTF), IQL** on all 5 rounds' logs, same user state, networks and
-   steps; **ES** online in the simulator (CMA-ES, instant reward);
+   steps; **ES** online in the simulator (CMA-ES, instant reward); the **CMA-ES fixed fusion** (one fusion
+   for everybody maximising weighted GAUC on the same logs, the classical approach);
 6. weighted GAUC of every method on the test set (Tables 1 and 3); a simulated online A/B test of
-   every method on the same users with common random numbers (Tables 2 and 4).
+   every method on the same users with common random numbers (Tables 2 and 4, and Table 5: every method
+   against the hand-set baseline and against the CMA-ES fixed fusion).
+
+Everything runs in one of two settings (``rlmtf.pipelines.settings``): ``paper`` (the papers' choices) or
+``improved`` (the relative action space, the user-day objective, per-day exploration and gated progressive
+training).
 
 Across seeds, GAUC gets mean, standard deviation, a t-interval and a paired t-test against the table's
 reference; online lifts pool the per-user pairs of every seed (each seed's A/B pairs the same users)
@@ -37,6 +43,7 @@ import numpy as np
 
 from rlmtf.eval.online import METRICS
 from rlmtf.eval.stats import paired_lift
+from rlmtf.pipelines.settings import SETTINGS, Setting
 from rlmtf.pipelines.tables import tables_markdown, write_outputs
 
 __all__ = ["LABELS", "METHODS", "PRESETS", "Preset", "SeedResult", "build_tables", "finish", "gauc_entry",
@@ -45,6 +52,7 @@ __all__ = ["LABELS", "METHODS", "PRESETS", "Preset", "SeedResult", "build_tables
 
 #: (key, label) in the order of the paper's Table 1, then the paper's method.
 METHODS: tuple[tuple[str, str], ...] = (
+    ("fixed", "CMA-ES fixed fusion"),
     ("es", "ES"),
     ("ddpg", "DDPG"),
     ("cql_sac", "CQL+SAC"),
@@ -57,6 +65,7 @@ METHODS: tuple[tuple[str, str], ...] = (
 LABELS = dict(METHODS)
 OFFLINE_BASELINES = ("ddpg", "cql_sac", "bcq", "iql")
 TABLE1 = ("es", "ddpg", "cql_sac", "bcq", "iql", "integrated_once", "integrated")
+TABLE5_METRICS = ("uvc", "udt", "reward")
 
 #: The paper's published figures (Tencent News; ``docs/design.md#the-paper-experiment``), for the side-by-side columns.
 PAPER_GAUC = {"es": 0.7836, "ddpg": 0.7881, "cql_sac": 0.7892, "bcq": 0.7894, "iql": 0.7906,
@@ -95,6 +104,9 @@ class Preset:
     online_days: int = 2
     ptm_online_users: int = 1000
     """Users of the per-round A/B against the baseline (the PTM curve)."""
+    gate_users: int = 2000
+    """Users of the gate's A/B (the improved setting's progressive training), held out of exploration."""
+    gate_days: int = 2
     eval_every: int = 0
     """Steps between validation GAUCs in the training curves (0: only at the end)."""
     seeds: int = 3
@@ -109,17 +121,18 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", sessions_per_round=150, test_sessions=300, steps_per_round=20, hidden=(32, 32),
                     embed_dim=8, batch_size=64, ensemble_size=4, warmup_steps=20, es_generations=3, es_popsize=6,
                     es_sessions_per_candidate=16, online_users=300, online_days=1, ptm_online_users=150,
-                    eval_every=50, seeds=1),
+                    gate_users=150, gate_days=1, eval_every=50, seeds=1),
     "default": Preset("default"),
     "full": Preset("full", sessions_per_round=100_000, test_sessions=50_000, steps_per_round=60_000,
                    hidden=(256, 256), embed_dim=32, batch_size=512, es_generations=300, es_popsize=24,
                    es_sessions_per_candidate=512, online_users=20_000, online_days=7, ptm_online_users=5000,
-                   eval_every=5000, seeds=5),
+                   gate_users=10_000, eval_every=5000, seeds=5),
 }
 
 
-def algo_config(kind: str, preset: Preset) -> Any:
-    """The algorithm's default config with the preset's shared sizes, set wherever the field exists."""
+def algo_config(kind: str, preset: Preset, setting: Setting = SETTINGS["paper"]) -> Any:
+    """The algorithm's default config with the preset's shared sizes and the setting's objective, set wherever
+    the field exists."""
     from rlmtf.algos import algorithm_class
 
     config_cls = algorithm_class(kind).config_cls
@@ -127,7 +140,8 @@ def algo_config(kind: str, preset: Preset) -> Any:
             "ensemble_size": preset.ensemble_size, "warmup_steps": preset.warmup_steps, "popsize": preset.es_popsize,
             "sessions_per_candidate": preset.es_sessions_per_candidate}
     names = {f.name for f in dataclasses.fields(config_cls)}
-    return config_cls(**{k: v for k, v in want.items() if k in names})
+    cfg = config_cls(**{k: v for k, v in want.items() if k in names})
+    return cfg if kind == "es" else setting.algo_config(cfg)
 
 
 @dataclass
@@ -141,18 +155,24 @@ class SeedResult:
 
 
 def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, ...], workers: int = 1,
-             log: Callable[[str], None] = print, device: str = "cpu") -> SeedResult:
-    """Everything for one seed; writes ``out/result.json`` (and per-user metrics as ``online.npz``)."""
+             log: Callable[[str], None] = print, device: str = "cpu",
+             setting: Setting = SETTINGS["paper"]) -> SeedResult:
+    """Everything for one seed in ``setting`` (``sim``'s action space must be the setting's); writes
+    ``out/result.json`` (and per-user metrics as ``online.npz``)."""
     from rlmtf.data import concat_logs, read_logs
     from rlmtf.envs.collect import simulate_to_parquet
     from rlmtf.eval.offline import evaluate_gauc
     from rlmtf.eval.online import online_ab
+    from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
     from rlmtf.pipelines.ptm import PTMConfig, run_ptm
     from rlmtf.policy.fixed import baseline_policy
     from rlmtf.train.loop import TrainConfig, train
 
     out.mkdir(parents=True, exist_ok=True)
     space = sim.cfg.action_space
+    if space.parameterisation != setting.action_space:
+        raise ValueError(f"the {setting.name!r} setting runs in the {setting.action_space!r} action space, the "
+                         f"environment's is {space.parameterisation!r}")
     base = baseline_policy(space)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
@@ -165,11 +185,12 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
 
     train_cfg = TrainConfig(steps=preset.steps_per_round, seed=seed, device=device, eval_every=preset.eval_every,
                             log_every=max(1, min(50, preset.steps_per_round // 4)),
-                            checkpoint_every=max(preset.total_steps, 1))
-    ptm_cfg = PTMConfig(rounds=preset.rounds, sessions_per_round=preset.sessions_per_round, steps_per_round=
-                        preset.steps_per_round, test_sessions=preset.test_sessions,
-                        online_users=min(preset.ptm_online_users, sim.cfg.n_users), online_days=1, seed=seed,
-                        workers=workers)
+                            checkpoint_every=max(preset.total_steps, 1), episode=setting.episode)
+    ptm_base = PTMConfig(rounds=preset.rounds, sessions_per_round=preset.sessions_per_round, steps_per_round=
+                         preset.steps_per_round, test_sessions=preset.test_sessions,
+                         online_users=min(preset.ptm_online_users, sim.cfg.n_users), online_days=1, seed=seed,
+                         workers=workers, gate_users=min(preset.gate_users, sim.cfg.n_users // 2),
+                         gate_days=preset.gate_days)
     policies: dict[str, Any] = {}
     data_dirs: list[Path] = []
     ptm_rows: dict[str, list[dict]] = {}
@@ -180,11 +201,14 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
             continue
         t = time.perf_counter()
         log(f"seed {seed}: {LABELS[kind]} with progressive training ({preset.rounds} rounds)")
-        res = run_ptm(kind, sim, out / f"ptm_{kind}", ptm_cfg, algo_config(kind, preset), train_cfg, log=log,
-                      test_dir=test_dir)
+        ptm_cfg = dataclasses.replace(ptm_base, **setting.ptm_fields(kind))
+        res = run_ptm(kind, sim, out / f"ptm_{kind}", ptm_cfg, algo_config(kind, preset, setting), train_cfg,
+                      log=log, test_dir=test_dir)
         ptm_rows[kind] = res.rows
-        policies[kind] = res.algo.policy(name=LABELS[kind])
-        runs[kind] = str(out / f"ptm_{kind}" / f"round_{preset.rounds}" / "run")
+        policies[kind] = res.incumbent  # the paper: the last round's; gated: the last accepted (or the baseline)
+        policies[kind].name = LABELS[kind]
+        accepted = [row["round"] for row in res.rows if row.get("accepted")]
+        runs[kind] = str(out / f"ptm_{kind}" / f"round_{accepted[-1] if accepted else preset.rounds}" / "run")
         seconds[kind] = time.perf_counter() - t
         if kind == "integrated":
             data_dirs = res.data_dirs
@@ -194,18 +218,25 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
         t = time.perf_counter()
         log(f"seed {seed}: {LABELS['integrated_once']} (round 1 data, {preset.total_steps} steps)")
         algo = train("integrated", data_dirs[0], out / "integrated_once", cfg=once_cfg,
-                     algo_cfg=algo_config("integrated", preset), space=space)
+                     algo_cfg=algo_config("integrated", preset, setting), space=space)
         policies["integrated_once"] = algo.policy(name=LABELS["integrated_once"])
         runs["integrated_once"] = str(out / "integrated_once")
         seconds["integrated_once"] = time.perf_counter() - t
+    pooled = concat_logs([read_logs(d) for d in data_dirs]) if set(methods) & {*OFFLINE_BASELINES, "fixed"} else None
+    if "fixed" in methods:
+        t = time.perf_counter()
+        log(f"seed {seed}: {LABELS['fixed']} (weighted GAUC on {preset.rounds} rounds of logs)")
+        policies["fixed"], _ = fixed_search(pooled, base.action, FixedSearchConfig(seed=seed), space)
+        policies["fixed"].name = LABELS["fixed"]
+        seconds["fixed"] = time.perf_counter() - t
     if set(methods) & set(OFFLINE_BASELINES):
-        pooled = concat_logs([read_logs(d) for d in data_dirs])
         for kind in OFFLINE_BASELINES:
             if kind not in methods:
                 continue
             t = time.perf_counter()
             log(f"seed {seed}: {LABELS[kind]} ({preset.rounds} rounds of logs, {preset.total_steps} steps)")
-            algo = train(kind, pooled, out / kind, cfg=once_cfg, algo_cfg=algo_config(kind, preset), space=space)
+            algo = train(kind, pooled, out / kind, cfg=once_cfg, algo_cfg=algo_config(kind, preset, setting),
+                         space=space)
             policies[kind] = algo.policy(name=LABELS[kind])
             runs[kind] = str(out / kind)
             seconds[kind] = time.perf_counter() - t
@@ -214,8 +245,8 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
         log(f"seed {seed}: ES (CMA-ES online, {preset.es_generations} generations)")
         # the logged data only supplies the input standardisation and the validation set
         algo = train("es", read_logs(data_dirs[0] if data_dirs else test_dir), out / "es",
-                     cfg=dataclasses.replace(train_cfg, steps=preset.es_generations, log_every=1,
-                                             eval_every=0, checkpoint_every=preset.es_generations),
+                     cfg=dataclasses.replace(train_cfg, steps=preset.es_generations, log_every=1, eval_every=0,
+                                             checkpoint_every=preset.es_generations, episode="session"),
                      algo_cfg=algo_config("es", preset), space=space, sim=sim)
         policies["es"] = algo.policy(name=LABELS["es"])
         runs["es"] = str(out / "es")
@@ -343,13 +374,19 @@ def build_tables(results: list[SeedResult]) -> dict:
               gauc_entry("3", "esrl", "integrated", results, PAPER_GAUC_T3["esrl"])]
         t4 = [lift_entry("4", "esrl", "integrated", metric, results, PAPER_LIFT_ESRL.get(metric))
               for metric in METRICS]
-    return {"table1": t1, "table2": t2, "table3": t3, "table4": t4, "agreement": rank_agreement(results, have)}
+    t5 = [lift_entry("5", m, control, metric, results, None) for m in have
+          for control in ("baseline", "fixed") if control != m and (control == "baseline" or "fixed" in have)
+          for metric in TABLE5_METRICS]
+    return {"table1": t1, "table2": t2, "table3": t3, "table4": t4, "table5": t5,
+            "agreement": rank_agreement(results, [m for m in have if m != "fixed"])}
 
 
 def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int | None = None, first_seed: int = 0,
               sim=None, methods: tuple[str, ...] | None = None, workers: int = 1, device: str = "cpu",
-              env: str = "sim", resume: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Run the experiment; write tables and ``report.html`` into ``out``; return the tables.
+              env: str = "sim", resume: bool = False, log: Callable[[str], None] = print,
+              setting: str = "paper") -> dict:
+    """Run the experiment in ``setting`` (``rlmtf.pipelines.settings``; ``sim`` must be in its action space);
+    write tables and ``report.html`` into ``out``; return the tables.
 
     ``resume``: reuse every seed that already finished in ``out`` (its ``result.json`` and ``online.npz``)."""
     from rlmtf.core.provenance import git_commit
@@ -366,7 +403,14 @@ def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int |
     unknown = [m for m in methods if m not in LABELS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(LABELS)}")
-    sim = sim if sim is not None else Simulator()
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
+    st = SETTINGS[setting]
+    if sim is None:
+        from rlmtf.envs.factory import with_action_space
+        from rlmtf.envs.sim.config import SimConfig
+
+        sim = Simulator(with_action_space(SimConfig(), st.action_space))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sim_config.toml").write_text(to_toml(sim.cfg))
@@ -374,6 +418,7 @@ def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int |
     meta = {"title": "Enhanced-State RL for multi-task fusion: the paper's experiment on the simulator",
             "preset": dataclasses.asdict(p), "seeds": list(range(first_seed, first_seed + n_seeds)), "env": env,
             "methods": list(methods), "commit": git_commit(), "device": device, "workers": workers,
+            "setting": dataclasses.asdict(st),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     (out / "config.json").write_text(json.dumps(meta, indent=2))
     results = []
@@ -384,7 +429,7 @@ def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int |
             results.append(done)
             continue
         results.append(run_seed(sim, p, s, out / f"seed_{s}", methods=methods, workers=workers, log=log,
-                                device=device))
+                                device=device, setting=st))
     meta["seconds"] = time.perf_counter() - t0
     return finish(out, results, meta, log)
 
@@ -396,7 +441,9 @@ def finish(out: Path, results: list[SeedResult], meta: dict, log: Callable[[str]
     n_seeds = len(results)
     tables = build_tables(results)
     meta["seeds"] = [r.seed for r in results]
-    meta["subtitle"] = (f"Preset `{meta['preset']['name']}`, {n_seeds} seed(s), env `{meta['env']}`, commit "
+    setting = meta.get("setting", {}).get("name", "paper")
+    meta["subtitle"] = (f"Setting `{setting}`, preset `{meta['preset']['name']}`, {n_seeds} seed(s), "
+                        f"env `{meta['env']}`, commit "
                         f"`{meta['commit']}`, {meta['seconds'] / 60:.1f} min.")
     write_outputs(out, tables, meta)
     write_report(out / "report.html", tables, results, meta, out)

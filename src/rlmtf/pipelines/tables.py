@@ -73,6 +73,18 @@ def tables_markdown(tables: dict) -> str:
             lines.append(f"| {e['metric'].removesuffix('_lift')} | {_pct(e['mean'])} | [{_pct(e['ci_low'])}, "
                          f"{_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_sd(e['std'])} | "
                          f"{_pct(e['paper']) if e['paper'] is not None else '—'} |")
+    if tables.get("table5"):
+        lines += ["", "## Table 5: every method against the hand-set baseline and the CMA-ES fixed fusion", "",
+                  "Simulated online lifts, per-user pairs of every seed pooled (95% CI); per-seed sd.", "",
+                  "| method | vs | UVC | UDT | reward / user-day |", "|---|---|---|---|---|"]
+        rows: dict[tuple[str, str], dict[str, dict]] = {}
+        for e in tables["table5"]:
+            rows.setdefault((e["label"], e["control"]), {})[e["metric"].removesuffix("_lift")] = e
+        for (label, control), cells in rows.items():
+            vs = "hand-set baseline" if control == "baseline" else "CMA-ES fixed fusion"
+            lines.append(f"| {label} | {vs} | " + " | ".join(
+                f"{_pct(c['mean'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]" if c else "—"
+                for c in (cells.get(m) for m in ("uvc", "udt", "reward"))) + " |")
     ag = tables["agreement"]
     lines += ["", "## Offline vs online agreement", "",
               (f"Rank correlation between mean weighted GAUC and mean UVC over {len(ag['methods'])} methods: "
@@ -91,7 +103,7 @@ def write_outputs(out: Path, tables: dict, meta: dict) -> None:
     note = preset_note(meta.get("preset", {}).get("name", ""))
     head = f"# {meta['title']}\n\n" + (f"> **Note.** {note}\n\n" if note else "") + f"{meta['subtitle']}\n\n"
     (out / "tables.md").write_text(head + tables_markdown(tables))
-    entries = [e for k in ("table1", "table2", "table3", "table4") for e in tables[k]]
+    entries = [e for k in ("table1", "table2", "table3", "table4", "table5") for e in tables.get(k, [])]
     with (out / "tables.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         w.writeheader()
