@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from rlmtf.algos import algorithm_class
-from rlmtf.core.provenance import git_commit
+from rlmtf.core.provenance import file_logger, git_commit
 from rlmtf.data.io import read_logs
 from rlmtf.data.transitions import Transitions, build_transitions
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
@@ -154,13 +154,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
-    log_path = a.out / "log.txt"
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        with log_path.open("a") as f:
-            f.write(line + "\n")
+    log = file_logger(a.out / "log.txt")
 
     sim = Simulator(SimConfig())
     base = baseline_policy(sim.cfg.action_space)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.core.provenance import git_commit
+from rlmtf.core.provenance import file_logger, git_commit
 from rlmtf.data.io import read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.sim.config import SimConfig
@@ -141,14 +141,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     sim = Simulator(SimConfig())
-    log_path = a.out / "log.txt"
-    a.out.mkdir(parents=True, exist_ok=True)
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        with log_path.open("a") as f:
-            f.write(line + "\n")
+    log = file_logger(a.out / "log.txt")
 
     results = [one_seed(s, a.out / f"seed_{s}", a, sim, log) for s in a.seeds]
     summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},

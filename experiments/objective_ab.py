@@ -29,20 +29,18 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rlmtf.algos.esrl import ESRLConfig
 from rlmtf.core.objective import Objective
-from rlmtf.core.provenance import git_commit
+from rlmtf.core.provenance import file_logger, git_commit
 from rlmtf.data.io import read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.engine import Environment
 from rlmtf.envs.factory import make_env
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
-from rlmtf.eval.online import online_ab
-from rlmtf.eval.stats import mean_ci
+from rlmtf.eval.online import lifts_over_seeds, online_ab
 from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
 from rlmtf.policy.fixed import baseline_policy
 from rlmtf.train.loop import TrainConfig, train
@@ -87,15 +85,7 @@ def one_seed(seed: int, out: Path, a: argparse.Namespace, sim: Environment, log)
 
 
 def summarise(results: list[dict]) -> dict:
-    out = {}
-    for arm in results[0]["online"]["arms"][1:]:
-        name = arm["policy"]
-        for m in METRICS:
-            vals = np.array([next(x for x in r["online"]["arms"] if x["policy"] == name)["lifts"][m]["lift"]
-                             for r in results])
-            mean, lo, hi = mean_ci(vals) if vals.size > 1 else (float(vals[0]),) * 3
-            out[f"{name}: {m}"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": vals.tolist()}
-    return out
+    return lifts_over_seeds([r["online"] for r in results], METRICS)
 
 
 def main() -> None:
@@ -119,13 +109,7 @@ def main() -> None:
     torch.set_num_threads(1)
     sim = Simulator(SimConfig()) if a.env == "sim" else make_env("kuairand")
     a.out.mkdir(parents=True, exist_ok=True)
-    log_path = a.out / "log.txt"
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        with log_path.open("a") as f:
-            f.write(line + "\n")
+    log = file_logger(a.out / "log.txt")
 
     results = [one_seed(s, a.out / f"seed_{s}", a, sim, log) for s in a.seeds]
     summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},

@@ -31,18 +31,16 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.core.provenance import git_commit
-from rlmtf.envs.engine import Environment
+from rlmtf.core.provenance import file_logger, git_commit
 from rlmtf.data.io import read_logs
+from rlmtf.envs.engine import Environment
 from rlmtf.envs.factory import make_env, with_action_space
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
-from rlmtf.eval.online import online_ab
-from rlmtf.eval.stats import mean_ci
+from rlmtf.eval.online import lifts_over_seeds, online_ab
 from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
 from rlmtf.pipelines.ptm import PTMConfig, run_ptm
 from rlmtf.policy.fixed import baseline_policy
@@ -120,22 +118,10 @@ def main() -> None:
                     else make_env("kuairand", action_space=space))
             for space in sorted({SETTINGS[n][3] for n in a.settings} | {"paper"})}
     a.out.mkdir(parents=True, exist_ok=True)
-    log_path = a.out / "log.txt"
-
-    def log(msg: str) -> None:
-        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
-        print(line, flush=True)
-        with log_path.open("a") as f:
-            f.write(line + "\n")
+    log = file_logger(a.out / "log.txt")
 
     results = [one_seed(s, a.out / f"seed_{s}", a, envs, log) for s in a.seeds]
-    summary = {}
-    for arm in results[0]["final"]["arms"][1:]:
-        for m in ("uvc", "udt", "reward", "sessions", "session_length"):
-            vals = np.array([next(x for x in r["final"]["arms"] if x["policy"] == arm["policy"])["lifts"][m]["lift"]
-                             for r in results])
-            mean, lo, hi = mean_ci(vals) if vals.size > 1 else (float(vals[0]),) * 3
-            summary[f"{arm['policy']}: {m}"] = {"mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": vals.tolist()}
+    summary = lifts_over_seeds([r["final"] for r in results])
     doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "commit": git_commit(),
            "summary": summary, "per_seed": results}
     (a.out / "summary.json").write_text(json.dumps(doc, indent=2, default=float))

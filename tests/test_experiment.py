@@ -36,7 +36,8 @@ def fake_results(n_seeds: int = 3, n_users: int = 50) -> list[SeedResult]:
     for s in range(n_seeds):
         base = rng.uniform(5, 15, n_users)
         gauc, per_user = {}, {}
-        for i, (m, _) in enumerate([*METHODS, ("baseline", "")]):
+        # the paper's methods first (their indices fix the hand-computed values), then the fixed fusion
+        for i, (m, _) in enumerate([*(x for x in METHODS if x[0] != "fixed"), ("baseline", ""), ("fixed", "")]):
             gauc[m] = 0.6 + 0.01 * i + 0.001 * s
             uvc = base * (1 + 0.02 * i) + rng.normal(0, 0.1, n_users)
             per_user[m] = {"uvc": uvc, "udt": 2 * uvc, "sessions": np.ones(n_users), "reward": uvc,
@@ -97,19 +98,27 @@ def test_tables_and_files(tmp_path):
     assert len(tables["table2"]) == 2 * 6 and {e["control"] for e in tables["table2"]} == {"es"}
     assert [e["method"] for e in tables["table3"]] == ["integrated", "esrl"]
     assert {e["metric"] for e in tables["table4"]} >= {"uvc_lift", "udt_lift"}
+    # Table 5: every method against the baseline, and every method but the fixed fusion against it
+    t5 = {(e["method"], e["control"], e["metric"]): e for e in tables["table5"]}
+    n_methods = len(METHODS)
+    assert len(t5) == len(tables["table5"]) == (n_methods + n_methods - 1) * 3
+    assert ("fixed", "fixed", "uvc_lift") not in t5 and ("fixed", "baseline", "uvc_lift") in t5
+    want = lift_entry("5", "integrated", "fixed", "reward", res, None)
+    assert t5[("integrated", "fixed", "reward_lift")]["mean"] == pytest.approx(want["mean"])
+    assert "fixed" not in tables["agreement"]["methods"]
     md = tables_markdown(tables)
-    for label in ("BatchRL-MTF (BCQ)", "Table 4", "Spearman", "0.7953"):
+    for label in ("BatchRL-MTF (BCQ)", "Table 4", "Table 5", "CMA-ES fixed fusion", "Spearman", "0.7953"):
         assert label in md
     meta = {"title": "t", "subtitle": "s"}
     write_outputs(tmp_path, tables, meta)
     rows = list(csv.DictReader((tmp_path / "tables.csv").open()))
     doc = json.loads((tmp_path / "tables.json").read_text())
-    n = sum(len(tables[k]) for k in ("table1", "table2", "table3", "table4"))
+    n = sum(len(tables[k]) for k in ("table1", "table2", "table3", "table4", "table5"))
     assert len(rows) == len(doc["entries"]) == n
-    keyset = {(e["table"], e["method"], e["metric"]) for e in doc["entries"]}
-    assert len(keyset) == n  # one entry per table, method and metric
+    keyset = {(e["table"], e["method"], e["metric"], e.get("control")) for e in doc["entries"]}
+    assert len(keyset) == n  # one entry per table, method, metric and control
     html = _md_table_to_html(md)
-    assert html.count("<table>") == 4 and "<td>BatchRL-MTF (BCQ)</td>" in html
+    assert html.count("<table>") == 5 and "<td>BatchRL-MTF (BCQ)</td>" in html
 
 
 def test_without_es_there_is_no_table_2():
@@ -147,10 +156,12 @@ def test_demo_runs_the_smoke_experiment_end_to_end(tmp_path):
     doc = json.loads((out / "tables.json").read_text())
     methods = {m for m, _ in METHODS}
     t1 = {e["method"]: e for e in doc["entries"] if e["table"] == "1"}
-    assert set(t1) == (methods - {"esrl"}) | {"baseline"}
+    assert set(t1) == (methods - {"esrl", "fixed"}) | {"baseline"}
     assert all(0.3 < e["mean"] < 0.8 for e in t1.values())
     t2 = {(e["method"], e["metric"]) for e in doc["entries"] if e["table"] == "2"}
-    assert t2 == {(m, k) for m in methods - {"es", "esrl"} for k in ("uvc_lift", "udt_lift")}
+    assert t2 == {(m, k) for m in methods - {"es", "esrl", "fixed"} for k in ("uvc_lift", "udt_lift")}
+    t5 = {(e["method"], e["control"]) for e in doc["entries"] if e["table"] == "5"}
+    assert ("integrated", "fixed") in t5 and ("fixed", "baseline") in t5
     t4 = [e for e in doc["entries"] if e["table"] == "4"]
     assert t4 and all(e["control"] == "integrated" and np.isfinite(e["mean"]) for e in t4)
     assert -1 <= doc["agreement"]["spearman"] <= 1
@@ -171,3 +182,31 @@ def test_demo_runs_the_smoke_experiment_end_to_end(tmp_path):
     assert again["entries"] == first["entries"] and again["agreement"] == first["agreement"]
     nothing = _cli("experiment", "render", tmp_path)
     assert nothing.returncode == 2 and "not an experiment directory" in nothing.stderr
+
+
+def test_improved_setting_runs_in_its_action_space_with_the_gate(tmp_path):
+    """The improved setting: policies in the relative space, gated progressive training (each round's row says
+    whether it was accepted), the user-day objective in the runs' configs; the paper setting refuses an
+    environment of the other space."""
+    import dataclasses
+
+    from rlmtf.envs.factory import with_action_space
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.pipelines.paper import PRESETS, run_paper, run_seed
+
+    sim = Simulator(with_action_space(dataclasses.replace(SimConfig(), n_users=600, n_items=2000), "relative"))
+    preset = dataclasses.replace(PRESETS["smoke"], rounds=2, online_users=200)
+    tables = run_paper(tmp_path / "imp", preset=preset, seeds=1, sim=sim, methods=("fixed", "integrated", "iql"),
+                       setting="improved", log=lambda s: None)
+    cfg = json.loads((tmp_path / "imp" / "config.json").read_text())
+    assert cfg["setting"]["name"] == "improved" and cfg["setting"]["action_space"] == "relative"
+    res = json.loads((tmp_path / "imp" / "seed_0" / "result.json").read_text())
+    assert [("accepted" in row) for row in res["ptm"]["integrated"][1:]] == [True, True]
+    iql_cfg = json.loads((tmp_path / "imp" / "seed_0" / "iql" / "config.json").read_text())
+    assert json.dumps(iql_cfg).count('"episode": "day"') >= 1
+    pol = json.loads((tmp_path / "imp" / "seed_0" / "iql" / "policy" / "policy.json").read_text())
+    assert pol["action_space"]["parameterisation"] == "relative"
+    assert {(e["method"], e["control"]) for e in tables["table5"]} >= {("integrated", "fixed"), ("iql", "baseline")}
+    with pytest.raises(ValueError, match="'paper' setting runs in the 'paper' action space"):
+        run_seed(sim, preset, 0, tmp_path / "p", methods=("fixed",))

@@ -137,3 +137,29 @@ def test_mean_ci_errors() -> None:
         mean_ci(np.array([1.0]))
     with pytest.raises(ValueError, match=r"x\[2\] = inf is not finite"):
         mean_ci(np.array([1.0, 2.0, np.inf]))
+
+
+def test_over_seeds_by_hand():
+    from rlmtf.eval.stats import over_seeds
+
+    d = over_seeds([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
+    assert d["mean"] == pytest.approx(2.0) and d["ci_low"] == pytest.approx(2 - half)
+    assert d["ci_high"] == pytest.approx(2 + half) and d["per_seed"] == [1.0, 2.0, 3.0]
+    assert over_seeds([0.5]) == {"mean": 0.5, "ci_low": 0.5, "ci_high": 0.5, "per_seed": [0.5]}
+    with pytest.raises(ValueError):
+        over_seeds([1.0, float("nan")])
+
+
+def test_lifts_over_seeds_matches_arms_by_name():
+    from rlmtf.eval.online import lifts_over_seeds
+
+    def ab(x, y):
+        arm = lambda name, v: {"policy": name, "lifts": {"uvc": {"lift": v}}}  # noqa: E731
+        return {"arms": [arm("base", 0.0), arm("a", x), arm("b", y)]}
+
+    second = ab(0.3, 0.1)
+    second["arms"][1:] = second["arms"][:0:-1]  # arms in another order: matched by name
+    out = lifts_over_seeds([ab(0.1, 0.2), second], metrics=("uvc",))
+    assert out["a: uvc"]["per_seed"] == [0.1, 0.3] and out["b: uvc"]["per_seed"] == [0.2, 0.1]
+    assert out["a: uvc"]["mean"] == pytest.approx(0.2)

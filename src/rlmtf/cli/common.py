@@ -26,10 +26,10 @@ from rich.progress import (
 from rich.text import Text
 from typer.core import TyperGroup
 
-__all__ = ["ALGORITHM_NAMES", "ActionSpaceOpt", "EnvOpt", "FlagGroup", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt", "ObjectiveOpt",
-           "OverwriteOpt", "SimConfigOpt", "check", "claim_dir", "console", "errors", "fail", "given_flags",
-           "labelled_policies", "load_sim", "make_env", "objective_settings", "out_console", "print_json", "progress",
-           "warn"]
+__all__ = ["ALGORITHM_NAMES", "ActionSpaceOpt", "EnvOpt", "FlagGroup", "JsonOpt", "KuaiRandDirOpt", "KuaiRandModelsOpt",
+           "ObjectiveOpt", "OverwriteOpt", "SimConfigOpt", "check", "claim_dir", "console", "errors", "fail",
+           "given_flags", "labelled_policies", "load_sim", "make_env", "objective_settings", "out_console",
+           "print_json", "progress", "warn"]
 
 
 def _width(stream) -> int | None:

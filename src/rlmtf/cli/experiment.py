@@ -62,10 +62,13 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
         all_tables = {}
         for name in names:
             sim = make_env(env, sim_config, kuairand_dir, kuairand_models, SETTINGS[name].action_space)
+            def log_setting(s: str, n: str = name) -> None:
+                log(f"{n} setting: {s}" if setting == "both" else s)
+
             all_tables[name] = run_paper(
                 out / name if setting == "both" else out, preset=preset, seeds=seeds, first_seed=first_seed, sim=sim,
                 env=env, methods=tuple(m.strip() for m in methods.split(",")) if methods else None, workers=workers,
-                device=resolve_device(device), resume=resume, log=lambda s, n=name: log(f"{n} setting: {s}" if setting == "both" else s), setting=name)
+                device=resolve_device(device), resume=resume, log=log_setting, setting=name)
     if json_out:
         print_json(all_tables if setting == "both" else all_tables[setting])
         return

@@ -1,8 +1,11 @@
-"""Where a result came from: the commit of the code that computed it (recorded in datasets and runs)."""
+"""Where a result came from: the commit of the code that computed it (recorded in datasets and runs), and
+the timestamped log an experiment script leaves beside its results."""
 
 from __future__ import annotations
 
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -14,3 +17,19 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def file_logger(path: str | Path, fresh: bool = False) -> Callable[[str], None]:
+    """A ``log(msg)`` that prints ``[HH:MM:SS] msg`` and appends it to ``path`` (emptied first if ``fresh``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        path.write_text("")
+
+    def log(msg: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        with path.open("a") as f:
+            f.write(line + "\n")
+
+    return log

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rlmtf.envs.engine import Environment, RunResult
-from rlmtf.eval.stats import Lift, mean_ci, paired_lift
+from rlmtf.eval.stats import Lift, mean_ci, over_seeds, paired_lift
 from rlmtf.policy.base import Policy
 
 METRICS = ("uvc", "udt", "sessions", "reward", "session_length")
@@ -110,3 +110,15 @@ def online_ab(policies: Sequence[Policy], sim: Environment, *, users: int | np.n
 
 
 __all__ = ["METRICS", "ABResult", "ArmResult", "Lift", "online_ab", "per_user_metrics"]
+
+
+def lifts_over_seeds(abs_: Sequence[dict], metrics: Sequence[str] = METRICS) -> dict[str, dict]:
+    """``{"<arm>: <metric>": over_seeds(lifts)}`` for every treatment arm of A/Bs of several seeds (each an
+    ``ABResult.to_dict()`` with the same arms)."""
+    out = {}
+    for arm in abs_[0]["arms"][1:]:
+        name = arm["policy"]
+        for m in metrics:
+            vals = [next(x for x in ab["arms"] if x["policy"] == name)["lifts"][m]["lift"] for ab in abs_]
+            out[f"{name}: {m}"] = over_seeds(vals)
+    return out

@@ -99,6 +99,14 @@ def mean_ci(x: np.ndarray, confidence: float = 0.95) -> tuple[float, float, floa
     return m, m - half, m + half
 
 
+def over_seeds(x, confidence: float = 0.95) -> dict:
+    """A figure over seeds: ``{"mean", "ci_low", "ci_high", "per_seed"}`` (a t-interval of the mean; with one
+    seed the interval is that seed's value)."""
+    a = _as_1d_finite(np.asarray(x, dtype=np.float64), "x")
+    mean, lo, hi = mean_ci(a, confidence) if a.size > 1 else (float(a[0]),) * 3
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": a.tolist()}
+
+
 def _as_1d_finite(x: np.ndarray, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 1:

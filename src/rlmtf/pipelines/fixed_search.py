@@ -3,8 +3,9 @@
 Before RL-MTF, fusion weights were tuned by grid search or Bayesian optimisation over a set of
 candidate parameter vectors (the Enhanced-State RL paper's introduction, refs [19, 36]): the same
 weights for every user and item. Here CMA-ES (the ``cmaes`` package) searches the action space
-([-1, 1]^10, or [-1, 1]^9 in the relative parameterisation) for the fixed fusion with the highest weighted GAUC on logged training data. It is a
-non-personalised reference point that every RL method should beat, and it is cheap to train.
+([-1, 1]^10, or [-1, 1]^9 in the relative parameterisation) for the fixed fusion with the highest
+weighted GAUC on logged training data. It is a non-personalised reference point that every RL method
+should beat, and it is cheap to train.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ class FixedPolicy(Policy):
         if not np.isfinite(action).all() or (np.abs(action) > 1).any():
             raise ValueError(f"{name}: action must be finite and in [-1, 1], got {action.tolist()}")
         if space is not None and space.dim != action.size:
-            raise ValueError(f"{name}: a fixed action of {action.size} numbers is not in the {space.parameterisation!r} "
-                             f"action space ({space.dim} dimensions)")
+            raise ValueError(f"{name}: a fixed action of {action.size} numbers is not in the "
+                             f"{space.parameterisation!r} action space ({space.dim} dimensions)")
         if space is None and action.size == ACTION_DIM - 1:
             space = ActionSpace(parameterisation="relative")
         self.action = action
