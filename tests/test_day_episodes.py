@@ -12,7 +12,7 @@ import torch
 from _logs import make_columns, write_dataset
 
 from rlmtf.algos import algorithm_class
-from rlmtf.algos.losses import bellman_target, discounts
+from rlmtf.core.bellman import bellman_target, discounts
 from rlmtf.data import LogDataError, build_transitions, read_logs
 
 

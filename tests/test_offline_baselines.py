@@ -21,7 +21,8 @@ from rlmtf.algos.cql_sac import (
 from rlmtf.algos.ddpg import DDPG, DDPGConfig, ddpg_actor_loss
 from rlmtf.algos.gaussian import GaussianActor, TanhGaussianActor, gaussian_log_prob, tanh_log_det
 from rlmtf.algos.iql import IQL, IQLConfig, awr_actor_loss, awr_weights, expectile_loss
-from rlmtf.algos.losses import bellman_target, critic_mse
+from rlmtf.algos.losses import critic_mse
+from rlmtf.core.bellman import bellman_target
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
 from rlmtf.data.transitions import RequestBatch
 

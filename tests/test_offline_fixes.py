@@ -12,7 +12,7 @@ from rlmtf.algos.action_range import ActionRange
 from rlmtf.algos.bcq import BCQ, BCQConfig
 from rlmtf.algos.cql_sac import CQLSAC, CQLSACConfig, cql_alpha_loss
 from rlmtf.algos.ddpg import DDPG, DDPGConfig, smoothed_target_action
-from rlmtf.algos.losses import bellman_target
+from rlmtf.core.bellman import bellman_target
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
 from rlmtf.data.transitions import RequestBatch
 

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rlmtf.algos.losses import discounts
+from rlmtf.core.bellman import discounts
 from rlmtf.core.config_io import config_from_json
 from rlmtf.core.fusion import ActionSpace
 from rlmtf.core.schema import FeatureSpec
@@ -146,7 +146,7 @@ class Algorithm:
 
     def user_tensors(self, batch: RequestBatch) -> tuple[torch.Tensor, ...]:
         """A user-level batch as flat tensors on the device: s (B, D), a (B, A), r (B,), done (B,), s2 (B, D)
-        and the per-request discount into s2 (B,) (:func:`~rlmtf.algos.losses.discounts`)."""
+        and the per-request discount into s2 (B,) (:func:`~rlmtf.core.bellman.discounts`)."""
         v = self.view(batch.to_torch(self.device))
         disc = discounts(v["gap"], self.cfg.gamma, self.cfg.session_gamma)
         return v["s"][:, 0], v["a"][:, 0], v["r"].sum(-1), v["done"], v["s2"][:, 0], disc

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from rlmtf.algos.base import Algorithm, BaselineConfig, register
-from rlmtf.algos.losses import bellman_target, critic_mse, frozen, soft_update, target_copy
+from rlmtf.algos.losses import critic_mse, frozen, soft_update, target_copy
+from rlmtf.core.bellman import bellman_target
 from rlmtf.core.nets import CriticEnsemble, StateEncoder, mlp
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch

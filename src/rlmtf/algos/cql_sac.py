@@ -53,7 +53,8 @@ from torch import nn
 
 from rlmtf.algos.base import Algorithm, BaselineConfig, register
 from rlmtf.algos.gaussian import TanhGaussianActor, gaussian_log_prob, tanh_log_det
-from rlmtf.algos.losses import bellman_target, critic_mse, frozen, soft_update, target_copy
+from rlmtf.algos.losses import critic_mse, frozen, soft_update, target_copy
+from rlmtf.core.bellman import bellman_target
 from rlmtf.core.nets import CriticEnsemble
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch

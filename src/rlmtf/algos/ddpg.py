@@ -39,7 +39,8 @@ from torch import nn
 
 from rlmtf.algos.action_range import ActionRange
 from rlmtf.algos.base import Algorithm, BaselineConfig, register
-from rlmtf.algos.losses import bellman_target, critic_mse, frozen, soft_update, target_copy
+from rlmtf.algos.losses import critic_mse, frozen, soft_update, target_copy
+from rlmtf.core.bellman import bellman_target
 from rlmtf.core.nets import Actor, CriticEnsemble
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions

@@ -36,12 +36,12 @@ from rlmtf.algos.losses import (
     actor_loss,
     bound_penalty,
     critic_loss,
-    discounts,
     frozen,
     soft_update,
     target_copy,
     td_target,
 )
+from rlmtf.core.bellman import discounts
 from rlmtf.core.nets import Actor, CriticEnsemble
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions

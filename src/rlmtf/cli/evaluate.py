@@ -68,6 +68,63 @@ def evaluate_gauc_cmd(
     out_console().print(table)
 
 
+@eval_app.command("ope")
+def evaluate_ope_cmd(
+    policy: Annotated[list[str], typer.Option(help="Policy to evaluate (repeatable): a built-in name or a saved "
+                                                   "policy; NAME=PATH labels it NAME.")],
+    data: Annotated[Path, typer.Option(help="Logged exploration data (Parquet dataset directory).")],
+    episode: Annotated[str, typer.Option(help="day (the user-day, the online metrics' unit) or session.")] = "day",
+    steps: Annotated[int, typer.Option(help="FQE gradient steps per policy.")] = 4000,
+    members: Annotated[int, typer.Option(help="FQE bootstrap members per metric.")] = 5,
+    bandwidth: Annotated[float, typer.Option(help="Box-kernel half-width, in units of the exploration "
+                                             "half-width (importance weights).")] = 1.0,
+    gamma: Annotated[float, typer.Option(help="Discount per request (1: undiscounted).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the FQE fit and the bootstrap.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Off-policy evaluation (docs/design.md#off-policy-evaluation): each policy's estimated valid views, watch
+    minutes, sessions and reward per episode from logs it did not write (FQE with a bootstrap interval; IPW,
+    SNIPW and DR from the exploration's known box density), and FQE's lift over the logging policy."""
+    check(episode in ("day", "session"), f"--episode must be day or session, got {episode!r}")
+    check(steps >= 1 and members >= 2, "--steps must be >= 1 and --members >= 2")
+    from rlmtf.data.io import read_logs
+    from rlmtf.eval.fqe import FQEConfig
+    from rlmtf.eval.ope import OPEConfig, evaluate_ope
+
+    with errors():
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        with console.status(f"reading {data}..."):
+            logs = read_logs(data)
+        space = logs.meta.action_space
+        pols = labelled_policies(policy, space, seed)
+        cfg = OPEConfig(episode=episode, bandwidth=bandwidth,
+                        fqe=FQEConfig(steps=steps, members=members, gamma=gamma, session_gamma=gamma, seed=seed))
+        with console.status("off-policy evaluation...") as st:
+            rep = evaluate_ope(pols, logs, cfg, space_dim=space.dim, log=st.update)
+    if json_out:
+        print_json(rep)
+        return
+    table = Table(title=f"Off-policy estimates per {episode} on {data} ({rep['episodes']:,} episodes, exploration "
+                        f"per {rep['exploration']})")
+    for col in ("policy", "metric", "FQE [95%]", "FQE lift vs logging mean", "SNIPW", "DR", "ESS"):
+        table.add_column(col, justify="right")
+    for e in rep["policies"]:
+        for m, f in e["fqe"].items():
+            iw = (e["is"] or {}).get(m)
+            table.add_row(e["policy"], m, f"{f['mean']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]",
+                          f"{f['lift']['mean']:+.2%} [{f['lift']['ci_low']:+.2%}, {f['lift']['ci_high']:+.2%}]",
+                          f"{iw['snipw']['value']:.3f}" if iw else "—", f"{iw['dr']['value']:.3f}" if iw else "—",
+                          f"{iw['ess']:.0f}" if iw else "—")
+    out_console().print(table)
+    for e in rep["policies"]:
+        for w in e["warnings"]:
+            console.print(f"[bold yellow]warning:[/] {e['policy']}: {w}", highlight=False)
+
+
 @eval_app.command("real-gauc")
 def evaluate_real_gauc_cmd(
     policy: Annotated[list[str], typer.Option(help="Policy (repeatable): built-in, fixed-fusion JSON, or a policy "

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, N_TASKS
+from rlmtf.core.fusion import ACTION_DIM, MTL_TASKS, N_TASKS, ActionSpace
 
 SCHEMA_VERSION = 1
 
@@ -165,3 +165,16 @@ class DatasetMeta:
     def from_json(cls, d: dict) -> DatasetMeta:
         return cls(feature_spec=FeatureSpec.from_json(d["feature_spec"]), list_len=int(d["list_len"]),
                    schema_version=int(d["schema_version"]), info=d.get("info", {}))
+
+    @property
+    def action_space(self) -> ActionSpace:
+        """The action space the logged actions are in: the one the environment config records, else the
+        default space of their dimension."""
+        return logged_action_space(self.info, self.feature_spec.action_dim)
+
+
+def logged_action_space(info: dict, dim: int) -> ActionSpace:
+    """The action space of logs made as ``info`` records (``info["sim_config"]["action_space"]``), else the
+    default space of ``dim`` dimensions."""
+    d = (info.get("sim_config") or {}).get("action_space")
+    return ActionSpace.from_dict(dict(d)) if isinstance(d, dict) else ActionSpace.for_dim(dim)

@@ -38,7 +38,7 @@ from rlmtf.algos import ALGORITHMS, algorithm_class
 from rlmtf.algos.base import Algorithm
 from rlmtf.core.fusion import ActionSpace
 from rlmtf.core.objective import EPISODES
-from rlmtf.core.schema import FeatureSpec
+from rlmtf.core.schema import FeatureSpec, logged_action_space
 from rlmtf.data.io import LoggedData, read_logs, read_meta
 from rlmtf.data.samplers import DeviceSampler, SliceSampler
 from rlmtf.data.stream import StreamingSampler
@@ -241,7 +241,7 @@ def _train(ctx: RunContext) -> Algorithm:
 
     data = _open_data(ctx, algo)
     ctx = dataclasses.replace(ctx, space=ctx.space or (ctx.sim.cfg.action_space if ctx.online  # type: ignore[union-attr]
-                                                       else logged_space(data.info, algo.spec.action_dim)))
+                                                       else logged_action_space(data.info, algo.spec.action_dim)))
     if ctx.space.dim != algo.spec.action_dim:
         raise ValueError(f"the {ctx.space.parameterisation!r} action space has {ctx.space.dim} dimensions, the logged "
                          f"actions {algo.spec.action_dim}")
@@ -265,13 +265,6 @@ def _train(ctx: RunContext) -> Algorithm:
         if data.stream is not None:
             data.stream.close()
     return algo
-
-
-def logged_space(info: dict, dim: int) -> ActionSpace:
-    """The action space logs were written in: the one their environment config records, else the default
-    space of ``dim`` dimensions."""
-    d = (info.get("sim_config") or {}).get("action_space")
-    return ActionSpace.from_dict(dict(d)) if isinstance(d, dict) else ActionSpace.for_dim(dim)
 
 
 def _open_data(ctx: RunContext, algo: Algorithm) -> TrainingData:
