@@ -172,7 +172,7 @@ def main(argv: list[str]) -> int:
     want = json.loads(RECORD.read_text()) if RECORD.is_file() else {}
     bad = 0
     for k, v in got.items():
-        ok = want.get(k) == v
+        ok = v in (want.get(k) if isinstance(want.get(k), list) else [want.get(k)])
         bad += not ok
         print(f"{'ok  ' if ok else 'DIFF'} {k:28s} {v}  (recorded {want.get(k)})")
     return 1 if bad else 0
