@@ -37,7 +37,7 @@ import torch
 
 from rlmtf.algos.esrl import ESRLConfig
 from rlmtf.core.fusion import MTL_TASKS
-from rlmtf.core.provenance import git_commit
+from rlmtf.core.provenance import file_logger, git_commit
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.factory import make_env
 from rlmtf.envs.kuairand.data import load_kuairand
@@ -77,14 +77,7 @@ def main() -> None:
     out: Path = a.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    log_path = out / "log.txt"
-    log_path.write_text("")
-
-    def log(msg: str) -> None:
-        line = f"[{time.perf_counter() - t_start:7.1f}s] {msg}"
-        print(line, flush=True)
-        with log_path.open("a") as f:
-            f.write(line + "\n")
+    log = file_logger(out / "log.txt", fresh=True)
 
     env = make_env("kuairand", kuairand_dir=a.kuairand_dir, models_dir=a.kuairand_models, log=log)
     data = load_kuairand(resolve_data_dir(a.kuairand_dir))

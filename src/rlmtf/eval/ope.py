@@ -149,18 +149,17 @@ def evaluate_ope(policies: Sequence[Policy], logs: LoggedData, cfg: OPEConfig = 
     if cfg.episode == "day":
         t = t.day_episodes()
     dim = space_dim if space_dim is not None else logs.meta.feature_spec.action_dim
-    fq = cfg.fqe
     rewards = metric_rewards(t, logs)
     unit = exploration_unit(t)
     log(f"off-policy evaluation on {len(t)} requests, {len(episode_starts(t))} {cfg.episode} episodes "
         f"(exploration per {unit})")
-    ref = fit_fqe(t, logs, t.mu_bp[:, :1].copy(), fq)
+    ref = fit_fqe(t, logs, t.mu_bp[:, :1].copy(), cfg.fqe)
     out = {"episode": cfg.episode, "exploration": unit, "requests": len(t), "episodes": int(len(episode_starts(t))),
            "reference": {m: ref.summary(m) for m in ref.members}, "policies": []}
     for pol in policies:
-        log(f"{pol.name}: fitting FQE ({fq.steps} steps, {fq.members} bootstrap members per metric)")
+        log(f"{pol.name}: fitting FQE ({cfg.fqe.steps} steps, {cfg.fqe.members} bootstrap members per metric)")
         acts = policy_actions(pol, logs, t, dim)
-        res = fit_fqe(t, logs, acts, fq)
+        res = fit_fqe(t, logs, acts, cfg.fqe)
         entry: dict = {"policy": pol.name, "level": res.level, "fqe": {}, "warnings": []}
         for m in res.members:
             s = res.summary(m)
