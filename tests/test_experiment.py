@@ -197,8 +197,12 @@ def test_improved_setting_runs_in_its_action_space_with_the_gate(tmp_path):
 
     sim = Simulator(with_action_space(dataclasses.replace(SimConfig(), n_users=600, n_items=2000), "relative"))
     preset = dataclasses.replace(PRESETS["smoke"], rounds=2, online_users=200)
+    from rlmtf.pipelines.settings import SETTINGS
+
+    # the preset's steps: the horizon rule would train each method for thousands (tests/test_ptm_gate.py checks it)
+    setting = dataclasses.replace(SETTINGS["improved"], steps="fixed")
     tables = run_paper(tmp_path / "imp", preset=preset, seeds=1, sim=sim, methods=("fixed", "integrated", "iql"),
-                       setting="improved", log=lambda s: None)
+                       setting=setting, log=lambda s: None)
     cfg = json.loads((tmp_path / "imp" / "config.json").read_text())
     assert cfg["setting"]["name"] == "improved" and cfg["setting"]["action_space"] == "relative"
     res = json.loads((tmp_path / "imp" / "seed_0" / "result.json").read_text())

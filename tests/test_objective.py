@@ -104,3 +104,43 @@ def test_cli_analyze_objective_in_a_subprocess(tmp_path):
     trained = subprocess.run([*args[:5], "--policy", str(tmp_path)], capture_output=True, text=True, timeout=300,
                              check=False)
     assert trained.returncode == 2 and "policy.json" in trained.stderr
+
+
+def test_propagation_steps_by_hand():
+    """h / tau with h the 90th percentile of the episodes' lengths, capped at 1 / (1 - gamma)."""
+    from rlmtf.core.objective import propagation_steps
+
+    lengths = np.arange(1, 11)  # 1..10 requests: numpy's linear 90th percentile is 9.1
+    assert propagation_steps(lengths, tau=0.01) == 910
+    assert propagation_steps(lengths, tau=0.01, gamma=0.8) == 500  # the discount's horizon 5 < 9.1
+    assert propagation_steps(lengths, tau=0.01, quantile=0.5) == 550
+    with pytest.raises(ValueError, match="episode_lengths"):
+        propagation_steps(np.array([0, 3]), tau=0.01)
+    with pytest.raises(ValueError, match="tau"):
+        propagation_steps(lengths, tau=0.0)
+
+
+def test_horizon_steps_reads_the_logs_episodes_and_the_configs_target_rate(tmp_path):
+    """Day episodes are longer than sessions, so they need more steps; Enhanced-State RL's targets move by
+    w every L steps (rate w / L); ES has no targets (0)."""
+    import dataclasses
+
+    from rlmtf.algos.ddpg import DDPGConfig
+    from rlmtf.algos.es import ESConfig
+    from rlmtf.algos.esrl import ESRLConfig
+    from rlmtf.data.io import read_logs
+    from rlmtf.envs.collect import simulate_to_parquet
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.policy.fixed import baseline_policy
+    from rlmtf.train.loop import horizon_steps
+
+    sim = Simulator(dataclasses.replace(SimConfig(), n_users=300, n_items=1000))
+    simulate_to_parquet(sim, baseline_policy(), tmp_path / "d", seed=1, sessions=300)
+    logs = read_logs(tmp_path / "d")
+    day = horizon_steps(logs, "day", DDPGConfig(gamma=1.0))
+    session = horizon_steps(logs, "session", DDPGConfig(gamma=1.0))
+    assert day > session > 0 and day % 1 == 0
+    assert horizon_steps(logs, "day", ESRLConfig(gamma=1.0, target_rate=0.05, target_every=10)) == day
+    assert horizon_steps(logs, "session", DDPGConfig(gamma=0.5)) == 400  # capped at 1 / (1 - 0.5) = 2 requests
+    assert horizon_steps(logs, "day", ESConfig()) == 0

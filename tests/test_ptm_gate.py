@@ -25,6 +25,7 @@ def sim():
 
 
 def _cfg(**kw) -> PTMConfig:
+    kw = {"gate_fqe_steps": 30, **kw}
     return PTMConfig(rounds=2, sessions_per_round=120, steps_per_round=10, test_sessions=60, online_users=60,
                      online_days=1, gate_users=80, seed=3, **kw)
 
@@ -53,18 +54,55 @@ def test_a_rejected_round_keeps_the_incumbent_and_shrinks_the_box(sim, tmp_path,
     assert res.incumbent.name == "integrated-round2" and res.algo is not None
 
 
-def test_the_gate_decides_by_its_offline_and_online_tests(sim, tmp_path):
-    res = run_ptm("integrated", sim, tmp_path / "gated", _cfg(gate=True, train_on="all"), SMALL,
+@pytest.mark.parametrize("offline", ["fqe", "critic"])
+def test_the_gate_decides_by_its_offline_and_online_tests(sim, tmp_path, offline):
+    res = run_ptm("integrated", sim, tmp_path / "gated", _cfg(gate=True, train_on="all", gate_offline=offline), SMALL,
                   TrainConfig(steps=10, eval_every=0), log=lambda s: None)
+    key = "mean" if offline == "fqe" else "lcb"  # FQE: the estimated lift must be > 0; critics: mean - sd
     for r in res.rows[1:]:
         assert r["gate"] in ("offline", "online", "passed")
+        if offline == "fqe":
+            assert "FQE" in r["offline"]["estimate"] and r["offline"]["sd"] > 0
+            assert r["offline"]["mean"] == pytest.approx(r["offline"]["candidate"] / r["offline"]["incumbent"] - 1,
+                                                         abs=0.05)
         if r["gate"] == "offline":
-            assert r["offline"]["lcb"] <= 0 and not r["accepted"]
+            assert r["offline"][key] <= 0 and not r["accepted"]
         else:
-            assert r["offline"]["lcb"] > 0
+            assert r["offline"][key] > 0
             assert r["accepted"] == (r["gate_ab"]["ci_low"] > 0)
             assert r["gate_ab"]["users"] == 80
     assert (tmp_path / "gated" / "ptm.png").is_file()
+
+
+def test_the_fqe_estimate_decides_whether_the_ab_runs(sim, monkeypatch):
+    """An FQE lift <= 0 rejects the candidate before any A/B; a positive one hands it to the A/B."""
+    from rlmtf.policy.fixed import baseline_policy
+
+    base = baseline_policy(sim.cfg.action_space)
+    for lift, runs_ab in ((-0.01, False), (0.0, False), (0.01, True)):
+        monkeypatch.setattr(ptm_module, "_offline_fqe",
+                            lambda *a, v=lift, **k: {"estimate": "FQE", "mean": v, "sd": 0.01})
+        calls: list[int] = []
+        monkeypatch.setattr(ptm_module, "online_ab", lambda *a, c=calls, **k: c.append(1) or _FakeAB())
+        row: dict = {}
+        ok = ptm_module._gate(_cfg(gate=True), 1, sim, base, base, None, np.zeros(3), None, np.arange(500, 580), row,
+                              lambda s: None)
+        assert bool(calls) == runs_ab and ok == runs_ab and row["gate"] == ("passed" if runs_ab else "offline")
+
+
+class _FakeAB:
+    class _Arm:
+        lifts = {m: {"lift": 0.02, "ci_low": 0.01, "ci_high": 0.03} for m in ("uvc", "udt", "sessions", "reward")}
+
+    arms = [_Arm(), _Arm()]
+
+
+def test_the_horizon_rule_sets_the_first_rounds_steps(sim, tmp_path, monkeypatch):
+    monkeypatch.setattr(ptm_module, "horizon_steps", lambda data, episode, cfg: 25)
+    monkeypatch.setattr(ptm_module, "_gate", lambda *a, **k: True)
+    res = run_ptm("integrated", sim, tmp_path / "h", _cfg(gate=True, steps_rule="horizon"), SMALL,
+                  TrainConfig(steps=10, eval_every=0), log=lambda s: None)
+    assert [r["steps"] for r in res.rows[1:]] == [25, 10]  # round 2 warm-starts: the round's own steps
 
 
 def test_exploration_leaves_the_gate_users_alone(sim, tmp_path):
@@ -77,7 +115,8 @@ def test_exploration_leaves_the_gate_users_alone(sim, tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [({"gate_metric": "ctr"}, "gate_metric"), ({"train_on": "last"}, "train_on"),
-                                        ({"box_shrink": 0.0}, "box_shrink")])
+                                        ({"box_shrink": 0.0}, "box_shrink"), ({"gate_offline": "gauc"}, "gate_offline"),
+                                        ({"steps_rule": "auto"}, "steps_rule")])
 def test_bad_gate_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         PTMConfig(**kw)
@@ -93,7 +132,8 @@ def test_cli_ptm_with_the_gate(tmp_path):
     out = subprocess.run([sys.executable, "-m", "rlmtf.cli", "ptm", "--algo", "integrated", "--out", tmp_path / "p",
                           "--rounds", "2", "--sessions-per-round", "120", "--steps-per-round", "10",
                           "--test-sessions", "60", "--users", "60", "--days", "1", "--hidden", "8", "--critics", "2",
-                          "--gate", "--gate-users", "80", "--train-on", "all", "--per", "day", "--edge", "shift",
+                          "--gate", "--gate-users", "80", "--gate-fqe-steps", "20", "--train-on", "all", "--per", "day",
+                          "--edge", "shift",
                           "--objective", "day:gamma=1,session_gamma=1", "--sim-config", cfg, "--json"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr

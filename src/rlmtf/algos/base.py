@@ -69,6 +69,11 @@ class BaselineConfig(ActorCriticConfig):
     tau: float = 0.005
     """Polyak rate of the target networks, applied after every step."""
 
+    @property
+    def polyak_rate(self) -> float:
+        """The targets' rate per step (tau)."""
+        return self.tau
+
 
 def flatten_optimizer(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """An optimizer's tensors for safetensors plus its JSON-able rest (param groups, scalar state)."""

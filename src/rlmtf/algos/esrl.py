@@ -72,6 +72,11 @@ class ESRLConfig(ActorCriticConfig):
     actor sits far outside the box, where d() = exp(distance / (beta * width)) is astronomically large
     and swamps both losses."""
 
+    @property
+    def polyak_rate(self) -> float:
+        """The targets' mean rate per step (w / L)."""
+        return self.target_rate / self.target_every
+
 
 class EnsembleActorCritic(Algorithm):
     """What Enhanced-State RL and IntegratedRL-MTF share: the config (:class:`ESRLConfig`), networks,

@@ -181,6 +181,13 @@ def ptm(
     gate_metric: Annotated[str, typer.Option(help="--gate: the A/B's metric (uvc, udt, sessions, reward).")] = "uvc",
     gate_users: Annotated[int, typer.Option(help="--gate: users of the A/B, the top ids, never explored.")] = 2000,
     gate_days: Annotated[int, typer.Option(help="--gate: days of the A/B.")] = 1,
+    gate_offline: Annotated[str, typer.Option(help="--gate: the offline test before the A/B: fqe (fitted Q "
+                                              "evaluation on held-out user-days), critic (the candidate's own "
+                                              "critics, optimistic) or none.")] = "fqe",
+    gate_fqe_steps: Annotated[int, typer.Option(help="--gate-offline fqe: gradient steps per FQE fit.")] = 4000,
+    steps_rule: Annotated[str, typer.Option(help="fixed (every round --steps-per-round) or horizon (a round "
+                                            "trained from scratch at least the steps its episode needs, "
+                                            "docs/design.md#how-many-steps).")] = "fixed",
     box: Annotated[float, typer.Option(help="Half-width of the first round's exploration box.")] = 0.15,
     box_shrink: Annotated[float, typer.Option(help="--gate: box width factor after a rejected round.")] = 0.5,
     train_on: Annotated[str, typer.Option(help="round (each round's logs, the paper) or all (every round's).")] = (
@@ -221,7 +228,8 @@ def ptm(
         cfg = PTMConfig(rounds=rounds, sessions_per_round=sessions_per_round, steps_per_round=steps_per_round,
                         test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers,
                         gate=gate, gate_metric=gate_metric, gate_users=gate_users, gate_days=gate_days,
-                        box=box, box_shrink=box_shrink, train_on=train_on, per=per, edge=edge)
+                        box=box, box_shrink=box_shrink, train_on=train_on, per=per, edge=edge,
+                        gate_offline=gate_offline, gate_fqe_steps=gate_fqe_steps, steps_rule=steps_rule)
         with progress() as bar:
             # run_ptm reports each round's exploration (sessions) and training (steps); A/B tests are logged lines
             task = bar.add_task("ptm: exploring", total=rounds * sessions_per_round, extra="")

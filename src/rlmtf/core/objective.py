@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EPISODES", "Objective", "request_values", "user_day_values"]
+__all__ = ["EPISODES", "Objective", "propagation_steps", "request_values", "user_day_values"]
 
 EPISODES = ("session", "day")
 
@@ -75,6 +75,26 @@ class Objective:
             except ValueError:
                 raise ValueError(f"objective {text!r}: {key} must be a number, got {value!r}") from None
         return cls(episode=episode.strip(), **kw)
+
+
+def propagation_steps(episode_lengths: np.ndarray, tau: float, gamma: float = 1.0, quantile: float = 0.9) -> int:
+    """Gradient steps a critic trained from scratch needs before its value at an episode's first request
+    has seen the episode's end (``docs/design.md#how-many-steps``).
+
+    A one-step TD target reads the value one request deeper from the target network, which follows the
+    critic with Polyak rate ``tau``: news from ``h`` requests ahead reaches the first request after about
+    ``h / tau`` steps. ``h`` is the ``quantile`` of the episodes' lengths in requests, capped at the
+    discount's horizon ``1 / (1 - gamma)`` (rewards further ahead hardly count): a session with gamma 0.9
+    needs ~``min(len, 10) / tau`` steps, an undiscounted user-day of 24 requests ~4,800 at tau 0.005."""
+    lengths = np.asarray(episode_lengths, dtype=np.float64)
+    if lengths.size == 0 or not np.all(lengths >= 1):
+        raise ValueError("episode_lengths must be a non-empty array of counts >= 1")
+    if not 0 < tau <= 1 or not 0 < gamma <= 1 or not 0 < quantile <= 1:
+        raise ValueError(f"tau and gamma must be in (0, 1] and quantile in (0, 1], got {tau}, {gamma}, {quantile}")
+    h = float(np.quantile(lengths, quantile))
+    if gamma < 1:
+        h = min(h, 1.0 / (1.0 - gamma))
+    return int(np.ceil(h / tau - 1e-9))  # 1 / (1 - 0.8) is 5.000000000000001 in floating point
 
 
 def _next_in_day(session_id: np.ndarray, max_sessions_per_day: int) -> np.ndarray:

@@ -154,8 +154,10 @@ def evaluate_ope(policies: Sequence[Policy], logs: LoggedData, cfg: OPEConfig = 
     log(f"off-policy evaluation on {len(t)} requests, {len(episode_starts(t))} {cfg.episode} episodes "
         f"(exploration per {unit})")
     ref = fit_fqe(t, logs, t.mu_bp[:, :1].copy(), cfg.fqe)
-    out = {"episode": cfg.episode, "exploration": unit, "requests": len(t), "episodes": int(len(episode_starts(t))),
-           "reference": {m: ref.summary(m) for m in ref.members}, "policies": []}
+    n_ep = len(episode_starts(t))
+    out = {"episode": cfg.episode, "exploration": unit, "requests": len(t), "episodes": int(n_ep),
+           "reference": {m: ref.summary(m) for m in ref.members},
+           "logged": {m: float(rewards[m].sum() / max(n_ep, 1)) for m in rewards}, "policies": []}
     for pol in policies:
         log(f"{pol.name}: fitting FQE ({cfg.fqe.steps} steps, {cfg.fqe.members} bootstrap members per metric)")
         acts = policy_actions(pol, logs, t, dim)

@@ -13,9 +13,11 @@ For every seed:
 5. **DDPG, CQL+SAC, BCQ (BatchRL-MTF), IQL** on all 5 rounds' logs, same user state, networks and
    steps; **ES** online in the simulator (CMA-ES, instant reward); the **CMA-ES fixed fusion** (one fusion
    for everybody maximising weighted GAUC on the same logs, the classical approach);
-6. weighted GAUC of every method on the test set (Tables 1 and 3); a simulated online A/B test of
-   every method on the same users with common random numbers (Tables 2 and 4, and Table 5: every method
-   against the hand-set baseline and against the CMA-ES fixed fusion).
+6. weighted GAUC of every method on the test set (Tables 1 and 3); off-policy estimates of every method's
+   lift on a separate exploration log (``rlmtf.pipelines.ope_stage``, Table 6 and the estimates' rank
+   agreement with the A/B); a simulated online A/B test of every method on the same users with common
+   random numbers (Tables 2 and 4, and Table 5: every method against the hand-set baseline and against the
+   CMA-ES fixed fusion).
 
 Everything runs in one of two settings (``rlmtf.pipelines.settings``): ``paper`` (the papers' choices) or
 ``improved`` (the relative action space, the user-day objective, per-day exploration and gated progressive
@@ -109,6 +111,11 @@ class Preset:
     gate_days: int = 2
     eval_every: int = 0
     """Steps between validation GAUCs in the training curves (0: only at the end)."""
+    ope_sessions: int = 4000
+    """Sessions of the OPE set (exploration around the baseline) every method is evaluated on off-policy
+    (``rlmtf.pipelines.ope_stage``; 0: no off-policy evaluation)."""
+    ope_steps: int = 4000
+    """FQE gradient steps per method."""
     seeds: int = 3
     """Default number of seeds (``--seeds`` overrides)."""
 
@@ -121,12 +128,12 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset("smoke", sessions_per_round=150, test_sessions=300, steps_per_round=20, hidden=(32, 32),
                     embed_dim=8, batch_size=64, ensemble_size=4, warmup_steps=20, es_generations=3, es_popsize=6,
                     es_sessions_per_candidate=16, online_users=300, online_days=1, ptm_online_users=150,
-                    gate_users=150, gate_days=1, eval_every=50, seeds=1),
+                    gate_users=150, gate_days=1, eval_every=50, ope_sessions=150, ope_steps=100, seeds=1),
     "default": Preset("default"),
     "full": Preset("full", sessions_per_round=100_000, test_sessions=50_000, steps_per_round=60_000,
                    hidden=(256, 256), embed_dim=32, batch_size=512, es_generations=300, es_popsize=24,
                    es_sessions_per_candidate=512, online_users=20_000, online_days=7, ptm_online_users=5000,
-                   gate_users=10_000, eval_every=5000, seeds=5),
+                   gate_users=10_000, eval_every=5000, ope_sessions=16_000, seeds=5),
 }
 
 
@@ -152,6 +159,7 @@ class SeedResult:
     ptm: dict[str, list[dict]]  # "integrated" / "esrl" -> PTM rows
     runs: dict[str, str]  # method -> run directory (metrics.jsonl)
     seconds: dict[str, float] = field(default_factory=dict)
+    ope: dict[str, dict] = field(default_factory=dict)  # method -> estimated lifts (rlmtf.pipelines.ope_stage)
 
 
 def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, ...], workers: int = 1,
@@ -166,7 +174,7 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
     from rlmtf.pipelines.fixed_search import FixedSearchConfig, fixed_search
     from rlmtf.pipelines.ptm import PTMConfig, run_ptm
     from rlmtf.policy.fixed import baseline_policy
-    from rlmtf.train.loop import TrainConfig, train
+    from rlmtf.train.loop import TrainConfig, horizon_steps, train
 
     out.mkdir(parents=True, exist_ok=True)
     space = sim.cfg.action_space
@@ -213,11 +221,19 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
         if kind == "integrated":
             data_dirs = res.data_dirs
 
-    once_cfg = dataclasses.replace(train_cfg, steps=preset.total_steps)
+    def once_cfg(kind: str, data) -> TrainConfig:
+        """The offline methods' budget: the PTM's total steps (and, with the horizon rule, at least the
+        steps their episode needs from scratch)."""
+        steps = preset.total_steps
+        if setting.steps == "horizon":
+            steps = max(steps, horizon_steps(data, setting.episode, algo_config(kind, preset, setting)))
+        return dataclasses.replace(train_cfg, steps=steps)
+
     if "integrated_once" in methods:
         t = time.perf_counter()
-        log(f"seed {seed}: {LABELS['integrated_once']} (round 1 data, {preset.total_steps} steps)")
-        algo = train("integrated", data_dirs[0], out / "integrated_once", cfg=once_cfg,
+        cfg1 = once_cfg("integrated", read_logs(data_dirs[0]))
+        log(f"seed {seed}: {LABELS['integrated_once']} (round 1 data, {cfg1.steps} steps)")
+        algo = train("integrated", data_dirs[0], out / "integrated_once", cfg=cfg1,
                      algo_cfg=algo_config("integrated", preset, setting), space=space)
         policies["integrated_once"] = algo.policy(name=LABELS["integrated_once"])
         runs["integrated_once"] = str(out / "integrated_once")
@@ -234,8 +250,9 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
             if kind not in methods:
                 continue
             t = time.perf_counter()
-            log(f"seed {seed}: {LABELS[kind]} ({preset.rounds} rounds of logs, {preset.total_steps} steps)")
-            algo = train(kind, pooled, out / kind, cfg=once_cfg, algo_cfg=algo_config(kind, preset, setting),
+            cfg_k = once_cfg(kind, pooled)
+            log(f"seed {seed}: {LABELS[kind]} ({preset.rounds} rounds of logs, {cfg_k.steps} steps)")
+            algo = train(kind, pooled, out / kind, cfg=cfg_k, algo_cfg=algo_config(kind, preset, setting),
                          space=space)
             policies[kind] = algo.policy(name=LABELS[kind])
             runs[kind] = str(out / kind)
@@ -259,6 +276,15 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
     seconds["gauc"] = time.perf_counter() - t
     log(f"seed {seed}: weighted GAUC " + ", ".join(f"{LABELS.get(m, m)} {v:.4f}" for m, v in gauc.items()))
 
+    ope: dict[str, dict] = {}
+    if preset.ope_sessions > 0:
+        from rlmtf.pipelines.ope_stage import run_ope_stage
+
+        t = time.perf_counter()
+        ope = run_ope_stage(sim, base, {m: policies[m] for m in order}, setting, sessions=preset.ope_sessions,
+                            steps=preset.ope_steps, hidden=preset.hidden, seed=seed, out=out, workers=workers, log=log)
+        seconds["ope"] = time.perf_counter() - t
+
     t = time.perf_counter()
     log(f"seed {seed}: online A/B, {len(order) + 1} arms x {preset.online_users} users x {preset.online_days} days")
     ab = online_ab([policies[m] for m in order] + [base], sim, users=min(preset.online_users, sim.cfg.n_users),
@@ -266,9 +292,10 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
     seconds["online"] = time.perf_counter() - t
     per_user = {m: ab.per_user[i] for i, m in enumerate([*order, "baseline"])}
     np.savez_compressed(out / "online.npz", **{f"{m}.{k}": v for m, d in per_user.items() for k, v in d.items()})
-    res = SeedResult(seed=seed, gauc=gauc, per_user=per_user, ptm=ptm_rows, runs=runs, seconds=seconds)
+    res = SeedResult(seed=seed, gauc=gauc, per_user=per_user, ptm=ptm_rows, runs=runs, seconds=seconds, ope=ope)
     (out / "result.json").write_text(json.dumps({"seed": seed, "gauc": gauc, "ptm": ptm_rows, "runs": runs,
-                                                 "seconds": seconds, "online": ab.to_dict()}, indent=2, default=float))
+                                                 "seconds": seconds, "ope": ope, "online": ab.to_dict()}, indent=2,
+                                                default=float))
     return res
 
 
@@ -284,7 +311,7 @@ def load_seed_result(seed_dir: Path) -> SeedResult | None:
             m, metric = key.rsplit(".", 1)
             per_user.setdefault(m, {})[metric] = z[key]
     return SeedResult(seed=int(d["seed"]), gauc=d["gauc"], per_user=per_user, ptm=d["ptm"], runs=d["runs"],
-                      seconds=d.get("seconds", {}))
+                      seconds=d.get("seconds", {}), ope=d.get("ope", {}))
 
 
 # --- aggregation over seeds -----------------------------------------------------------------------------
@@ -377,15 +404,19 @@ def build_tables(results: list[SeedResult]) -> dict:
     t5 = [lift_entry("5", m, control, metric, results, None) for m in have
           for control in ("baseline", "fixed") if control != m and (control == "baseline" or "fixed" in have)
           for metric in TABLE5_METRICS]
+    from rlmtf.pipelines.ope_stage import ope_tables
+
     return {"table1": t1, "table2": t2, "table3": t3, "table4": t4, "table5": t5,
-            "agreement": rank_agreement(results, [m for m in have if m != "fixed"])}
+            "agreement": rank_agreement(results, [m for m in have if m != "fixed"]),
+            **ope_tables(results, have, t5, LABELS)}
 
 
 def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int | None = None, first_seed: int = 0,
               sim=None, methods: tuple[str, ...] | None = None, workers: int = 1, device: str = "cpu",
               env: str = "sim", resume: bool = False, log: Callable[[str], None] = print,
-              setting: str = "paper") -> dict:
-    """Run the experiment in ``setting`` (``rlmtf.pipelines.settings``; ``sim`` must be in its action space);
+              setting: str | Setting = "paper") -> dict:
+    """Run the experiment in ``setting`` (a name of ``rlmtf.pipelines.settings.SETTINGS``, or a Setting;
+    ``sim`` must be in its action space);
     write tables and ``report.html`` into ``out``; return the tables.
 
     ``resume``: reuse every seed that already finished in ``out`` (its ``result.json`` and ``online.npz``)."""
@@ -403,9 +434,9 @@ def run_paper(out: str | Path, *, preset: str | Preset = "default", seeds: int |
     unknown = [m for m in methods if m not in LABELS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(LABELS)}")
-    if setting not in SETTINGS:
+    if isinstance(setting, str) and setting not in SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; choose from {', '.join(SETTINGS)}")
-    st = SETTINGS[setting]
+    st = SETTINGS[setting] if isinstance(setting, str) else setting
     if sim is None:
         from rlmtf.envs.factory import with_action_space
         from rlmtf.envs.sim.config import SimConfig

@@ -15,10 +15,14 @@ next behaviour policy. Each round is then a step to the edge of the exploration 
 the critics point, with nothing to stop a bad step, so rounds can drift. With the gate, a round's
 candidate becomes the incumbent only if it passes, in order:
 
-1. an offline estimate on held-out sessions of the round's own logs (``holdout_fraction``): the critic
-   ensemble's advantage of the candidate's actions over the logged behaviour's, whose mean minus one
-   standard deviation over the critics must be > 0 (a stand-in until off-policy evaluation lands; the
-   critics are the ones the candidate was trained with, so it is optimistic: the next test is the real one);
+1. an offline estimate on held-out user-days of the round's own logs (``holdout_fraction``, never trained
+   on), ``gate_offline``: ``"fqe"`` (the default) fits fitted Q evaluation (``rlmtf.eval.fqe``) of the
+   candidate and of the incumbent (the logs' mu_bp) on them, in the ``gate_metric``'s units per user-day;
+   the candidate's estimated lift, paired over the bootstrap members, must be > 0 (FQE shrinks lifts
+   towards 0 and the held-out days are few, so this screens out what the logs already call worse and leaves
+   the decision to the A/B). ``"critic"``: the candidate's own critics' advantage over the logged behaviour,
+   mean minus one standard deviation over the critics > 0 (optimistic: those critics trained the
+   candidate). ``"none"``: the A/B only;
 2. a simulated A/B against the incumbent on users held out of exploration (the top ``gate_users`` ids of
    the population, a platform's small-traffic test), ``gate_days`` days, a fresh seed per round: the
    lower bound of the one-sided ``gate_confidence`` interval of the ``gate_metric`` lift must be > 0.
@@ -26,6 +30,11 @@ candidate becomes the incumbent only if it passes, in order:
 On rejection the incumbent stays, the exploration box shrinks by ``box_shrink`` and the next round explores
 around the incumbent again, training on from the incumbent's networks. ``train_on = "all"`` trains each
 round on the logs of every round so far (each row keeps the box it was logged with).
+
+**Steps per round.** ``steps_rule = "horizon"`` trains a round that starts from scratch (the first) for at
+least the steps the critics need for the episode's value to propagate (``rlmtf.train.loop.horizon_steps``,
+``docs/design.md#how-many-steps``): an undiscounted user-day is ~4,500 steps, far above a session's; warm
+-started rounds run ``steps_per_round``.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from rlmtf.algos import algorithm_class
 from rlmtf.algos.base import Algorithm
 from rlmtf.data.io import LoggedData, concat_logs, read_logs
 from rlmtf.data.transitions import build_transitions
@@ -47,7 +57,7 @@ from rlmtf.eval.offline import evaluate_gauc, mean_policy_action
 from rlmtf.eval.online import online_ab
 from rlmtf.policy.base import Policy
 from rlmtf.policy.fixed import baseline_policy
-from rlmtf.train.loop import TrainConfig, train
+from rlmtf.train.loop import TrainConfig, horizon_steps, train
 
 
 @dataclass
@@ -87,7 +97,14 @@ class PTMConfig:
     gate_confidence: float = 0.95
     """One-sided confidence of the online test's lower bound."""
     holdout_fraction: float = 0.1
-    """Share of a round's sessions held out of training for the offline estimate (gated runs)."""
+    """Share of a round's user-days held out of training for the offline estimate (gated runs)."""
+    gate_offline: str = "fqe"
+    """The gate's offline estimate: "fqe", "critic" (the candidate's critics, a stand-in) or "none"."""
+    gate_fqe_steps: int = 4000
+    """FQE gradient steps per fit of the offline estimate."""
+    steps_rule: str = "fixed"
+    """"fixed": every round trains ``steps_per_round``; "horizon": a round trained from scratch at least the
+    steps its episode needs to propagate (module docstring)."""
     box_shrink: float = 0.5
     """The exploration box's width is multiplied by this after a rejected round."""
     box: float = 0.15
@@ -116,6 +133,11 @@ class PTMConfig:
             raise ValueError(f"edge must be clip or shift, got {self.edge!r}")
         if self.per not in (None, "request", "item", "day"):
             raise ValueError(f"per must be request, item or day, got {self.per!r}")
+        if self.gate_offline not in ("fqe", "critic", "none") or self.gate_fqe_steps < 1:
+            raise ValueError(f"gate_offline must be fqe, critic or none and gate_fqe_steps >= 1, got "
+                             f"{self.gate_offline!r}, {self.gate_fqe_steps}")
+        if self.steps_rule not in ("fixed", "horizon"):
+            raise ValueError(f"steps_rule must be fixed or horizon, got {self.steps_rule!r}")
 
 
 def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMConfig(),
@@ -158,17 +180,22 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
                             sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True, workers=cfg.workers,
                             progress=progress, users=explore_ids)
         data_dirs.append(rd / "data")
-        round_logs = read_logs(rd / "data")
+        round_logs = full_round = read_logs(rd / "data")
         held_out = None
-        if cfg.gate and cfg.holdout_fraction > 0:
-            trans = build_transitions(round_logs)
+        if cfg.gate and cfg.holdout_fraction > 0 and cfg.gate_offline != "none":
+            trans = build_transitions(round_logs).day_episodes()  # whole user-days: the online metrics' unit
             held_out, kept = trans.split(cfg.holdout_fraction, seed=cfg.seed + k)
-            round_logs = round_logs.take(kept.row_index.reshape(-1))
+            round_logs = round_logs.take(np.unique(kept.row_index.reshape(-1)))
         logs_so_far.append(round_logs)
         data: LoggedData | Path = concat_logs(logs_so_far) if cfg.train_on == "all" else round_logs
         log(f"round {k}/{cfg.rounds}: training {algo} ({'warm start' if prev else 'from the behaviour policy'}"
             f"{', on every round so far' if cfg.train_on == 'all' else ''})")
-        prev = train(algo, data, rd / "run", cfg=TrainConfig(**{**asdict(train_cfg), "seed": cfg.seed + k}),
+        steps = cfg.steps_per_round
+        if cfg.steps_rule == "horizon" and prev is None:
+            steps = max(steps, horizon_steps(data if isinstance(data, LoggedData) else read_logs(data),
+                                             train_cfg.episode, algo_cfg or algorithm_class(algo).config_cls()))
+        prev = train(algo, data, rd / "run", cfg=TrainConfig(**{**asdict(train_cfg), "seed": cfg.seed + k,
+                                                                "steps": steps}),
                      algo_cfg=algo_cfg, space=space, warm_start_from=prev,
                      on_step=None if on_step is None else (lambda step, m, k=k: on_step(k, step, m)))
         policy = prev.policy(name=f"{algo}-round{k}")
@@ -176,7 +203,7 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
         ab = online_ab([base, policy], sim, users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 20_000,
                        workers=cfg.workers)
         arm = ab.arms[1]
-        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc, "box": box,
+        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc, "box": box, "steps": steps,
                "mean_action": mean_policy_action(policy, test).round(4).tolist()}
         for m in ("uvc", "udt"):
             lift = arm.lifts[m]
@@ -184,7 +211,7 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
                         m: arm.means[m]["mean"]})
         accepted = True
         if cfg.gate:
-            accepted = _gate(cfg, k, sim, policy, behaviour, prev, held_out, gate_ids, row, log)
+            accepted = _gate(cfg, k, sim, policy, behaviour, prev, held_out, full_round, gate_ids, row, log)
         row["accepted"] = accepted
         rows.append(row)
         log(f"round {k}: weighted GAUC {gauc:.4f}, UVC {row['uvc_lift']:+.2%}, UDT {row['udt_lift']:+.2%} vs baseline"
@@ -201,11 +228,36 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
     return PTMResult(rows=rows, algo=final, data_dirs=data_dirs, incumbent=behaviour)
 
 
+def _offline_fqe(cfg: PTMConfig, k: int, candidate: Policy, held_out, logs: LoggedData, dim: int) -> dict:
+    """FQE of the candidate and of the incumbent (the logs' mu_bp) on the held-out days: the candidate's lift in
+    the gate metric per user-day, paired over the bootstrap members."""
+    from rlmtf.eval.fqe import FQEConfig, fit_fqe, policy_actions
+
+    acts = policy_actions(candidate, logs, held_out, dim)
+    ref = held_out.mu_bp[:, :1] if acts.shape[1] == 1 else held_out.mu_bp
+    fcfg = FQEConfig(steps=cfg.gate_fqe_steps, seed=cfg.seed + 40_000 + k)
+    m = cfg.gate_metric
+    cand, inc = (fit_fqe(held_out, logs, a, fcfg, metrics=(m,)).members[m] for a in (acts, np.ascontiguousarray(ref)))
+    lift = cand / inc - 1.0
+    days = int(np.unique(held_out.episode_id).size)
+    return {"estimate": f"FQE lift in {m} per user-day over the incumbent on {days} held-out user-days",
+            "mean": float(lift.mean()), "sd": float(lift.std(ddof=1)), "candidate": float(cand.mean()),
+            "incumbent": float(inc.mean())}
+
+
 def _gate(cfg: PTMConfig, k: int, sim: Environment, candidate: Policy, incumbent: Policy, algo: Algorithm,
-          held_out, gate_ids: np.ndarray, row: dict, log: Callable[[str], None]) -> bool:
+          held_out, logs: LoggedData, gate_ids: np.ndarray, row: dict, log: Callable[[str], None]) -> bool:
     """The offline, then the online test of round k's candidate against the incumbent (module docstring);
     records both in ``row``."""
-    if held_out is not None and len(held_out):
+    if held_out is not None and len(held_out) and cfg.gate_offline == "fqe":
+        est = _offline_fqe(cfg, k, candidate, held_out, logs, sim.cfg.action_space.dim)
+        row["offline"] = est
+        if est["mean"] <= 0:
+            log(f"round {k}: offline FQE lift {est['mean']:+.2%} (sd {est['sd']:.2%}) <= 0: rejected")
+            row["gate"] = "offline"
+            return False
+        log(f"round {k}: offline FQE lift {est['mean']:+.2%} (sd {est['sd']:.2%}) > 0: on to the A/B")
+    elif held_out is not None and len(held_out) and cfg.gate_offline == "critic":
         adv = algo.behaviour_advantage(held_out)  # (m,)
         lcb = float(adv.mean() - adv.std())
         row["offline"] = {"estimate": "critic advantage over the behaviour (stand-in)", "mean": float(adv.mean()),
@@ -262,7 +314,13 @@ def plot_ptm(rows: list[dict], path: Path, title: str = "Progressive training") 
     a2.legend()
     if gated:
         a3 = axes[2]
+        labelled = False
         for r in rows[1:]:
+            off = r.get("offline", {})
+            if "sd" in off:  # the FQE estimate of the same lift (the stand-in's advantage has other units)
+                a3.plot([r["round"] - 0.12], [100 * off["mean"]], "D", color="C7", ms=4,
+                        label=None if labelled else "offline FQE estimate")
+                labelled = True
             g = r.get("gate_ab")
             if g is None:  # rejected offline: no A/B
                 a3.plot([r["round"]], [0], "x", color="C3")
@@ -272,6 +330,8 @@ def plot_ptm(rows: list[dict], path: Path, title: str = "Progressive training") 
             a3.plot([r["round"]] * 2, [100 * g["ci_low"], 100 * g["ci_high"]], color=c, alpha=0.6)
         a3.axhline(0, color="k", lw=0.8)
         a3.set_xlabel("round (green: accepted, red: rejected, x: offline)")
+        if any("sd" in r.get("offline", {}) for r in rows[1:]):
+            a3.legend(fontsize=7)
         metric = next((r["gate_ab"]["metric"] for r in rows if "gate_ab" in r), "uvc")
         a3.set_ylabel(f"gate: {metric.upper()} lift over incumbent (%)")
     fig.suptitle(title)

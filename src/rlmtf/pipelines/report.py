@@ -1,8 +1,9 @@
 """``report.html``: one self-contained file (figures embedded as PNG data URIs) for the paper experiment.
 
-Sections: the tables (1-4 and the offline/online agreement), weighted GAUC with error bars, online
-lifts with 95% intervals, the progressive-training curve per round, the training curves of every
-method, and the action distributions of the exploration data (the paper's Figure 2).
+Sections: the tables (1-6 and the offline/online agreement), weighted GAUC with error bars, online
+lifts with 95% intervals, off-policy estimates against the online lifts, the progressive-training curve
+per round, the training curves of every method, and the action distributions of the exploration data
+(the paper's Figure 2).
 """
 
 from __future__ import annotations
@@ -139,6 +140,36 @@ def fig_ptm_actions(results) -> str | None:
     return _png(fig)
 
 
+def fig_ope(tables: dict) -> str | None:
+    """Estimated against online UVC lift per method, one panel per estimate, both intervals drawn."""
+    rows = [r for r in tables.get("table6", []) if r["metric"] == "uvc" and r["online"] is not None]
+    panels = [est for est in ("fqe", "dr", "snipw") if any(est in r for r in rows)]
+    if not rows or not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, est in zip(axes[0], panels, strict=True):
+        pts = [r for r in rows if est in r]
+        for i, r in enumerate(pts):
+            on, e = r["online"], r[est]
+            x, y = 100 * on["mean"], 100 * e["mean"]
+            ax.errorbar([x], [y], xerr=[[x - 100 * on["ci_low"]], [100 * on["ci_high"] - x]],
+                        yerr=[[y - 100 * e["ci_low"]], [100 * e["ci_high"] - y]], fmt="o", color=f"C{i % 10}",
+                        capsize=2, label=r["label"])
+        lim = [min(0.0, *(100 * min(r["online"]["ci_low"], r[est]["ci_low"]) for r in pts)),
+               max(0.0, *(100 * max(r["online"]["ci_high"], r[est]["ci_high"]) for r in pts))]
+        ax.plot(lim, lim, color="k", lw=0.6, ls="--")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.axvline(0, color="k", lw=0.6)
+        ag = next((a for a in tables.get("ope_agreement", []) if a["estimate"] == est and a["metric"] == "uvc"), None)
+        ax.set_title(f"{est.upper()}" + (f" (Spearman {ag['spearman']:+.2f})" if ag else ""))
+        ax.set_xlabel("online UVC lift over baseline (%)")
+        ax.set_ylabel("estimated UVC lift (%)")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _read_metrics(run: Path) -> list[dict]:
     f = run / "metrics.jsonl"
     if not f.is_file():
@@ -242,6 +273,9 @@ def write_report(path: Path, tables: dict, results, meta: dict, out: Path) -> Pa
             ("Online lifts", fig_lifts(tables),
              ("Relative lift of the mean per-user metric, 95% interval from per-user pairs pooled over seeds "
              "(common random numbers: every arm serves the same users with the same randomness).")),
+            ("Off-policy estimates against the A/B", fig_ope(tables),
+             ("Each method's estimated UVC lift over the baseline (mean over seeds, interval of the mean) against its "
+              "online lift (95% CI, per-user pairs pooled); the dashed line is where they are equal.")),
             ("Progressive training", fig_ptm(results),
              "Weighted GAUC and online UVC lift over the baseline after each round (band: min-max over seeds)."),
             ("Policy drift over the rounds", fig_ptm_actions(results),

@@ -5,9 +5,11 @@
   policy the next behaviour policy, each round trained on its own logs.
 - ``improved``: this project's: the relative action space (docs/design.md#the-action-space), exploration
   per user-day (Enhanced-State RL keeps per-item noise) with the box shifted inside the action space at its
-  edges, the undiscounted user-day objective (docs/design.md#the-objective), and gated progressive training
-  on the logs of every round so far (docs/design.md#progressive-training). The offline baselines learn the
-  same objective from the same logs; ES keeps its own fitness (the reward of the sessions it simulates).
+  edges, the undiscounted user-day objective (docs/design.md#the-objective), every method trained from
+  scratch for at least the steps that objective needs (docs/design.md#how-many-steps), and gated progressive
+  training on the logs of every round so far, its offline test by FQE (docs/design.md#progressive-training).
+  The offline baselines learn the same objective from the same logs; ES keeps its own fitness (the reward
+  of the sessions it simulates).
 
 Every choice is fixed here, before any A/B: the experiment reports both settings, whatever they show.
 """
@@ -40,6 +42,11 @@ class Setting:
     """The discount per session gap of a day episode (None: the default)."""
     episode: str = "session"
     """The training episode: a session (the paper) or a user-day."""
+    steps: str = "fixed"
+    """"fixed": the preset's steps; "horizon": a method trained from scratch runs at least the steps its
+    episode's value needs to propagate (``rlmtf.train.loop.horizon_steps``, docs/design.md#how-many-steps)."""
+    gate_offline: str = "fqe"
+    """The progressive-training gate's offline estimate (``rlmtf.pipelines.ptm``)."""
 
     def algo_config(self, cfg: Any) -> Any:
         """``cfg`` (an algorithm's config) with this setting's objective, where the config has the fields."""
@@ -50,11 +57,12 @@ class Setting:
     def ptm_fields(self, kind: str) -> dict:
         """The PTMConfig fields of this setting for ``kind`` (Enhanced-State RL keeps its per-item noise)."""
         per = self.per if kind == "integrated" else None
-        return {"gate": self.gate, "train_on": self.train_on, "per": per, "edge": self.edge}
+        return {"gate": self.gate, "train_on": self.train_on, "per": per, "edge": self.edge,
+                "steps_rule": self.steps, "gate_offline": self.gate_offline}
 
 
 SETTINGS: dict[str, Setting] = {
     "paper": Setting("paper"),
     "improved": Setting("improved", action_space="relative", per="day", edge="shift", gate=True, train_on="all",
-                        gamma=1.0, session_gamma=1.0, episode="day"),
+                        gamma=1.0, session_gamma=1.0, episode="day", steps="horizon"),
 }

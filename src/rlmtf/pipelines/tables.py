@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from rlmtf.pipelines.ope_stage import ope_markdown
+
 __all__ = ["CSV_COLUMNS", "PRESET_NOTES", "json_safe", "preset_note", "tables_markdown", "write_outputs"]
 
 #: What a preset's numbers are worth, said at the top of tables.md, report.html and the printed tables.
@@ -90,7 +92,8 @@ def tables_markdown(tables: dict) -> str:
               (f"Rank correlation between mean weighted GAUC and mean UVC over {len(ag['methods'])} methods: "
               f"Spearman {_num(ag.get('spearman'), 3)} (p {_p(ag.get('spearman_p', float('nan')))}), "
               f"Kendall {_num(ag.get('kendall'), 3)} (p {_p(ag.get('kendall_p', float('nan')))}).")]
-    return "\n".join(lines) + "\n"
+    ope = ope_markdown(tables)
+    return "\n".join(lines) + "\n" + (f"\n{ope}" if ope else "")
 
 
 CSV_COLUMNS = ("table", "method", "label", "metric", "control", "reference", "mean", "std", "ci_low", "ci_high",
@@ -109,7 +112,8 @@ def write_outputs(out: Path, tables: dict, meta: dict) -> None:
         w.writeheader()
         for e in entries:
             w.writerow({k: "" if json_safe(e.get(k)) is None else e[k] for k in CSV_COLUMNS})
-    doc = {"meta": meta, "entries": entries, "agreement": tables["agreement"]}
+    doc = {"meta": meta, "entries": entries, "agreement": tables["agreement"],
+           "ope": {"table6": tables.get("table6", []), "agreement": tables.get("ope_agreement", [])}}
     # strict JSON: an undefined figure (one seed's sd, a p-value without variation) is null, not NaN
     (out / "tables.json").write_text(json.dumps(json_safe(doc), indent=2, default=_json_default, allow_nan=False))
 

@@ -50,8 +50,8 @@ from rlmtf.train.distributed import DistInfo, all_reduce_mean, all_reduce_sum, b
 if TYPE_CHECKING:
     from rlmtf.envs.engine import Environment
 
-__all__ = ["ALGORITHMS", "COMPILE_MODES", "TrainConfig", "TrainingInterrupted", "compile_networks", "resolve_device",
-           "train"]
+__all__ = ["ALGORITHMS", "COMPILE_MODES", "TrainConfig", "TrainingInterrupted", "compile_networks", "horizon_steps",
+           "resolve_device", "train"]
 
 #: Called on rank 0 after every step with the step and, at logged steps, its metrics (else ``{}``).
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -452,6 +452,22 @@ def _loop(ctx: RunContext, algo: Algorithm, data: TrainingData, interrupted: _Fl
                 save_checkpoint(ctx.dir, algo, data.rng, info, data.stream)
     if cfg.steps == 0:
         save_checkpoint(ctx.dir, algo, data.rng, info, data.stream)
+
+
+def horizon_steps(data: LoggedData, episode: str, algo_cfg: Any) -> int:
+    """The steps a critic trained from scratch on ``data`` needs for its episode (``episode``, the discount of
+    ``algo_cfg``) to propagate (``rlmtf.core.objective.propagation_steps`` at the config's ``polyak_rate``;
+    0 for a config without target networks, e.g. ES)."""
+    from rlmtf.core.objective import propagation_steps
+
+    tau = getattr(algo_cfg, "polyak_rate", None)
+    if tau is None:
+        return 0
+    t = build_transitions(data)
+    if episode == "day":
+        t = t.day_episodes()
+    lengths = np.unique(t.episode_id, return_counts=True)[1]
+    return propagation_steps(lengths, tau, getattr(algo_cfg, "gamma", 1.0))
 
 
 def _feature_spec(data: str | Path | LoggedData) -> FeatureSpec:
