@@ -119,6 +119,26 @@ def test_fqe_recovers_the_value_of_the_logging_policy(sim, tmp_path_factory):
     assert abs(res.summary("uvc")["mean"] / truth - 1) < 0.06, (res.summary("uvc"), truth)
 
 
+def test_fqe_targets_stay_in_the_logged_return_range_without_biasing_the_value(day_logs):
+    """The clipped targets keep every member's value inside the range of the logged days' returns (a policy at
+    a corner of the box, on few days, is extrapolation), and the clip is in the metric's own units: FQE of the
+    logging policy's mean action stays near the logged mean per user-day (a bound in the wrong units would
+    cut it)."""
+    t = build_transitions(day_logs).day_episodes()
+    cfg = FQEConfig(steps=1500, members=3, hidden=(32, 32), embed_dim=8)
+    few, _ = t.split(30 / np.unique(t.episode_id).size, seed=0)
+    r = metric_rewards(few, day_logs)["uvc"]
+    _, e = np.unique(few.episode_id, return_inverse=True)
+    best = np.bincount(e, r).max()
+    corner = np.clip(few.mu_bp[:, :1] + 0.15, -1, 1).astype(np.float32)
+    res = fit_fqe(few, day_logs, corner, cfg, metrics=("uvc",))
+    assert (res.members["uvc"] <= best * 1.001).all() and (res.members["uvc"] >= 0).all(), (res.members, best)
+    r_all = metric_rewards(t, day_logs)["uvc"]
+    logged = r_all.sum() / len(episode_starts(t))
+    ref = fit_fqe(t, day_logs, t.mu_bp[:, :1].copy(), cfg, metrics=("uvc",))
+    assert abs(ref.summary("uvc")["mean"] / logged - 1) < 0.1, (ref.summary("uvc"), logged)
+
+
 def test_fqe_rejects_malformed_actions(day_logs):
     t = build_transitions(day_logs).day_episodes()
     with pytest.raises(ValueError, match="actions must have shape"):

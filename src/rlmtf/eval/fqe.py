@@ -17,6 +17,11 @@ User-level policies are evaluated with a critic on the user state (it integrates
 action would show); item-level ones with the list-level critic of Enhanced-State RL (the sum over the shown
 items of Q(s_tj, a_tj)), which sees only the lists the logging policy showed.
 
+The targets are clipped to the range of the logged episodes' returns (per metric: from the most negative
+to the most positive sum of one episode's rewards), the values any return-to-go of the logs can take. On
+few episodes, an evaluated policy's actions at the edge of the logged boxes otherwise let the bootstrapped
+targets feed on their own extrapolation and diverge (``clip_targets``).
+
 The ensemble is a bootstrap: each member weights the logged episodes with its own Poisson(1) counts, so the
 members' spread carries both the sampling noise of the logs and the noise of the fit. Two policies
 estimated with the same ``seed`` share the members' weights: their difference per member is a paired
@@ -60,6 +65,8 @@ class FQEConfig:
     session_gamma: float = 1.0
     """Discount into the user's next session of the day (day episodes)."""
     seed: int = 0
+    clip_targets: bool = True
+    """Clip the TD targets to the logged episodes' return range (module docstring)."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.members < 2:
@@ -139,9 +146,11 @@ def fit_fqe(t: Transitions, logs: LoggedData, actions: np.ndarray, cfg: FQEConfi
     rewards = metric_rewards(t, logs)
     r = np.stack([rewards[m] for m in metrics], 1)  # (R, K)
     scale = np.maximum(r.std(0), 1e-8)  # per-metric scale, so that every metric weighs alike in the loss
+    ep_ids, ep_of = np.unique(t.episode_id, return_inverse=True)
+    lo_ret = np.stack([np.bincount(ep_of, np.minimum(r[:, j], 0)).min() for j in range(r.shape[1])]) / scale
+    hi_ret = np.stack([np.bincount(ep_of, np.maximum(r[:, j], 0)).max() for j in range(r.shape[1])]) / scale
     k, m = len(metrics), cfg.members
     rng = np.random.default_rng(cfg.seed)
-    ep_ids, ep_of = np.unique(t.episode_id, return_inverse=True)
     boot = rng.poisson(1.0, size=(m, ep_ids.size)).astype(np.float32)  # (m, E) per-member episode weights
     w = torch.from_numpy(np.tile(boot[:, ep_of], (k, 1)))  # (K*m, R): member i of metric j is row j*m + i
 
@@ -154,6 +163,8 @@ def fit_fqe(t: Transitions, logs: LoggedData, actions: np.ndarray, cfg: FQEConfi
     disc = discounts(torch.from_numpy(t.gap).to(dev), cfg.gamma, cfg.session_gamma)
     nxt = torch.from_numpy(t.next_index).to(dev)
     w = w.to(dev)
+    # (K*m, 1): the bounds of metric j for its m members (rows j*m .. j*m + m - 1)
+    y_lo, y_hi = (torch.from_numpy(np.repeat(x, m).astype(np.float32)).to(dev)[:, None] for x in (lo_ret, hi_ret))
 
     d, a_dim, n_l = states.shape[-1], actions.shape[-1], states.shape[1]
     critic = CriticEnsemble([d], a_dim, k * m, cfg.hidden, cfg.embed_dim).to(dev)
@@ -174,6 +185,8 @@ def fit_fqe(t: Transitions, logs: LoggedData, actions: np.ndarray, cfg: FQEConfi
         with torch.no_grad():
             q2 = q_of(target, nxt[idx], a_pi)  # (K*m, B)
             y = bellman_target(r_all[:, idx].repeat_interleave(m, 0), done[idx], q2, disc[idx])
+            if cfg.clip_targets:
+                y = torch.minimum(torch.maximum(y, y_lo), y_hi)
         q = q_of(critic, idx, a_log)
         loss = (w[:, idx] * (q - y) ** 2).mean(-1).sum()
         opt.zero_grad(set_to_none=True)
