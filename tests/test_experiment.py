@@ -140,6 +140,7 @@ def _cli(*args, timeout=900):
     (("--methods", "es,foo"), "unknown method(s) ['foo']"),
     (("--env", "nowhere"), "unknown environment 'nowhere'"),
     (("--preset", "smoke", "--seeds", "0"), "seeds must be >= 1"),
+    (("--preset", "smoke", "--ope-sessions", "-1"), "--ope-sessions must be >= 0"),
 ])
 def test_experiment_cli_rejects_bad_options(tmp_path, args, message):
     p = _cli("experiment", "paper", "--out", tmp_path / "x", *args)
@@ -165,6 +166,11 @@ def test_demo_runs_the_smoke_experiment_end_to_end(tmp_path):
     t4 = [e for e in doc["entries"] if e["table"] == "4"]
     assert t4 and all(e["control"] == "integrated" and np.isfinite(e["mean"]) for e in t4)
     assert -1 <= doc["agreement"]["spearman"] <= 1
+    # Table 6: every method estimated off-policy (FQE at least), beside its online lift; the agreement table
+    t6 = doc["ope"]["table6"]
+    assert {r["method"] for r in t6} == methods and all("fqe" in r and r["online"] for r in t6)
+    assert all(-1 <= e["spearman"] <= 1 for e in doc["ope"]["agreement"])
+    assert (out / "seed_0" / "ope.json").is_file() and "Table 6" in (out / "tables.md").read_text()
     # every method left a run directory with metrics and a loadable policy
     seed_dir = out / "seed_0"
     for m in ("es", "ddpg", "cql_sac", "bcq", "iql", "integrated_once"):

@@ -68,8 +68,9 @@ def test_the_logging_mean_gets_weight_one_and_ipw_is_the_logged_mean(day_logs):
 
 
 def test_per_request_weights_are_products_along_the_episode(request_logs):
-    """A policy shifted by 0.1 in one dimension: per request the weight is 1 where the logged noise is within
-    0.15 of the shifted one, else 0, and rho_(0:t) is the product over the session so far."""
+    """A policy shifted by 0.1 in one dimension: per request the weight is 0.3 / 0.2 = 1.5 where the logged noise
+    is within 0.15 of the shifted one (the kernel [-0.05, 0.25] keeps 0.2 of its 0.3 inside the box
+    [-0.15, 0.15]: renormalised), else 0, and rho_(0:t) is the product over the session so far."""
     t = build_transitions(request_logs)
     acts = t.mu_bp[:, :1].copy()
     acts[:, 0, 2] = np.clip(acts[:, 0, 2] + 0.1, -1, 1)
@@ -78,12 +79,15 @@ def test_per_request_weights_are_products_along_the_episode(request_logs):
     noise = t.action[:, 0] - t.mu_bp[:, 0]
     need = acts[:, 0] - t.mu_bp[:, 0]
     width = t.upper_b[:, 0] - t.lower_b[:, 0]
-    step = np.all(np.abs(noise - need) <= width / 2, axis=1).astype(float)
+    inside = np.minimum(need + width / 2, t.upper_b[:, 0]) - np.maximum(need - width / 2, t.lower_b[:, 0])
+    step = np.all(np.abs(noise - need) <= width / 2, axis=1) * np.prod(width / inside, axis=1)
+    unclipped = np.abs(t.mu_bp[:, 0, 2] + 0.1) < 1  # where the shift was not clipped at the space's edge
+    assert np.allclose(np.prod(width / inside, axis=1)[unclipped], 1.5, atol=1e-4)
     want = np.empty(len(t))
     for i in range(len(t)):  # by hand: the running product within each session
         want[i] = step[i] * (1.0 if t.t[i] == 0 else want[i - 1])
-    np.testing.assert_allclose(rho, want)
-    assert 0 < rho.mean() < 1
+    np.testing.assert_allclose(rho, want, rtol=1e-5)
+    assert 0 < rho.mean() < 1.5
 
 
 def test_doubly_robust_by_hand(day_logs):
@@ -101,6 +105,27 @@ def test_doubly_robust_by_hand(day_logs):
     # with rho = 1 and a model that equals the returns-to-go, DR is the model's start value
     est = is_estimates(t, np.ones(len(t)), r, q=np.zeros(len(t)), v=np.zeros(len(t)))
     assert est["dr"] == pytest.approx(est["ipw"])
+
+
+def test_first_order_dm_recovers_a_linear_effect_of_the_action(day_logs):
+    """With a reward that is linear in the logged noise (10 + 2 x the noise of dimension 2, in half-widths, per
+    request), the direct method's interval holds the value of a policy half a half-width up in dimension 2 (the
+    logged days' reward had their noise been that), and the logging mean's lift is about 0."""
+    from rlmtf.eval.ope import first_order_dm
+
+    t = build_transitions(day_logs).day_episodes()
+    half = (t.upper_b[:, 0, 2] - t.lower_b[:, 0, 2]) / 2
+    g = (t.action[:, 0, 2] - t.mu_bp[:, 0, 2]) / half
+    r = {"x": 10.0 + 2.0 * g}
+    shifted = t.mu_bp[:, :1].copy()
+    shifted[:, 0, 2] += 0.5 * half
+    _, e = np.unique(t.episode_id, return_inverse=True)
+    truth = np.bincount(e, 10.0 + 2.0 * 0.5 * np.ones(len(t))).mean()
+    est = first_order_dm(t, r, shifted, n_boot=50)["x"]
+    # the episode totals vary with their length (about 10 x 13 requests), so the slope has sampling noise
+    assert est["ci_low"] <= truth <= est["ci_high"] and abs(est["value"] / truth - 1) < 0.06, (est, truth)
+    ref = first_order_dm(t, r, t.mu_bp[:, :1].copy(), n_boot=50)["x"]
+    assert abs(ref["lift"]["mean"]) < 0.02 and ref["lift"]["ci_low"] < 0.02
 
 
 def test_fqe_recovers_the_value_of_the_logging_policy(sim, tmp_path_factory):

@@ -110,13 +110,15 @@ def evaluate_ope_cmd(
         return
     table = Table(title=f"Off-policy estimates per {episode} on {data} ({rep['episodes']:,} episodes, exploration "
                         f"per {rep['exploration']})")
-    for col in ("policy", "metric", "FQE [95%]", "FQE lift vs logging mean", "SNIPW", "DR", "ESS"):
+    for col in ("policy", "metric", "FQE [95%]", "FQE lift vs logging mean", "DM lift", "SNIPW", "DR", "ESS"):
         table.add_column(col, justify="right")
     for e in rep["policies"]:
         for m, f in e["fqe"].items():
             iw = (e["is"] or {}).get(m)
+            dm = (e.get("dm") or {}).get(m)
             table.add_row(e["policy"], m, f"{f['mean']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}]",
                           f"{f['lift']['mean']:+.2%} [{f['lift']['ci_low']:+.2%}, {f['lift']['ci_high']:+.2%}]",
+                          f"{dm['lift']['mean']:+.2%}" if dm else "—",
                           f"{iw['snipw']['value']:.3f}" if iw else "—", f"{iw['dr']['value']:.3f}" if iw else "—",
                           f"{iw['ess']:.0f}" if iw else "—")
     out_console().print(table)

@@ -34,7 +34,8 @@ experiment_app = typer.Typer(help="Reproduce the paper's experiments.", no_args_
 def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, methods: str | None, workers: int,
                device: str, threads: int | None, env: str, sim_config: Path | None, json_out: bool,
                resume: bool = False, kuairand_dir: Path | None = None, kuairand_models: Path | None = None,
-               overwrite: bool = False, resumable: bool = True, setting: str = "paper") -> None:
+               overwrite: bool = False, resumable: bool = True, setting: str = "paper",
+               ope_sessions: int | None = None) -> None:
     if not resume:
         claim_dir(out, "an experiment directory", overwrite, own=EXPERIMENT_ENTRIES,
                   also=" or --resume to reuse its finished seeds" if resumable else "")
@@ -47,6 +48,13 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
     with errors():
         if preset not in PRESETS:
             raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(PRESETS)}")
+        chosen = PRESETS[preset]
+        if ope_sessions is not None:
+            if ope_sessions < 0:
+                raise ValueError(f"--ope-sessions must be >= 0, got {ope_sessions}")
+            import dataclasses
+
+            chosen = dataclasses.replace(chosen, ope_sessions=ope_sessions)
         names = list(SETTINGS) if setting == "both" else [setting]
         if any(n not in SETTINGS for n in names):
             raise ValueError(f"unknown --setting {setting!r}; choose from {', '.join(SETTINGS)} or both")
@@ -66,7 +74,7 @@ def _run_paper(out: Path, preset: str, seeds: int | None, first_seed: int, metho
                 log(f"{n} setting: {s}" if setting == "both" else s)
 
             all_tables[name] = run_paper(
-                out / name if setting == "both" else out, preset=preset, seeds=seeds, first_seed=first_seed, sim=sim,
+                out / name if setting == "both" else out, preset=chosen, seeds=seeds, first_seed=first_seed, sim=sim,
                 env=env, methods=tuple(m.strip() for m in methods.split(",")) if methods else None, workers=workers,
                 device=resolve_device(device), resume=resume, log=log_setting, setting=name)
     if json_out:
@@ -111,14 +119,18 @@ def experiment_paper(
     sim_config: SimConfigOpt = None,
     kuairand_dir: KuaiRandDirOpt = None,
     kuairand_models: KuaiRandModelsOpt = None,
+    ope_sessions: Annotated[int | None, typer.Option(help="Sessions of the exploration log every method is "
+                                                     "evaluated on off-policy (Table 6; default: the preset's, "
+                                                     "0: no off-policy evaluation).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Reuse the seeds that already finished in OUT.")] = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """The paper's Tables 1-4 (and Table 5: every method against the hand-set baseline and the CMA-ES fixed
-    fusion) on the simulator: every method, several seeds, tables + report.html."""
+    """The paper's Tables 1-4 (Table 5: every method against the hand-set baseline and the CMA-ES fixed
+    fusion; Table 6: off-policy estimates against the A/B) on the simulator: every method, several seeds,
+    tables + report.html."""
     _run_paper(out, preset, seeds, first_seed, methods, workers, device, threads, env, sim_config, json_out, resume,
-               kuairand_dir, kuairand_models, overwrite, setting=setting)
+               kuairand_dir, kuairand_models, overwrite, setting=setting, ope_sessions=ope_sessions)
 
 
 @experiment_app.command("render")

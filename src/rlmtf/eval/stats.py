@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as sps
 
-__all__ = ["Lift", "mean_ci", "paired_lift"]
+__all__ = ["Lift", "mean_ci", "over_seeds", "paired_lift", "paired_t_p", "t_interval"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +121,24 @@ def _as_1d_finite(x: np.ndarray, name: str) -> np.ndarray:
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+
+
+def t_interval(x: np.ndarray) -> tuple[float, float]:
+    """The 95% t-interval of the mean of ``x`` (NaNs with fewer than 2 values)."""
+    if x.size < 2:
+        return float("nan"), float("nan")
+    _, lo, hi = mean_ci(np.asarray(x, dtype=np.float64))
+    return lo, hi
+
+
+def paired_t_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided paired t-test over seeds (NaN with fewer than 2 seeds or no variation; 0 when every seed
+    differs by the same non-zero amount)."""
+    from scipy import stats as sps
+
+    d = a - b
+    if a.size < 2 or not np.any(d):
+        return float("nan")
+    if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):
+        return 0.0
+    return float(sps.ttest_rel(a, b).pvalue)

@@ -8,6 +8,7 @@ days and a seed no method trained on). Every method's final policy is evaluated 
 
 - ``fqe``: FQE's value of the policy over FQE's value of the logging policy's mean action (the baseline's
   action), paired over the bootstrap members;
+- ``dm``: the first-order direct method's lift over the logged mean (``rlmtf.eval.ope.first_order_dm``);
 - ``dr``, ``snipw``, ``ipw``: the importance-weighted estimate over the logged mean per user-day (the
   kernel-smoothed baseline's value: with the default bandwidth the baseline's weight is 1 everywhere);
   the interval is the estimate's bootstrap interval over the logged mean (the logged mean's own noise is
@@ -33,10 +34,11 @@ import numpy as np
 __all__ = ["ESTIMATORS", "OPE_ONLINE", "estimated_lifts", "ope_markdown", "ope_tables", "run_ope_stage"]
 
 #: The estimates reported, best-founded first.
-ESTIMATORS = ("fqe", "dr", "snipw", "ipw")
+ESTIMATORS = ("fqe", "dm", "dr", "snipw", "ipw")
 #: The online metrics they are compared with (per user-day).
 OPE_ONLINE = ("uvc", "udt", "reward")
-_LABEL = {"fqe": "FQE", "dr": "DR", "snipw": "SNIPW", "ipw": "IPW", "weighted_gauc": "weighted GAUC"}
+_LABEL = {"fqe": "FQE", "dm": "DM (first order)", "dr": "DR", "snipw": "SNIPW", "ipw": "IPW",
+          "weighted_gauc": "weighted GAUC"}
 
 
 def run_ope_stage(sim, base, policies: dict[str, Any], setting, *, sessions: int, steps: int, hidden: tuple[int, ...],
@@ -74,14 +76,19 @@ def estimated_lifts(doc: dict) -> dict[str, dict]:
     for method, entry in zip(doc["methods"], doc["policies"], strict=True):
         lifts: dict[str, dict] = {}
         for metric in OPE_ONLINE:
-            f = entry["fqe"][metric]["lift"]
-            lifts[f"fqe.{metric}"] = {"value": f["mean"], "ci_low": f["ci_low"], "ci_high": f["ci_high"]}
+            if metric in entry["fqe"]:
+                f = entry["fqe"][metric]["lift"]
+                lifts[f"fqe.{metric}"] = {"value": f["mean"], "ci_low": f["ci_low"], "ci_high": f["ci_high"]}
+            dm = (entry.get("dm") or {}).get(metric)
+            if dm is not None:
+                lifts[f"dm.{metric}"] = {"value": dm["lift"]["mean"], "ci_low": dm["lift"]["ci_low"],
+                                         "ci_high": dm["lift"]["ci_high"]}
             iw = (entry.get("is") or {}).get(metric)
             if iw is None:
                 continue
             ref = logged[metric]
             # without one logged episode of positive weight IPW and SNIPW are 0 by construction, not estimates
-            for est in ("dr", "snipw", "ipw") if iw["ess"] >= 1 else ("dr",):
+            for est in [k for k in (("dr", "snipw", "ipw") if iw["ess"] >= 1 else ("dr",)) if k in iw]:
                 lifts[f"{est}.{metric}"] = {k: iw[est][k] / ref - 1.0 for k in ("value", "ci_low", "ci_high")}
         out[method] = lifts
     return out
@@ -166,7 +173,7 @@ def ope_markdown(tables: dict) -> str:
     lines = ["## Table 6: off-policy estimates against the online A/B (lifts over the hand-set baseline)", "",
              ("Estimated on a separate exploration log around the baseline (docs/design.md#off-policy-evaluation); "
               "the mean over seeds with the interval of the mean; online: Table 5's lift and 95% CI."), "",
-             "| method | metric | online | FQE | DR | SNIPW | IPW |", "|---|---|---|---|---|---|---|"]
+             "| method | metric | online | FQE | DM | DR | SNIPW | IPW |", "|---|---|---|---|---|---|---|---|"]
 
     def cell(c: dict | None) -> str:
         return "—" if not c else f"{_pct(c['mean'])} [{_pct(c['ci_low'])}, {_pct(c['ci_high'])}]"

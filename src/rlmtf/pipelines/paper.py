@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from rlmtf.eval.online import METRICS
-from rlmtf.eval.stats import paired_lift
+from rlmtf.eval.stats import paired_lift, paired_t_p, t_interval
 from rlmtf.pipelines.settings import SETTINGS, Setting
 from rlmtf.pipelines.tables import tables_markdown, write_outputs
 
@@ -244,6 +243,8 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
         log(f"seed {seed}: {LABELS['fixed']} (weighted GAUC on {preset.rounds} rounds of logs)")
         policies["fixed"], _ = fixed_search(pooled, base.action, FixedSearchConfig(seed=seed), space)
         policies["fixed"].name = LABELS["fixed"]
+        (out / "fixed").mkdir(exist_ok=True)
+        policies["fixed"].save(out / "fixed" / "policy.json", space)
         seconds["fixed"] = time.perf_counter() - t
     if set(methods) & set(OFFLINE_BASELINES):
         for kind in OFFLINE_BASELINES:
@@ -316,37 +317,16 @@ def load_seed_result(seed_dir: Path) -> SeedResult | None:
 
 # --- aggregation over seeds -----------------------------------------------------------------------------
 
-def _t_interval(x: np.ndarray) -> tuple[float, float]:
-    from scipy import stats as sps
-
-    if x.size < 2:
-        return float("nan"), float("nan")
-    half = float(sps.t.ppf(0.975, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return float(x.mean()) - half, float(x.mean()) + half
-
-
-def _paired_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided paired t-test over seeds (NaN with fewer than 2 seeds or no variation)."""
-    from scipy import stats as sps
-
-    d = a - b
-    if a.size < 2 or not np.any(d):
-        return float("nan")
-    if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):  # the same non-zero difference every seed
-        return 0.0
-    return float(sps.ttest_rel(a, b).pvalue)
-
-
 def gauc_entry(table: str, method: str, reference: str | None, results: list[SeedResult],
                paper: float | None) -> dict:
     x = np.array([r.gauc[method] for r in results])
-    lo, hi = _t_interval(x)
+    lo, hi = t_interval(x)
     e = {"table": table, "method": method, "label": LABELS.get(method, method), "metric": "weighted_gauc",
          "mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else float("nan"),
          "ci_low": lo, "ci_high": hi, "n_seeds": int(x.size), "per_seed": x.tolist(), "paper": paper,
          "reference": reference, "p_value": float("nan")}
     if reference is not None and reference != method:
-        e["p_value"] = _paired_p(x, np.array([r.gauc[reference] for r in results]))
+        e["p_value"] = paired_t_p(x, np.array([r.gauc[reference] for r in results]))
         e["diff_vs_reference"] = float((x - np.array([r.gauc[reference] for r in results])).mean())
     return e
 

@@ -143,7 +143,7 @@ def fig_ptm_actions(results) -> str | None:
 def fig_ope(tables: dict) -> str | None:
     """Estimated against online UVC lift per method, one panel per estimate, both intervals drawn."""
     rows = [r for r in tables.get("table6", []) if r["metric"] == "uvc" and r["online"] is not None]
-    panels = [est for est in ("fqe", "dr", "snipw") if any(est in r for r in rows)]
+    panels = [est for est in ("fqe", "dm", "dr", "snipw") if any(est in r for r in rows)]
     if not rows or not panels:
         return None
     plt = _plt()
