@@ -26,7 +26,7 @@ from rlmtf.envs.sim.simulator import Simulator
 from rlmtf.policy.fixed import FixedPolicy, baseline_policy
 
 #: (action dimension, shift) of the 4 fusions besides the baseline.
-SHIFTS = ((2, 0.1), (7, 0.1), (1, -0.1), (8, -0.1))
+SHIFTS = ((2, 0.1), (7, 0.1), (1, -0.1), (4, -0.1))
 
 
 def main() -> None:
