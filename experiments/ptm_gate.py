@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.core.provenance import file_logger, git_commit
+from rlmtf.core.provenance import file_logger, write_summary
 from rlmtf.data.io import read_logs
 from rlmtf.envs.engine import Environment
 from rlmtf.envs.factory import make_env, with_action_space
@@ -122,10 +122,7 @@ def main() -> None:
 
     results = [one_seed(s, a.out / f"seed_{s}", a, envs, log) for s in a.seeds]
     summary = lifts_over_seeds([r["final"] for r in results])
-    doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "commit": git_commit(),
-           "summary": summary, "per_seed": results}
-    (a.out / "summary.json").write_text(json.dumps(doc, indent=2, default=float))
-    log(json.dumps(summary, indent=1, default=float))
+    write_summary(a.out, vars(a), summary, results, log)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rlmtf.algos.esrl import ESRLConfig
-from rlmtf.core.provenance import file_logger, git_commit
+from rlmtf.core.provenance import file_logger, write_summary
 from rlmtf.data.io import read_logs
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.factory import with_action_space
@@ -95,10 +95,7 @@ def main() -> None:
     log = file_logger(a.out / "log.txt")
     results = [one_seed(s, a.out / f"seed_{s}", a, sim, log) for s in a.seeds]
     summary = lifts_over_seeds([r["ab"] for r in results], metrics=("uvc", "udt", "reward"))
-    doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}, "commit": git_commit(),
-           "summary": summary, "per_seed": results}
-    (a.out / "summary.json").write_text(json.dumps(doc, indent=2, default=float))
-    log(json.dumps(summary, indent=1, default=float))
+    write_summary(a.out, vars(a), summary, results, log)
 
 
 if __name__ == "__main__":

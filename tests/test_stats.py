@@ -163,3 +163,18 @@ def test_lifts_over_seeds_matches_arms_by_name():
     out = lifts_over_seeds([ab(0.1, 0.2), second], metrics=("uvc",))
     assert out["a: uvc"]["per_seed"] == [0.1, 0.3] and out["b: uvc"]["per_seed"] == [0.2, 0.1]
     assert out["a: uvc"]["mean"] == pytest.approx(0.2)
+
+
+def test_write_summary_records_args_commit_and_the_summary(tmp_path):
+    import json
+    from pathlib import Path
+
+    from rlmtf.core.provenance import git_commit, write_summary
+
+    lines: list[str] = []
+    path = write_summary(tmp_path, {"out": Path("runs/x"), "seeds": [1, 2]}, {"a: uvc": {"mean": 0.01}},
+                         [{"seed": 1}], lines.append)
+    doc = json.loads(path.read_text())
+    assert path == tmp_path / "summary.json" and doc["args"] == {"out": "runs/x", "seeds": [1, 2]}
+    assert doc["commit"] == git_commit() and doc["per_seed"] == [{"seed": 1}]
+    assert json.loads(lines[0]) == {"a: uvc": {"mean": 0.01}}

@@ -33,3 +33,16 @@ def file_logger(path: str | Path, fresh: bool = False) -> Callable[[str], None]:
             f.write(line + "\n")
 
     return log
+
+
+def write_summary(out: str | Path, args: dict, summary: dict, per_seed: list, log: Callable[[str], None]) -> Path:
+    """An experiment script's ``out/summary.json``: its arguments (paths as strings), the commit, the summary
+    over seeds and the per-seed results; the summary also goes to ``log``."""
+    import json
+
+    doc = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()}, "commit": git_commit(),
+           "summary": summary, "per_seed": per_seed}
+    path = Path(out) / "summary.json"
+    path.write_text(json.dumps(doc, indent=2, default=float))
+    log(json.dumps(summary, indent=1, default=float))
+    return path

@@ -51,11 +51,13 @@ def run_ope_stage(sim, base, policies: dict[str, Any], setting, *, sessions: int
     from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
     from rlmtf.eval.fqe import FQEConfig
     from rlmtf.eval.ope import OPEConfig, evaluate_ope
+    from rlmtf.pipelines.ptm import PTMConfig
 
     per = setting.per or "request"
     data = out / "ope_logs"
     log(f"seed {seed}: logging the OPE set ({sessions} sessions, the baseline explored per {per})")
-    simulate_to_parquet(sim, behaviour_policy(base, "uniform", per, lower_b=-0.15, upper_b=0.15, seed=seed + 40_000,
+    box = PTMConfig.box  # progressive training's first-round box
+    simulate_to_parquet(sim, behaviour_policy(base, "uniform", per, lower_b=-box, upper_b=box, seed=seed + 40_000,
                                               edge=setting.edge), data, seed=seed + 40_000, sessions=sessions,
                         start_day=2000, overwrite=True, workers=workers)
     logs = read_logs(data)
