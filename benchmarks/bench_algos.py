@@ -5,8 +5,8 @@ IQL, ours next to d3rlpy's; IntegratedRL-MTF, Enhanced-State RL and ES (one CMA-
 simulator per ``update``) are timed for the record, with no d3rlpy counterpart.
 
 Matched sizes: the default simulator's user state (46 dims) and action (10 dims); hidden layers
-(256, 256) for every network; batch 256; as many critics as ours uses (1 for DDPG, 2 for CQL, BCQ and
-IQL); 10 sampled actions for CQL and BCQ (BCQ's VAE latent is 2 x 10 in both). d3rlpy standardises its
+(256, 256) for every network (``--hidden``, the same on both sides); batch 256; as many critics as ours
+uses (1 for DDPG, 2 for CQL, BCQ and IQL); 10 sampled actions for CQL and BCQ (BCQ's VAE latent is 2 x 10 in both). d3rlpy standardises its
 observations with the dataset's mean and std as ours does (``StandardObservationScaler``), so both
 pay for it. CQL's weight is fixed at 5 in both (d3rlpy: ``alpha_learning_rate=0``, ``initial_alpha=1``,
 ``conservative_weight=5``); the SAC temperature is learned in both. Both sides see the same 256 requests
@@ -145,9 +145,9 @@ class D3Side:
             terminals=z["done"].reshape(b, 1), intervals=np.ones((b, 1), np.float32), transitions=[])
         self.algos: dict = {}
 
-    def build(self, name: str) -> dict:
+    def build(self, name: str, hidden: tuple[int, ...] = HIDDEN) -> dict:
         d3 = self.d3rlpy
-        enc = d3.models.VectorEncoderFactory(hidden_units=list(HIDDEN))
+        enc = d3.models.VectorEncoderFactory(hidden_units=list(hidden))
         common = {"batch_size": BATCH, "gamma": 0.9,
                   "observation_scaler": d3.preprocessing.StandardObservationScaler(mean=self.obs_mean,
                                                                                     std=self.obs_std)}
@@ -198,7 +198,7 @@ def worker(malloc: bool = False) -> None:
 
                 out = {"d3rlpy": d3rlpy.__version__, "torch": torch.__version__, "threads": torch.get_num_threads()}
             elif req["op"] == "build":
-                out = side.build(req["name"])
+                out = side.build(req["name"], tuple(req.get("hidden", HIDDEN)))
             else:
                 out = side.run(req["name"], req["steps"], req.get("warmup", 0))
         except Exception as e:  # report and carry on: the parent decides
@@ -227,8 +227,8 @@ class D3Subprocess:
             raise RuntimeError(f"d3rlpy worker: {out['error']}")
         return out
 
-    def build(self, name: str) -> dict:
-        return self._call({"op": "build", "name": name})
+    def build(self, name: str, hidden: tuple[int, ...] = HIDDEN) -> dict:
+        return self._call({"op": "build", "name": name, "hidden": list(hidden)})
 
     def run(self, name: str, steps: int, warmup: int = 0) -> dict:
         return self._call({"op": "run", "name": name, "steps": steps, "warmup": warmup})
@@ -259,14 +259,15 @@ def our_world(sessions: int, seed: int = 1):
     return sim, logs.meta.feature_spec, trans
 
 
-def our_algo(name: str, spec, sim, trans, embed_dim: int | None = None):
+def our_algo(name: str, spec, sim, trans, embed_dim: int | None = None, hidden: tuple[int, ...] = HIDDEN):
     """Our algorithm ``name`` at the benchmark's sizes (``embed_dim``: the per-group embedding, if not the
-    default 32), ready to update, and its learnable parameter count (targets excluded)."""
+    default 32; ``hidden``: every network's hidden layers), ready to update, and its learnable parameter
+    count (targets excluded)."""
     from rlmtf.algos import algorithm_class
 
     cls = algorithm_class(name)
     names = {f for f in cls.config_cls.__dataclass_fields__}
-    want = {"hidden": HIDDEN, "batch_size": BATCH, "n_action_samples": N_ACTION_SAMPLES, "embed_dim": embed_dim}
+    want = {"hidden": tuple(hidden), "batch_size": BATCH, "n_action_samples": N_ACTION_SAMPLES, "embed_dim": embed_dim}
     kw = {k: v for k, v in want.items() if k in names and v is not None}
     algo = cls(spec, cls.config_cls(**kw), seed=0)
     if getattr(cls, "online", False):
@@ -302,8 +303,11 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=None,
                     help="pin this process and the d3rlpy worker (which inherits it) to this core, so that both "
                          "sides take turns on the same core and its caches (default: let the OS place them)")
+    ap.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN),
+                    help="hidden layer sizes of every network on both sides (default: 256 256)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    hidden = tuple(args.hidden)
     if args.worker:
         worker(args.steady_malloc)
         return
@@ -365,7 +369,7 @@ def main() -> None:
         updates = {}
         online = False
         for side, embed in variants.items():
-            algo, params = our_algo(ours_name, spec, sim, trans, embed)
+            algo, params = our_algo(ours_name, spec, sim, trans, embed, hidden)
             online = getattr(algo, "online", False)
 
             def ours_update(algo=algo, online=online):
@@ -378,7 +382,7 @@ def main() -> None:
             sides[side] = {"params": params, "gflop_per_step": flops / 1e9 if flops is not None else None}
         steps = args.es_steps if online else args.steps
         if use_d3:
-            built = d3.build(d3_name)
+            built = d3.build(d3_name, hidden)
             d3.run(d3_name, 0, warmup=args.warmup)
             sides["d3rlpy"] = {"params": built["params"], "gflop_per_step": built["flops"] / 1e9}
         timers = dict(updates)
@@ -434,7 +438,7 @@ def main() -> None:
     tmpdir.cleanup()
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
            "pinned_cpu": args.cpu, "steady_malloc": args.steady_malloc, "load_avg": os.getloadavg(),
-           "hidden": list(HIDDEN), "batch": BATCH, "state_dim": spec.user_state_dim, "action_dim": spec.action_dim,
+           "hidden": list(hidden), "batch": BATCH, "state_dim": spec.user_state_dim, "action_dim": spec.action_dim,
            "d3rlpy": d3_info.get("d3rlpy"), "reps": args.reps, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

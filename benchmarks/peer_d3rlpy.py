@@ -21,6 +21,10 @@ share of action dimensions outside the exploration box and the share at the acti
 
     python benchmarks/peer_d3rlpy.py --out runs/peer_d3rlpy [--seed 0] [--sides ours d3rlpy]
                                      [--variants after before] [--algos ddpg cql_sac bcq iql]
+                                     [--set bcq.actor_lr=1e-3 ...]
+
+``--set ALGO.FIELD=VALUE`` adds an arm of ours with that config field changed (a what-if beside the
+default, labelled with the change); repeat it to change several fields of one arm.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ METRICS = ("uvc", "udt", "reward", "sessions")
 #: fixes turned off reproduces the earlier algorithms draw for draw
 BEFORE = {"ddpg": {"data_action_range": False, "target_noise": 0.0},
           "cql_sac": {"policy_lr": None, "cql_alpha_lr": 0.0, "alpha_lr": 3e-4},
-          "bcq": {"rho": 0.15, "n_act_samples": 10}, "iql": {}}
+          "bcq": {"rho": 0.15, "n_act_samples": 10, "actor_lr": 3e-4, "critic_lr": 3e-4}, "iql": {}}
 
 
 class D3Policy(Policy):
@@ -112,14 +116,31 @@ def train_d3(name: str, t: Transitions, a: argparse.Namespace, out: Path) -> tup
     return D3Policy(algo, f"d3rlpy-{name}"), (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def train_ours(name: str, data: Path, a: argparse.Namespace, out: Path, variant: str = "after"):
-    """Train our ``name`` (``variant`` "before": with the fixes off) for ``a.steps`` steps; the trained
-    algorithm and its steps per second."""
+def overrides(items: list[str]) -> dict[str, dict[str, float]]:
+    """``["bcq.actor_lr=1e-3", ...]`` -> {"bcq": {"actor_lr": 0.001}, ...} (values parsed as numbers)."""
+    out: dict[str, dict[str, float]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        algo, dot, field = key.partition(".")
+        if not sep or not dot or algo not in PAIRS:
+            raise SystemExit(f"--set {item!r}: expected ALGO.FIELD=VALUE with ALGO one of {', '.join(PAIRS)}")
+        if field not in {f.name for f in dataclasses.fields(algorithm_class(algo).config_cls)}:
+            raise SystemExit(f"--set {item!r}: {algo} has no config field {field!r}")
+        out.setdefault(algo, {})[field] = int(value) if value.lstrip("-").isdigit() else float(value)
+    return out
+
+
+def train_ours(name: str, data: Path, a: argparse.Namespace, out: Path, variant: str = "after",
+               changes: dict[str, float] | None = None):
+    """Train our ``name`` (``variant`` "before": with the fixes off; ``changes``: config fields set on top)
+    for ``a.steps`` steps; the trained algorithm and its steps per second."""
     stamps: list[float] = []
+    fields = {**(BEFORE[name] if variant == "before" else {}), **(changes or {})}
     cfg = dataclasses.replace(algorithm_class(name).config_cls(), hidden=tuple(a.hidden), embed_dim=0,
-                              batch_size=a.batch, gamma=a.gamma, **(BEFORE[name] if variant == "before" else {}))
+                              batch_size=a.batch, gamma=a.gamma, **fields)
     tc = TrainConfig(steps=a.steps, seed=a.seed, eval_every=0, log_every=500, checkpoint_every=10**9)
-    algo = train(name, data, out / f"ours_{name}_{variant}", cfg=tc, algo_cfg=cfg,
+    tag = variant + "".join(f"_{k}{v}" for k, v in (changes or {}).items())
+    algo = train(name, data, out / f"ours_{name}_{tag}", cfg=tc, algo_cfg=cfg,
                  on_step=lambda step, _m: stamps.append(time.perf_counter()) if step < a.steps else None)
     return algo, (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
@@ -151,7 +172,10 @@ def main() -> None:
     ap.add_argument("--sides", nargs="+", default=["ours", "d3rlpy"], choices=["ours", "d3rlpy"])
     ap.add_argument("--variants", nargs="+", default=["after"], choices=["after", "before"],
                     help="ours as it is (after) and/or with the logged-data fixes off (before)")
+    ap.add_argument("--set", dest="changes", action="append", default=[], metavar="ALGO.FIELD=VALUE",
+                    help="an extra arm of ours with this config field changed (repeatable)")
     a = ap.parse_args()
+    changes = overrides(a.changes)
     torch.set_num_threads(1)
     a.out.mkdir(parents=True, exist_ok=True)
     log = file_logger(a.out / "log.txt")
@@ -172,6 +196,12 @@ def main() -> None:
                 continue  # unchanged by the fixes
             algo, sps = train_ours(name, data, a, a.out, variant)
             label = name if variant == "after" else f"{name} (before)"
+            pols.append(algo.policy(name=label))
+            speed[label], actions[label] = sps, action_stats(None, algo, train_t)
+            log(f"ours {label}: {sps:.1f} steps/s, actions {actions[label]}")
+        if "ours" in a.sides and name in changes:
+            algo, sps = train_ours(name, data, a, a.out, "after", changes[name])
+            label = f"{name} ({', '.join(f'{k}={v}' for k, v in changes[name].items())})"
             pols.append(algo.policy(name=label))
             speed[label], actions[label] = sps, action_stats(None, algo, train_t)
             log(f"ours {label}: {sps:.1f} steps/s, actions {actions[label]}")

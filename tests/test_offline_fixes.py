@@ -148,6 +148,7 @@ def test_cql_weight_is_w_times_the_multiplier_and_moves_with_the_gap():
 def test_bcq_reference_perturbation_and_acting_candidates():
     cfg = BCQConfig()
     assert cfg.rho == 0.05 and cfg.n_act_samples == 100 and cfg.n_action_samples == 10
+    assert cfg.actor_lr == cfg.critic_lr == cfg.vae_lr == 1e-3  # Fujimoto's BCQ.py (and d3rlpy's defaults)
     algo = BCQ(SPEC, BCQConfig(**SMALL, n_act_samples=13, n_action_samples=4, latent_dim=4), seed=0)
     s = torch.randn(5, SPEC.user_state_dim)
     with torch.no_grad():

@@ -126,6 +126,25 @@ def test_exploration_efficiency_from_logs_and_analytic(explore_dir):
     assert rep.in_box_all_noise_monte_carlo == pytest.approx(p**10, rel=0.35)
 
 
+def test_train_algo_config_file(explore_dir, tmp_path):
+    """--algo-config sets hyper-parameters (saved in the run's config); an unknown field, a wrong type and a
+    field a given flag also sets are refused by name, before anything is trained."""
+    good = tmp_path / "bcq.toml"
+    good.write_text("actor_lr = 2e-4\nrho = 0.1\n")
+    run = tmp_path / "run"
+    cli("train", "--algo", "bcq", "--data", str(explore_dir), "--out", str(run), "--steps", "2", "--eval-every", "0",
+        "--algo-config", str(good), *TINY)
+    ac = json.loads((run / "config.json").read_text())["algo_config"]
+    assert ac["actor_lr"] == 2e-4 and ac["rho"] == 0.1 and ac["critic_lr"] == 1e-3 and ac["hidden"] == [16, 16]
+    for text, says in (("actr_lr = 1e-3\n", "actr_lr"), ("rho = 'wide'\n", "rho"), ("hidden = [8, 8]\n", "--hidden")):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        p = cli("train", "--algo", "bcq", "--data", str(explore_dir), "--out", str(tmp_path / "no"), "--steps", "2",
+                "--algo-config", str(bad), *TINY, ok=False)
+        assert p.returncode != 0 and says in p.stderr and "bad.toml" in p.stderr, p.stderr
+        assert not (tmp_path / "no" / "policy").exists()
+
+
 def test_analyze_cli(explore_dir, tmp_path):
     out = cli("analyze", "exploration", "--data", str(explore_dir), "--plot", str(tmp_path / "f.png"), "--json")
     rep = json.loads(out.stdout)

@@ -23,6 +23,7 @@ from rlmtf.cli.common import (
     claim_dir,
     console,
     errors,
+    fail,
     given_flags,
     make_env,
     objective_settings,
@@ -75,6 +76,10 @@ def train(
     compile: Annotated[str, typer.Option(help="torch.compile the networks: none, default, reduce-overhead "
                                          "(CUDA graphs), max-autotune.")] = "none",
     objective: ObjectiveOpt = None,
+    algo_config: Annotated[Path | None, typer.Option(
+        help="TOML/YAML/JSON file of the algorithm's hyper-parameters (fields of its config, e.g. actor_lr = "
+             "1e-3; an unknown one is refused by name), applied on top of the defaults and the flags above; "
+             "a field that a given flag also sets is refused.")] = None,
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
     kuairand_dir: KuaiRandDirOpt = None,
@@ -92,6 +97,8 @@ def train(
                    critics=critics, batch_size=batch_size, embed_dim=embed_dim, objective=objective, stream=stream,
                    buffer_shards=buffer_shards, reuse=reuse)
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    if resume and algo_config is not None:
+        fail("--algo-config with --resume: the run's hyper-parameters are the ones in its config.json")
     saved = resumed_config(args, given) if resume else None
     check_train_args(args, device, eval_every, checkpoint_every, compile)
     if not resume and main_rank:
@@ -125,7 +132,10 @@ def train(
             if embed_dim is not None:
                 wanted["embed_dim"] = embed_dim
             obj = objective_settings(objective, names)
-            algo_cfg = config_cls(**{k: v for k, v in wanted.items() if k in names}, **obj.algo)
+            fields = {**{k: v for k, v in wanted.items() if k in names}, **obj.algo}
+            if algo_config is not None:
+                fields = with_algo_config(fields, algo_config, config_cls, given)
+            algo_cfg = config_cls(**fields)
             cfg = TrainConfig(steps=args.steps, seed=seed, device=device, eval_every=eval_every,
                               checkpoint_every=checkpoint_every, stream=stream, buffer_shards=buffer_shards,
                               reuse=reuse, compile=compile, **obj.train)
@@ -256,3 +266,30 @@ def ptm(
         table.add_row(str(r["round"]), r["policy"], f"{r['weighted_gauc']:.4f}", f"{r['uvc_lift']:+.2%}",
                       f"{r['udt_lift']:+.2%}")
     out_console().print(table)
+
+
+#: train's flags that set a field of the algorithm config
+_FLAG_FIELDS = {"hidden": "hidden", "critics": "ensemble_size", "batch_size": "batch_size", "embed_dim": "embed_dim"}
+
+
+def with_algo_config(fields: dict, path: Path, config_cls: type, given: set[str]) -> dict:
+    """``fields`` (from the flags) updated by the algorithm-config file at ``path``; every error names the
+    file and the key (unknown fields, wrong types, values out of range, a field a given flag also sets)."""
+    import dataclasses
+
+    from rlmtf.core.config_io import ConfigError, build, check_values, read_config_file
+
+    data = read_config_file(path, "algorithm config")
+    twice = sorted(f"--{flag.replace('_', '-')} and {key}" for flag, key in _FLAG_FIELDS.items()
+                   if flag in given and key in data)
+    if twice:
+        raise ConfigError(f"{path}: set twice: {', '.join(twice)}")
+    try:
+        cfg = build(config_cls, {**fields, **data})
+        problems = check_values(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if problems:
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
