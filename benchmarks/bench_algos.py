@@ -4,15 +4,15 @@ Gradient steps per second of ``update`` on one fixed batch, for DDPG, CQL (SAC-b
 IQL, ours next to d3rlpy's; IntegratedRL-MTF, Enhanced-State RL and ES (one CMA-ES generation in the
 simulator per ``update``) are timed for the record, with no d3rlpy counterpart.
 
-Matched sizes: the default simulator's user state (46 dims) and action (10 dims); hidden layers
-(256, 256) for every network (``--hidden``, the same on both sides); batch 256; as many critics as ours
-uses (1 for DDPG, 2 for CQL, BCQ and IQL); 10 sampled actions for CQL and BCQ (BCQ's VAE latent is 2 x 10 in both). d3rlpy standardises its
-observations with the dataset's mean and std as ours does (``StandardObservationScaler``), so both
-pay for it. CQL's weight is fixed at 5 in both (d3rlpy: ``alpha_learning_rate=0``, ``initial_alpha=1``,
+Matched sizes: the default simulator's user state (46 dims) and action (10 dims); hidden layers (256, 256) for
+every network (``--hidden``, the same on both sides); batch 256; as many critics as ours uses (1 for DDPG, 2
+for CQL, BCQ and IQL); 10 sampled actions for CQL and BCQ (BCQ's VAE latent is 2 x 10 in both). d3rlpy
+standardises its observations with the dataset's mean and std as ours does (``StandardObservationScaler``), so
+both pay for it. CQL's weight is fixed at 5 in both (d3rlpy: ``alpha_learning_rate=0``, ``initial_alpha=1``,
 ``conservative_weight=5``); the SAC temperature is learned in both. Both sides see the same 256 requests
-(drawn from a small simulated dataset): ours as a ``RequestBatch``, d3rlpy's as a ``TransitionMiniBatch``
-of the user states, actions, rewards, done flags and next user states, and each side's timing includes
-its own numpy -> torch conversion.
+(drawn from a small simulated dataset): ours as a ``RequestBatch``, d3rlpy's as a ``TransitionMiniBatch`` of
+the user states, actions, rewards, done flags and next user states, and each side's timing includes its own
+numpy -> torch conversion.
 
 Our networks embed each feature group of the state (profile 19, history 23, context 4 dims) into 32
 dims before the MLP trunk, so at the same hidden sizes ours has more parameters and more matmul work
