@@ -70,7 +70,7 @@ def test_true_scores_round_trip(tmp_path: Path) -> None:
 def test_optional_column_must_be_given_always_or_never(tmp_path: Path) -> None:
     with LogWriter(tmp_path / "ds", make_meta()) as w:
         w.write(0, make_columns((1,), true_scores=True))
-        with pytest.raises(LogDataError, match="column 'true_scores'"):
+        with pytest.raises(LogDataError, match=r"column\(s\) 'true_scores'"):
             w.write(0, make_columns((1,)))
 
 

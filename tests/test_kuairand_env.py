@@ -295,6 +295,34 @@ def test_leave_model_gives_log_like_sessions(env):
     assert abs(m["active_day_share"] - 0.326) < 0.03, m
 
 
+def test_in_order_consumption(env):
+    """Consumed in order: unseen items carry no feedback and follow the seen ones, the leave logit after item j
+    is the request-level one with items 1..j, and the calibrated offsets keep the consumed items per session
+    and the sessions per user-day near those of every list consumed (calibrated on the full models; within
+    15% with these small ones)."""
+    users = np.arange(4000)
+    cfg = dataclasses.replace(env.cfg, consumption=dataclasses.replace(env.cfg.consumption, mode="in_order"))
+    ino = env.with_config(cfg)
+    r, c = run_logged(ino, baseline_policy(), seed=3, days=2, users=users)
+    c = sort_rows(c)
+    seen = c["seen"].astype(bool).reshape(-1, env.cfg.list_len)
+    assert seen[:, 0].all() and (np.diff(seen.astype(int), axis=1) <= 0).all() and not seen.all()
+    for col in ("valid", "like", "watch_time", "reward"):
+        assert not c[col][~seen.reshape(-1)].any(), col
+    ref = env.run(baseline_policy(), seed=3, days=2, users=users)
+    per = (r.items.sum() / r.sessions.sum()) / (ref.items.sum() / ref.sessions.sum())
+    assert 0.85 < per < 1.15 and 0.85 < r.sessions.mean() / ref.sessions.mean() < 1.15, (per, r.sessions.mean())
+    # the prefix logits by hand: no long view yet -> + leave_no_long_view; a like so far -> - leave_like
+    st = ino.user_state(np.array([0]))
+    fb = {"valid": np.array([[0, 1, 0, 0, 0]]), "like": np.array([[0, 0, 1, 0, 0]])}
+    got = ino.leave_logits(None, np.array([0]), np.array([0]), np.array([0]), np.array([0]), np.zeros((1, 5), int),
+                           fb, st)
+    sc = env.cfg.session
+    base = st.leave_logit[0] + sc.leave_offset
+    want = base + np.array([sc.leave_no_long_view, 0, -sc.leave_like, -sc.leave_like, -sc.leave_like])
+    np.testing.assert_allclose(got[0], want)
+
+
 def test_leave_model_reacts_to_long_views_and_likes(env):
     """P(session ends after a request) is higher after a request without a long view, lower after a like."""
     def leave_rates(**kw):

@@ -125,12 +125,20 @@ def sim_calibrate(
     seed: Annotated[int, typer.Option()] = 12345,
     fit: Annotated[Path | None, typer.Option(help="Fit the behaviour intercepts to the real log and write them "
                                                   "as a TOML sim config to this file.")] = None,
+    fit_in_order: Annotated[bool, typer.Option(
+        "--fit-in-order", help="Also fit the in-order consumption offsets (the baseline consumes as many items "
+                               "per session and opens as many sessions per user-day as with every list consumed; "
+                               "5,000 users x 2 days) and use them.")] = False,
     sim_config: SimConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Simulated behaviour rates and watch-ratio quantiles beside KuaiRand-Pure's."""
+    """Simulated behaviour rates and watch-ratio quantiles beside KuaiRand-Pure's, and the baseline's session
+    statistics with every list consumed and consumed in order (docs/design.md#in-order-consumption)."""
+    import dataclasses
+
     from rlmtf.envs.kuairand.paths import default_kuairand_dir
-    from rlmtf.envs.sim.calibrate import compare, fit_behaviour, real_stats, sim_stats
+    from rlmtf.envs.sim.calibrate import compare, fit_behaviour, real_stats, session_stats, sim_stats
+    from rlmtf.envs.sim.calibrate import fit_in_order as fit_offsets
     from rlmtf.envs.sim.config import load_sim_config, to_toml
 
     with errors():
@@ -143,11 +151,20 @@ def sim_calibrate(
             cfg = fit_behaviour(cfg, real, n_users=users, seed=seed, log=console.print)
             fit.write_text(to_toml(cfg))
             console.print(f"wrote fitted config to {fit}")
+        offsets = None
+        if fit_in_order:
+            offsets = fit_offsets(cfg, log=console.print)
+            cfg = dataclasses.replace(cfg, consumption=dataclasses.replace(
+                cfg.consumption, leave_offset=offsets["leave_offset"], return_offset=offsets["return_offset"]))
+            if fit is not None:
+                fit.write_text(to_toml(cfg))
         with console.status("simulating the baseline policy..."):
             sim = sim_stats(cfg, n_users=users, seed=seed)
+            sessions = session_stats(cfg, n_users=users, seed=seed)
         rows = compare(sim, real)
     if json_out:
-        print_json({"rows": rows, "simulated": sim.to_dict(), "real": real.to_dict()})
+        print_json({"rows": rows, "simulated": sim.to_dict(), "real": real.to_dict(), "sessions": sessions,
+                    "in_order_offsets": offsets})
         return
     table = Table(title=f"Simulator vs KuaiRand-Pure ({sim.rows:,} simulated, {real.rows:,} real impressions)")
     for col in ("quantity", "simulated", "real", "error", "tolerance", "ok"):
@@ -159,5 +176,16 @@ def sim_calibrate(
         ok = "" if r["ok"] is None else ("[green]yes[/]" if r["ok"] else "[red]NO[/]")
         table.add_row(r["quantity"], f"{r['simulated']:.4f}", f"{r['real']:.4f}", err, tol, ok)
     out_console().print(table)
+    c = cfg.consumption
+    st = Table(title=f"Baseline sessions: every list consumed vs in rank order (leave_offset {c.leave_offset:+.3f}, "
+                     f"return_offset {c.return_offset:+.3f}; {users:,} users x 2 days)")
+    for col in ("quantity", "all", "in_order", "gap"):
+        st.add_column(col, justify="left" if col == "quantity" else "right")
+    for r in sessions:
+        st.add_row(r["quantity"], f"{r['all']:.4f}", f"{r['in_order']:.4f}", f"{r['gap']:+.1%}")
+    out_console().print(st)
+    if offsets is not None:
+        out_console().print(f"fitted in-order offsets: leave_offset = {offsets['leave_offset']:+.4f}, "
+                            f"return_offset = {offsets['return_offset']:+.4f}")
     if not all(r["ok"] for r in rows if r["ok"] is not None):
         raise typer.Exit(1)

@@ -154,23 +154,40 @@ def _hints(cls: type) -> dict[str, Any]:
         return {}
 
 
-def build(cls: type, overrides: dict[str, Any], where: str = "") -> Any:
-    """``cls``'s defaults overridden by the (nested) dict ``overrides``, types checked key by key."""
+def build(cls: type, overrides: dict[str, Any], where: str = "", base: Any = None) -> Any:
+    """``cls``'s defaults (or the instance ``base``'s values) overridden by the (nested) dict ``overrides``,
+    types checked key by key. A nested table starts from the parent's default of that field, so a world
+    config whose default sub-config differs from the sub-config class's defaults keeps them for the keys a
+    file leaves out."""
     hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(overrides) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown parameter(s) {', '.join(prefix + u for u in unknown)}; "
-                          f"{cls.__name__} has: {', '.join(sorted(names))}")
+                          f"{cls.__name__} has: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in overrides.items():
         path = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(value, hints[name], path) if name in hints else value
+        tp = hints.get(name)
+        if tp is not None and dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            default = getattr(base, name) if base is not None else _field_default(fields[name])
+            kwargs[name] = build(tp, value, path, base=default)
+        else:
+            kwargs[name] = _coerce(value, tp, path) if tp is not None else value
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (None if it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def yaml_load(text: str) -> Any:

@@ -13,6 +13,7 @@ Terms (paper vocabulary):
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -116,8 +117,10 @@ FEEDBACK_COLUMNS: dict[str, pa.DataType] = {
 #: Exploration columns, each a list of ``action_dim`` floats.
 ACTION_COLUMNS: tuple[str, ...] = ("mu_bp", "lower_b", "upper_b", "action")
 
-#: Columns a simulator may add that a live platform does not have (never used for training).
-OPTIONAL_COLUMNS: tuple[str, ...] = ("true_scores",)
+#: Columns a dataset may have or not: ``true_scores``, which a simulator may add and a live platform does not
+#: have (never used for training), and ``seen`` (int8), logged under in-order consumption: whether the user
+#: reached the shown item before leaving (0: unseen, no feedback); a dataset without it consumed every item.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("true_scores", "seen")
 
 
 def list_columns(spec: FeatureSpec) -> dict[str, int]:
@@ -133,16 +136,20 @@ def list_columns(spec: FeatureSpec) -> dict[str, int]:
     return cols
 
 
-def arrow_schema(spec: FeatureSpec, with_optional: bool = False) -> pa.Schema:
-    """The Arrow schema of a logged-data file for ``spec`` (metadata carries the spec)."""
+def arrow_schema(spec: FeatureSpec, with_optional: bool | Collection[str] = False) -> pa.Schema:
+    """The Arrow schema of a logged-data file for ``spec`` (metadata carries the spec); ``with_optional``:
+    every optional column (True), none (False) or the named ones."""
+    optional = set(OPTIONAL_COLUMNS if with_optional is True else () if with_optional is False else with_optional)
     fields_: list[pa.Field] = [pa.field(n, t, nullable=False) for n, t in KEY_COLUMNS.items()]
     for name, dim in list_columns(spec).items():
         fields_.append(pa.field(name, pa.list_(pa.float32(), dim), nullable=False))
     fields_ += [pa.field(n, t, nullable=False) for n, t in FEEDBACK_COLUMNS.items()]
     fields_.append(pa.field("reward", pa.float32(), nullable=False))
     fields_.append(pa.field("done", pa.bool_(), nullable=False))
-    if with_optional:
+    if "true_scores" in optional:
         fields_.append(pa.field("true_scores", pa.list_(pa.float32(), N_TASKS), nullable=False))
+    if "seen" in optional:
+        fields_.append(pa.field("seen", pa.int8(), nullable=False))
     meta = {b"rlmtf.schema_version": str(SCHEMA_VERSION).encode(),
             b"rlmtf.feature_spec": json.dumps(spec.to_json()).encode()}
     return pa.schema(fields_, metadata=meta)

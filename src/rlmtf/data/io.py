@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class LogDataError(ValueError):
 # --- schema helpers --------------------------------------------------------------------------------
 
 
-def file_schema(spec: FeatureSpec, list_len: int, with_optional: bool) -> pa.Schema:
+def file_schema(spec: FeatureSpec, list_len: int, with_optional: bool | Collection[str]) -> pa.Schema:
     """The schema of :mod:`rlmtf.core.schema` plus the list length in the metadata."""
     schema = arrow_schema(spec, with_optional=with_optional)
     return schema.with_metadata({**schema.metadata, _LIST_LEN_KEY: str(list_len).encode()})
@@ -88,7 +89,8 @@ def list_dims(spec: FeatureSpec) -> dict[str, int]:
     dims = list_columns(spec)
     opt = arrow_schema(spec, with_optional=True)
     for name in OPTIONAL_COLUMNS:
-        dims[name] = opt.field(name).type.list_size
+        if pa.types.is_fixed_size_list(opt.field(name).type):
+            dims[name] = opt.field(name).type.list_size
     return dims
 
 
@@ -170,7 +172,7 @@ def check_values(cols: dict[str, np.ndarray], where: str, list_len: int) -> None
                 raise LogDataError(
                     f"{where}: row {r}, column '{name}': value {a[r, d]!s} outside [-1, 1]{_at(r, d)}"
                 )
-        elif name in BINARY_FEEDBACK:
+        elif name in BINARY_FEEDBACK or name == "seen":
             bad = (a != 0) & (a != 1)
             if bad.any():
                 r, _ = _first_bad(bad)

@@ -88,7 +88,7 @@ class LogWriter:
                 shutil.rmtree(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._dims = list_dims(meta.feature_spec)
-        self._with_optional: bool | None = None  # fixed by the first write: all files share one schema
+        self._with_optional: tuple[str, ...] | None = None  # fixed by the first write: all files share one schema
         self._n_files = 0
         self._n_rows = 0
         self._days: set[int] = set()
@@ -98,17 +98,18 @@ class LogWriter:
         """Validate ``columns`` and write them as ``out_dir/day={day}/part-{n:05d}.parquet``.
 
         Key and feedback columns are 1-D, list columns 2-D ``(rows, dim)``. ``day`` may be omitted
-        (it is filled from the argument) or given (then it must equal the argument). ``true_scores``
-        is written when given; either every write of a dataset gives it or none does.
+        (it is filled from the argument) or given (then it must equal the argument). The optional columns
+        (``true_scores``, ``seen``) are written when given; either every write of a dataset gives one or none does.
         """
         if self._closed:
             raise RuntimeError("LogWriter is closed")
         shard = "" if self.shard is None else f"{self.shard:03d}-"
         rel = f"day={int(day)}/part-{shard}{self._n_files:05d}.parquet"
-        with_optional = any(c in columns for c in OPTIONAL_COLUMNS)
+        with_optional = tuple(c for c in OPTIONAL_COLUMNS if c in columns)
         if self._with_optional is not None and with_optional != self._with_optional:
+            differ = sorted(set(with_optional) ^ set(self._with_optional))
             raise LogDataError(
-                f"{rel}: column 'true_scores': given in some writes and not in others; "
+                f"{rel}: column(s) {', '.join(repr(c) for c in differ)}: given in some writes and not in others; "
                 "every file of a dataset must have the same columns"
             )
         schema = file_schema(self.meta.feature_spec, self.meta.list_len, with_optional)

@@ -17,10 +17,13 @@ owns what every world does the same way; a world supplies the rest through a sma
    them (``rlmtf.core.reward.item_reward``), update the session state and the history and get the leave
    probability (``update_session``), draw leave, tell the policy (``Policy.observe``), accumulate the
    per-user-day metrics and log the rows (:func:`log_rows`, the columns of the logged-data schema,
-   ``docs/design.md#logged-data``).
+   ``docs/design.md#logged-data``). With ``consumption.mode = "in_order"`` (``rlmtf.envs.consumption``)
+   the user watches the list in rank order and may leave after any item (``leave_logits``): the items
+   after that one are unseen, get no feedback and are logged with ``seen = 0``.
 3. **Randomness** is counter-based (``rlmtf.core.rng``) and keyed by what it decides: who is active
    (seed, user, day), a session's hour and return (seed, user, day, session), the request key (seed,
-   user, day, session, request) for candidates and the leave draw, and (request, item) for behaviours.
+   user, day, session, request) for candidates and the leave draw, (request, item) for behaviours and
+   (request, position) for in-order leave.
    The same seed gives identical data, and policies run on one seed face common random numbers.
 
 The worlds: ``rlmtf.envs.sim.simulator.Simulator`` (synthetic, calibrated to KuaiRand-Pure) and
@@ -35,15 +38,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, logit
 
 from rlmtf.core import rng as crng
 from rlmtf.core.fusion import fused_log_score, rank_top_l
 from rlmtf.core.reward import item_reward
 from rlmtf.core.schema import FeatureGroup, FeatureSpec
-from rlmtf.policy.base import Decision, Policy, RequestObs, check_actions, space_of
+from rlmtf.envs.consumption import item_hazard, item_mean, mask_unseen, seen_prefix
+from rlmtf.envs.rows import log_rows
+from rlmtf.policy.base import Policy, RequestObs, check_actions, space_of
 
 # stream ids of the draws the engine makes (worlds use other ids for theirs)
-S_ACTIVE, S_RETURN, S_HOUR, S_LEAVE = 1, 2, 3, 4
+S_ACTIVE, S_RETURN, S_HOUR, S_LEAVE, S_ITEM_LEAVE = 1, 2, 3, 4, 9
 #: Resolution of the per-user retrieval lookup tables (:func:`retrieval_table`).
 RETRIEVAL_BUCKETS = 256
 #: The context every environment observes: hour of day (sin, cos), request index / 10, session index / max.
@@ -67,7 +73,7 @@ class RunResult:
     sessions: np.ndarray
     requests: np.ndarray
     reward: np.ndarray
-    items: np.ndarray  # shown user-item pairs
+    items: np.ndarray  # consumed user-item pairs (the shown ones, or the seen ones under in-order consumption)
     clickbait_shown: np.ndarray  # sum of the clickbait trait over shown items (0 where a world has none)
     n_sessions: int = 0
     n_rows: int = 0
@@ -120,15 +126,16 @@ class UserState:
                                 self.long_term_eng[g] / 10.0]).astype(np.float32)
 
     def update_history(self, g: np.ndarray, item_weights: np.ndarray, fb: dict[str, np.ndarray]) -> None:
-        """After one request of users g: ``item_weights`` (b, l, C) of the shown items, ``fb`` their feedback."""
+        """After one request of users g: ``item_weights`` (b, l, C) of the shown items, ``fb`` their feedback
+        (the rates are means over the consumed items: :func:`~rlmtf.envs.consumption.item_mean`)."""
         valid = fb["valid"].astype(np.float32)
         n_valid = valid.sum(1)
         decay = (0.9 ** n_valid)[:, None].astype(np.float32)
         self.recent[g] = decay * self.recent[g] + (1 - decay) * (
             (item_weights * valid[..., None]).sum(1) / np.maximum(n_valid, 1)[:, None])
-        self.valid_rate[g] = 0.9 * self.valid_rate[g] + 0.1 * valid.mean(1)
-        self.watch_ratio[g] = 0.9 * self.watch_ratio[g] + 0.1 * np.minimum(fb["watch_ratio"], 2.0).mean(1)
-        self.like_rate[g] = 0.9 * self.like_rate[g] + 0.1 * fb["like"].mean(1)
+        self.valid_rate[g] = 0.9 * self.valid_rate[g] + 0.1 * item_mean(valid, fb)
+        self.watch_ratio[g] = 0.9 * self.watch_ratio[g] + 0.1 * item_mean(np.minimum(fb["watch_ratio"], 2.0), fb)
+        self.like_rate[g] = 0.9 * self.like_rate[g] + 0.1 * item_mean(fb["like"], fb)
         self.minutes_today[g] += fb["watch_time"].sum(1) / 60.0
 
     def end_sessions(self, g: np.ndarray, length: np.ndarray, valid_in_session: np.ndarray) -> None:
@@ -140,7 +147,8 @@ class Environment(ABC):
     """A world of users and items played by the engine (module docstring).
 
     A world sets ``name``, ``cfg`` (with ``n_users``, ``list_len``, ``max_concurrent_sessions``, ``reward``,
-    ``action_space``, ``session.max_requests``, ``days.max_sessions_per_day`` and ``to_dict()``), ``spec`` (its
+    ``action_space``, ``consumption``, ``session.max_requests``, ``days.max_sessions_per_day`` and
+    ``to_dict()``), ``spec`` (its
     :class:`~rlmtf.core.schema.FeatureSpec`), ``profile_table`` (U, P) and ``item_table`` (I, F), and
     implements the hooks below. Everything that plays an environment (collection, the A/B test, ES, PTM,
     the paper experiment) uses :meth:`run`, ``cfg`` and ``spec`` only."""
@@ -245,7 +253,15 @@ class Environment(ABC):
     def update_session(self, sessions: Any, a: np.ndarray, g: np.ndarray, user: np.ndarray, t: np.ndarray,
                        items: np.ndarray, fb: dict[str, np.ndarray], st: UserState) -> np.ndarray:
         """After request t of the sessions in slots ``a``: update the session state and the users' history;
-        return P(the user leaves after this request), (b,)."""
+        return P(the user leaves after this request), (b,). Under in-order consumption ``fb`` has ``seen``
+        (b, l) and every mean over the list is over the seen items (``rlmtf.envs.consumption.item_mean``)."""
+
+    def leave_logits(self, sessions: Any, a: np.ndarray, g: np.ndarray, user: np.ndarray, t: np.ndarray,
+                     items: np.ndarray, fb: dict[str, np.ndarray], st: UserState) -> np.ndarray:
+        """In-order consumption: the logit of P(leave) after each item j of request t, (b, l), from the
+        session state as :meth:`update_session` would leave it had the request ended after item j (no
+        state is changed here)."""
+        raise NotImplementedError(f"{self.name}: this world has no in-order consumption (leave_logits)")
 
 
 class DayRun:
@@ -298,6 +314,8 @@ class DayRun:
         st = self.st
         g, k = self.g[slots], self.k[slots]
         p_ret = self.env.close_sessions(self.sessions, slots, g, k, self.t[slots], self.valid_in_session[slots], st)
+        if self.cfg.consumption.mode == "in_order" and self.cfg.consumption.return_offset:
+            p_ret = expit(logit(p_ret) + self.cfg.consumption.return_offset)
         self.result.session_lengths.append(self.t[slots].copy())
         self.result.n_sessions += slots.size
         back = crng.uniform(crng.key(self.seed, st.user_ids[g], self.day, k), S_RETURN) < p_ret
@@ -376,9 +394,15 @@ class DayRun:
         items = np.take_along_axis(cand, shown, 1)
         fb, logged_truth = env.draw_feedback(scores, u, items, shown, crng.key(req_key[:, None], items),
                                              self.sessions, a, self.sink is not None and self.log_true)
+        in_order = cfg.consumption.mode == "in_order"
+        if in_order:  # the list is watched in rank order; the items after the one the user left on are unseen
+            hazard = item_hazard(env.leave_logits(self.sessions, a, g, u, t, items, fb, st),
+                                 cfg.consumption.leave_offset)  # (b, l)
+            seen, left = seen_prefix(hazard, crng.uniform(crng.key(req_key[:, None], np.arange(l)), S_ITEM_LEAVE))
+            fb = mask_unseen(fb, seen)
         rew = item_reward(fb, cfg.reward)  # (b, l)
         p_leave = env.update_session(self.sessions, a, g, u, t, items, fb, st)
-        leave = crng.uniform(req_key, S_LEAVE) < p_leave
+        leave = left if in_order else crng.uniform(req_key, S_LEAVE) < p_leave
         done = leave | (t + 1 >= cfg.session.max_requests)
         self.policy.observe(obs, items, fb, done)
 
@@ -390,7 +414,7 @@ class DayRun:
         for name, v in sums:
             acc[name][g] += v  # g is unique within a step, so fancy-index += is exact
         acc["requests"][g] += 1
-        acc["items"][g] += l
+        acc["items"][g] += fb["seen"].sum(1) if in_order else l
         self.result.n_rows += b * l
         if self.sink is not None:
             self.buffer.append(log_rows(self.day, self._session_id(a), u, t, items, obs, dec, action, shown, fb,
@@ -434,55 +458,6 @@ def _duplicates(cand: np.ndarray) -> np.ndarray:
     out = np.zeros_like(dup_sorted)
     np.put_along_axis(out, order, dup_sorted, 1)
     return out
-
-
-def log_rows(day: int, session_id: np.ndarray, u: np.ndarray, t: np.ndarray, items: np.ndarray, obs: RequestObs,
-             dec: Decision, action: np.ndarray, shown: np.ndarray, fb: dict[str, np.ndarray], rew: np.ndarray,
-             done: np.ndarray, truth: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The logged-data columns (``docs/design.md#logged-data``) of the shown items of b requests (b * l rows)."""
-    b, l = items.shape
-
-    def rep(x):  # request-level -> row-level
-        return np.repeat(x, l, axis=0)
-
-    def per_item(x):  # (A,), (b, A) or (b, N, A) -> (b*l, A) for the shown items
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 1:
-            return np.ascontiguousarray(np.broadcast_to(x, (b * l, x.shape[0])))
-        if x.ndim == 2:
-            return rep(x)
-        return np.take_along_axis(x, shown[..., None], 1).reshape(b * l, -1)
-
-    def shown_of(x):  # (b, N, D) -> (b*l, D)
-        return np.take_along_axis(x, shown[..., None], 1).reshape(b * l, -1).astype(np.float32)
-
-    cols = {
-        "day": np.full(b * l, day, np.int32),
-        "session_id": rep(session_id),
-        "user_id": rep(u),
-        "t": rep(t.astype(np.int32)),
-        "position": np.tile(np.arange(l, dtype=np.int32), b),
-        "item_id": items.reshape(-1),
-        "user_profile": rep(obs.user_profile),
-        "user_history": rep(obs.user_history),
-        "context": rep(obs.context),
-        "item_features": obs.item_table[items.reshape(-1)] if obs.item_features_ is None
-        else shown_of(obs.item_features),
-        "mtl_scores": shown_of(obs.mtl_scores),
-        "mu_bp": per_item(dec.mu_bp),
-        "lower_b": per_item(dec.lower_b),
-        "upper_b": per_item(dec.upper_b),
-        "action": per_item(action),
-        "reward": rew.reshape(-1).astype(np.float32),
-        "done": rep(done),
-    }
-    for name in ("click", "valid", "finish", "like", "share", "collect", "follow", "comment"):
-        cols[name] = fb[name].reshape(-1).astype(np.int8)
-    cols["watch_time"] = fb["watch_time"].reshape(-1).astype(np.float32)
-    cols["watch_ratio"] = fb["watch_ratio"].reshape(-1).astype(np.float32)
-    if truth is not None:
-        cols["true_scores"] = shown_of(truth)
-    return cols
 
 
 def retrieval_table(p: np.ndarray) -> np.ndarray:

@@ -66,3 +66,17 @@ def calibrate_offsets(env: KuaiRandEnv, *, users: int = 30_000, days: int = 2, s
                 x0, f0 = off[name], f1
             off[name] = x0
     return off["leave"], off["return"]
+
+
+def fit_in_order(env: KuaiRandEnv, *, users: int = 30_000, days: int = 2, seed: int = 0,
+                 log: Callable[[str], None] = print) -> dict[str, float]:
+    """The in-order consumption offsets of this world (:func:`rlmtf.envs.consumption.calibrate_offsets`): the
+    baseline policy consumes as many items per session, and opens as many sessions per user-day, as with
+    every list consumed (where :func:`calibrate_offsets` matched the log). The defaults were set with this on
+    the full fitted models."""
+    from rlmtf.envs.consumption import calibrate_offsets
+    from rlmtf.policy.fixed import baseline_policy
+
+    return calibrate_offsets(lambda c: env.with_config(dataclasses.replace(env.cfg, consumption=c)),
+                             baseline_policy(env.cfg.action_space), np.arange(min(users, env.cfg.n_users)),
+                             seed=seed, days=days, log=log)

@@ -10,6 +10,7 @@ from typing import Any
 from rlmtf.core.config_io import ConfigError, load_config_file, to_dict
 from rlmtf.core.fusion import ActionSpace
 from rlmtf.core.reward import RewardWeights
+from rlmtf.envs.consumption import ConsumptionConfig
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,14 @@ class DayConfig:
     """*Data*: the most sessions one user had on one training day."""
 
 
+#: The in-order offsets calibrated on the full fitted models (``rlmtf.envs.kuairand.calibrate.fit_in_order``:
+#: the baseline policy, users 0..29,999 x 2 days, seed 0): 6.08 consumed items per session and 0.517 sessions
+#: per user-day, as with every list consumed. The leave offset is large because sessions here are short (1.2
+#: requests): at offsets 0 most users would leave inside their first list (3.09 items per session, 0.478
+#: sessions per user-day).
+IN_ORDER_OFFSETS = {"leave_offset": -1.396, "return_offset": 0.182}
+
+
 @dataclass(frozen=True)
 class KuaiRandEnvConfig:
     """Everything the KuaiRand environment does beyond the fitted models. ``n_users`` / ``n_items`` are
@@ -82,13 +91,16 @@ class KuaiRandEnvConfig:
     days: DayConfig = field(default_factory=DayConfig)
     reward: RewardWeights = field(default_factory=RewardWeights)
     action_space: ActionSpace = field(default_factory=ActionSpace)
+    consumption: ConsumptionConfig = field(default_factory=lambda: ConsumptionConfig(**IN_ORDER_OFFSETS))
+    """How lists are consumed: all of them (the default) or in rank order with a leave chance after every item
+    (``mode = "in_order"``, ``docs/design.md#in-order-consumption``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
     def validate(self) -> None:
         r = self.retrieval
-        problems = []
+        problems = self.consumption.check()
         if self.env != "kuairand":
             problems.append(f"env must be 'kuairand', got {self.env!r}")
         if not 1 <= self.list_len <= r.n_candidates:

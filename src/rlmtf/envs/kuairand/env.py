@@ -400,6 +400,15 @@ class KuaiRandEnv(Environment):
         st.update_history(g, self.item_tag_weight[items], fb)
         return expit(st.leave_logit[g] + sc.leave_offset + sc.leave_no_long_view * no_lv - sc.leave_like * liked)
 
+    def leave_logits(self, sessions: None, a: np.ndarray, g: np.ndarray, user: np.ndarray, t: np.ndarray,
+                     items: np.ndarray, fb: dict[str, np.ndarray], st: KuaiRandUserState) -> np.ndarray:
+        """In-order consumption: the leave logit after each item j, from items 1..j (no long view among
+        them yet, a like among them), (b, l)."""
+        sc = self.cfg.session
+        no_lv = (np.cumsum(fb["valid"], 1) == 0).astype(np.float64)
+        liked = (np.cumsum(fb["like"], 1) > 0).astype(np.float64)
+        return st.leave_logit[g][:, None] + sc.leave_offset + sc.leave_no_long_view * no_lv - sc.leave_like * liked
+
 
 class KuaiRandUserState(UserState):
     """The engine's per-user state, its history started from the user's training-day statistics, plus the

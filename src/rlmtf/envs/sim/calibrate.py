@@ -83,9 +83,14 @@ def sim_stats(cfg: SimConfig, n_users: int = 2000, seed: int = 12345, days: int 
     sim = Simulator(cfg)
     chunks: list[dict[str, np.ndarray]] = []
     keep = [*RATE_COLUMNS, "watch_ratio"]
+    in_order = cfg.consumption.mode == "in_order"
     sim.run(baseline_policy(cfg.action_space), seed=seed, days=days, users=np.arange(min(n_users, cfg.n_users)),
-            sink=lambda day, cols: chunks.append({k: cols[k] for k in keep}), log_true_scores=False)
-    c = {k: np.concatenate([x[k] for x in chunks]) for k in keep}
+            sink=lambda day, cols: chunks.append({k: cols[k] for k in keep + ["seen"] * in_order}),
+            log_true_scores=False)
+    c = {k: np.concatenate([x[k] for x in chunks]) for k in keep + ["seen"] * in_order}
+    if in_order:  # the rates of what users saw: an unseen item has no feedback
+        seen = c.pop("seen").astype(bool)
+        c = {k: v[seen] for k, v in c.items()}
     ratio = c["watch_ratio"].astype(np.float64)
     return BehaviourStats({k: float(c[k].mean()) for k in RATE_COLUMNS},
                           {q: float(np.quantile(ratio, q)) for q in QUANTILES}, float(ratio.mean()), int(ratio.size))
@@ -148,3 +153,36 @@ def fit_behaviour(cfg: SimConfig, real: BehaviourStats, rounds: int = 8, n_users
         log(f"round {r + 1}/{rounds}: worst rate error {worst:.1%}, p50 {q[0.5]:.3f} p75 {q[0.75]:.3f} "
             f"p90 {q[0.9]:.3f}")
     return dataclasses.replace(cfg, behaviour=b)
+
+
+def session_stats(cfg: SimConfig, n_users: int = 3000, seed: int = 12345, days: int = 2) -> list[dict]:
+    """The baseline policy's session statistics with every list consumed ("all") and in order (the config's
+    in-order offsets), common random numbers: rows of (quantity, all, in_order, relative gap)."""
+    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.policy.fixed import baseline_policy
+
+    out = {}
+    for mode in ("all", "in_order"):
+        c = dataclasses.replace(cfg, consumption=dataclasses.replace(cfg.consumption, mode=mode))
+        r = Simulator(c).run(baseline_policy(c.action_space), seed=seed, days=days,
+                             users=np.arange(min(n_users, c.n_users)), log_true_scores=False)
+        out[mode] = {"consumed items per session": r.items.sum() / max(r.sessions.sum(), 1),
+                     "requests per session": r.requests.sum() / max(r.sessions.sum(), 1),
+                     "sessions per user-day": r.sessions.mean(),
+                     "UVC (valid views per user-day)": r.valid.mean(),
+                     "valid views per consumed item": r.valid.sum() / max(r.items.sum(), 1),
+                     "watch minutes per user-day": r.watch_time.mean() / 60.0}
+    return [{"quantity": k, "all": float(v), "in_order": float(out["in_order"][k]),
+             "gap": float(out["in_order"][k] / v - 1)} for k, v in out["all"].items()]
+
+
+def fit_in_order(cfg: SimConfig, n_users: int = 5000, seed: int = 12345, days: int = 2, log=print) -> dict[str, float]:
+    """The in-order offsets of ``cfg``'s world (:func:`rlmtf.envs.consumption.calibrate_offsets`)."""
+    from rlmtf.envs.consumption import calibrate_offsets
+    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.policy.fixed import baseline_policy
+
+    return calibrate_offsets(lambda c: Simulator(dataclasses.replace(cfg, consumption=c)),
+                             baseline_policy(cfg.action_space), np.arange(min(n_users, cfg.n_users)), seed=seed,
+                             days=days, log=log)
+

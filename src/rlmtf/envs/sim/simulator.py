@@ -14,7 +14,9 @@ calling the hooks of this world:
 3. **Session state.** Satisfaction S moves toward the mean satisfaction of the shown items;
    fatigue F grows with repeated categories and clickbait and decays; after each request the user
    leaves with probability ``sigmoid(leave_bias - leave_satisfaction*S + leave_fatigue*F -
-   patience + leave_per_request*t)`` (``SessionConfig``). Fatigue also lowers engagement.
+   patience + leave_per_request*t)`` (``SessionConfig``). Fatigue also lowers engagement. Under in-order
+   consumption (``consumption.mode``) the same logit, after each item of the list, gives the hazard of
+   leaving there (``rlmtf.envs.consumption``).
 4. **History.** The observable behaviour history (recent categories, valid/watch/like rates,
    today's sessions and minutes) is updated after every request and persists across sessions.
 
@@ -30,6 +32,7 @@ import numpy as np
 from scipy.special import expit
 
 from rlmtf.core import rng as crng
+from rlmtf.envs.consumption import item_mean, prefix_mean
 from rlmtf.envs.engine import (
     RETRIEVAL_BUCKETS,
     Environment,
@@ -159,24 +162,47 @@ class Simulator(Environment):
 
     def update_session(self, sessions: SimSessions, a: np.ndarray, g: np.ndarray, user: np.ndarray, t: np.ndarray,
                        items: np.ndarray, fb: dict[str, np.ndarray], st: SimUserState) -> np.ndarray:
-        """Satisfaction moves toward the shown items' mean; fatigue grows with repeated categories and
+        """Satisfaction moves toward the consumed items' mean; fatigue grows with repeated categories and
         clickbait; P(leave) = sigmoid(leave_bias - leave_satisfaction S + leave_fatigue F - patience +
         leave_per_request t)."""
+        item_sat, repeat, cat_oh = self._item_terms(sessions, a, user, items, fb)
+        sc = self.cfg.session
+        sessions.sat[a] = (1 - sc.satisfaction_rate) * sessions.sat[a] + sc.satisfaction_rate * item_mean(item_sat, fb)
+        sessions.fatigue[a] = (sc.fatigue_decay * sessions.fatigue[a] + sc.fatigue_repeat * item_mean(repeat, fb)
+                               + sc.fatigue_clickbait * item_mean(fb["clickbait"], fb))
+        seen = fb["seen"].astype(bool)[..., None] if "seen" in fb else True
+        sessions.prev_cat[a] = (cat_oh.astype(bool) & seen).any(1)
+        st.update_history(g, cat_oh, fb)
+        return expit(self._leave_logit(sessions.sat[a], sessions.fatigue[a], user, t))
+
+    def leave_logits(self, sessions: SimSessions, a: np.ndarray, g: np.ndarray, user: np.ndarray, t: np.ndarray,
+                     items: np.ndarray, fb: dict[str, np.ndarray], st: SimUserState) -> np.ndarray:
+        """The leave logit after each item j: S and F moved as :meth:`update_session` moves them, with the
+        means over the list taken over items 1..j, (b, l)."""
+        item_sat, repeat, _ = self._item_terms(sessions, a, user, items, fb)
+        sc = self.cfg.session
+        sat = (1 - sc.satisfaction_rate) * sessions.sat[a][:, None] + sc.satisfaction_rate * prefix_mean(item_sat)
+        fatigue = (sc.fatigue_decay * sessions.fatigue[a][:, None] + sc.fatigue_repeat * prefix_mean(repeat)
+                   + sc.fatigue_clickbait * prefix_mean(fb["clickbait"]))
+        return self._leave_logit(sat, fatigue, user[:, None], t[:, None])
+
+    def _item_terms(self, sessions: SimSessions, a: np.ndarray, user: np.ndarray, items: np.ndarray,
+                    fb: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per shown item: its satisfaction (b, l), whether its category repeats one just seen or earlier in
+        the list (b, l), and the category one-hot (b, l, C)."""
         sc = self.cfg.session
         susc = self.users.susceptibility[user][:, None]
         inter = fb["share"] + fb["collect"] + fb["follow"] + fb["comment"]
         item_sat = (sc.sat_watch * np.minimum(fb["watch_ratio"], 1.2) + sc.sat_like * fb["like"]
                     + sc.sat_interact * inter - sc.sat_clickbait * fb["clickbait"] * fb["engaged"] * susc
                     - sc.sat_invalid * (1 - fb["valid"]))
-        sessions.sat[a] = (1 - sc.satisfaction_rate) * sessions.sat[a] + sc.satisfaction_rate * item_sat.mean(1)
         cats = self.items.category[items]  # (b, l)
         cat_oh = self._onehot[cats]  # (b, l, C)
         seen_before = np.take_along_axis(sessions.prev_cat[a], cats, 1)
         dup_in_list = (np.cumsum(cat_oh, 1) * cat_oh).sum(-1) > 1  # category already earlier in this list
-        repeat = (seen_before | dup_in_list).mean(1)
-        sessions.fatigue[a] = (sc.fatigue_decay * sessions.fatigue[a] + sc.fatigue_repeat * repeat
-                               + sc.fatigue_clickbait * fb["clickbait"].mean(1))
-        sessions.prev_cat[a] = cat_oh.any(1)
-        st.update_history(g, cat_oh, fb)
-        return expit(sc.leave_bias - sc.leave_satisfaction * sessions.sat[a] + sc.leave_fatigue * sessions.fatigue[a]
-                     - self.users.patience[user] + sc.leave_per_request * t)
+        return item_sat, (seen_before | dup_in_list).astype(np.float64), cat_oh
+
+    def _leave_logit(self, sat: np.ndarray, fatigue: np.ndarray, user: np.ndarray, t: np.ndarray) -> np.ndarray:
+        sc = self.cfg.session
+        return (sc.leave_bias - sc.leave_satisfaction * sat + sc.leave_fatigue * fatigue - self.users.patience[user]
+                + sc.leave_per_request * t)
