@@ -54,13 +54,19 @@ def test_a_rejected_round_keeps_the_incumbent_and_shrinks_the_box(sim, tmp_path,
     assert res.incumbent.name == "integrated-round2" and res.algo is not None
 
 
-@pytest.mark.parametrize("offline", ["fqe", "critic"])
+@pytest.mark.parametrize("offline", ["dm", "fqe", "critic"])
 def test_the_gate_decides_by_its_offline_and_online_tests(sim, tmp_path, offline):
-    res = run_ptm("integrated", sim, tmp_path / "gated", _cfg(gate=True, train_on="all", gate_offline=offline), SMALL,
-                  TrainConfig(steps=10, eval_every=0), log=lambda s: None)
-    key = "mean" if offline == "fqe" else "lcb"  # FQE: the estimated lift must be > 0; critics: mean - sd
+    # DM needs at least twice as many held-out user-days as regressors (1 + 46 state dims + 10 action dims)
+    more = {"sessions_per_round": 600, "holdout_fraction": 0.5} if offline == "dm" else {}
+    cfg = dataclasses.replace(_cfg(gate=True, train_on="all", gate_offline=offline), **more)
+    res = run_ptm("integrated", sim, tmp_path / "gated", cfg, SMALL, TrainConfig(steps=10, eval_every=0),
+                  log=lambda s: None)
+    key = "lcb" if offline == "critic" else "mean"  # DM, FQE: the estimated lift must be > 0; critics: mean - sd
     for r in res.rows[1:]:
         assert r["gate"] in ("offline", "online", "passed")
+        if offline == "dm":
+            assert "DM" in r["offline"]["estimate"] and r["offline"]["name"] == "DM"
+            assert r["offline"]["ci_low"] < r["offline"]["mean"] < r["offline"]["ci_high"]
         if offline == "fqe":
             assert "FQE" in r["offline"]["estimate"] and r["offline"]["sd"] > 0
             assert r["offline"]["mean"] == pytest.approx(r["offline"]["candidate"] / r["offline"]["incumbent"] - 1,
@@ -74,20 +80,44 @@ def test_the_gate_decides_by_its_offline_and_online_tests(sim, tmp_path, offline
     assert (tmp_path / "gated" / "ptm.png").is_file()
 
 
-def test_the_fqe_estimate_decides_whether_the_ab_runs(sim, monkeypatch):
-    """An FQE lift <= 0 rejects the candidate before any A/B; a positive one hands it to the A/B."""
+@pytest.mark.parametrize("offline", ["dm", "fqe"])
+def test_the_offline_estimate_decides_whether_the_ab_runs(sim, monkeypatch, offline):
+    """A DM / FQE lift <= 0 rejects the candidate before any A/B; a positive one hands it to the A/B."""
     from rlmtf.policy.fixed import baseline_policy
 
     base = baseline_policy(sim.cfg.action_space)
+    other = "_offline_fqe" if offline == "dm" else "_offline_dm"
+    monkeypatch.setattr(ptm_module, other, lambda *a, **k: pytest.fail(f"{other} called"))
     for lift, runs_ab in ((-0.01, False), (0.0, False), (0.01, True)):
-        monkeypatch.setattr(ptm_module, "_offline_fqe",
-                            lambda *a, v=lift, **k: {"estimate": "FQE", "mean": v, "sd": 0.01})
+        monkeypatch.setattr(ptm_module, f"_offline_{offline}",
+                            lambda *a, v=lift, **k: {"estimate": offline, "name": offline, "mean": v, "sd": 0.01})
         calls: list[int] = []
         monkeypatch.setattr(ptm_module, "online_ab", lambda *a, c=calls, **k: c.append(1) or _FakeAB())
         row: dict = {}
-        ok = ptm_module._gate(_cfg(gate=True), 1, sim, base, base, None, np.zeros(3), None, np.arange(500, 580), row,
-                              lambda s: None)
+        ok = ptm_module._gate(_cfg(gate=True, gate_offline=offline), 1, sim, base, base, None, np.zeros(3), None,
+                              np.arange(500, 580), row, lambda s: None)
         assert bool(calls) == runs_ab and ok == runs_ab and row["gate"] == ("passed" if runs_ab else "offline")
+
+
+def test_dm_with_too_few_held_out_days_leaves_the_decision_to_the_ab(sim, tmp_path):
+    res = run_ptm("integrated", sim, tmp_path / "few", dataclasses.replace(_cfg(gate=True), rounds=1), SMALL,
+                  TrainConfig(steps=10, eval_every=0), log=lambda s: None)
+    r = res.rows[1]
+    assert r["offline"]["skipped"] and "too few" in r["offline"]["estimate"] and "gate_ab" in r
+    assert r["accepted"] == (r["gate_ab"]["ci_low"] > 0)
+
+
+def test_an_item_level_candidate_falls_back_from_dm_to_fqe(sim, monkeypatch):
+    from rlmtf.policy.fixed import baseline_policy
+
+    base = baseline_policy(sim.cfg.action_space)
+    monkeypatch.setattr(ptm_module, "_offline_dm", lambda *a, **k: None)  # what it returns for item-level actions
+    monkeypatch.setattr(ptm_module, "_offline_fqe", lambda *a, **k: {"estimate": "FQE", "name": "FQE", "mean": -0.1,
+                                                                     "sd": 0.01})
+    row: dict = {}
+    assert not ptm_module._gate(_cfg(gate=True), 1, sim, base, base, None, np.zeros(3), None, np.arange(500, 580),
+                                row, lambda s: None)
+    assert row["offline"]["name"] == "FQE" and row["gate"] == "offline"
 
 
 class _FakeAB:

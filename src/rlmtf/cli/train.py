@@ -191,9 +191,10 @@ def ptm(
     gate_metric: Annotated[str, typer.Option(help="--gate: the A/B's metric (uvc, udt, sessions, reward).")] = "uvc",
     gate_users: Annotated[int, typer.Option(help="--gate: users of the A/B, the top ids, never explored.")] = 2000,
     gate_days: Annotated[int, typer.Option(help="--gate: days of the A/B.")] = 1,
-    gate_offline: Annotated[str, typer.Option(help="--gate: the offline test before the A/B: fqe (fitted Q "
-                                              "evaluation on held-out user-days), critic (the candidate's own "
-                                              "critics, optimistic) or none.")] = "fqe",
+    gate_offline: Annotated[str, typer.Option(help="--gate: the offline test before the A/B on held-out user-days: "
+                                              "dm (the first-order direct method; FQE for an item-level "
+                                              "candidate), fqe (fitted Q evaluation), critic (the candidate's own "
+                                              "critics, optimistic) or none.")] = "dm",
     gate_fqe_steps: Annotated[int, typer.Option(help="--gate-offline fqe: gradient steps per FQE fit.")] = 4000,
     steps_rule: Annotated[str, typer.Option(help="fixed (every round --steps-per-round) or horizon (a round "
                                             "trained from scratch at least the steps its episode needs, "

@@ -177,7 +177,10 @@ def first_order_dm(t: Transitions, rewards: dict[str, np.ndarray], actions: np.n
         vals, lifts = [], []
         for w in draws:
             xtw = x.T * w
-            coef = np.linalg.solve(xtw @ x + np.diag(pen), xtw @ y)
+            try:
+                coef = np.linalg.solve(xtw @ x + np.diag(pen), xtw @ y)
+            except np.linalg.LinAlgError:  # fewer distinct episodes than regressors: the minimum-norm fit
+                coef = np.linalg.lstsq(xtw @ x + np.diag(pen), xtw @ y, rcond=None)[0]
             base = float((w * y).sum() / w.sum())
             v = base + float((w[:, None] * (x_pol - x_act)).sum(0) / w.sum() @ coef[a_cols])
             vals.append(v)

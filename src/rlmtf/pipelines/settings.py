@@ -45,8 +45,8 @@ class Setting:
     steps: str = "fixed"
     """"fixed": the preset's steps; "horizon": a method trained from scratch runs at least the steps its
     episode's value needs to propagate (``rlmtf.train.loop.horizon_steps``, docs/design.md#how-many-steps)."""
-    gate_offline: str = "fqe"
-    """The progressive-training gate's offline estimate (``rlmtf.pipelines.ptm``)."""
+    gate_offline: str = "dm"
+    """The progressive-training gate's offline estimate (``rlmtf.pipelines.ptm``; FQE until 2026-12-02)."""
 
     def algo_config(self, cfg: Any) -> Any:
         """``cfg`` (an algorithm's config) with this setting's objective, where the config has the fields."""
