@@ -25,9 +25,9 @@ candidate becomes the incumbent only if it passes, in order:
    ``"fqe"`` fits fitted Q evaluation (``rlmtf.eval.fqe``) of the candidate and of the incumbent on the
    held-out days, the lift paired over the bootstrap members (on the few held-out days of a round it
    compounds its own extrapolation at the box's corners: +128% to +238% for candidates at +3.5% to +6.9%
-   online in the simulator, -15% for every first-round candidate in the KuaiRand world). ``"critic"``: the candidate's own critics' advantage over the logged behaviour,
-   mean minus one standard deviation over the critics > 0 (optimistic: those critics trained the
-   candidate). ``"none"``: the A/B only;
+   online in the simulator, -15% for every first-round candidate in the KuaiRand world). ``"critic"``:
+   the candidate's own critics' advantage over the logged behaviour, mean minus one standard deviation
+   over the critics > 0 (optimistic: those critics trained the candidate). ``"none"``: the A/B only;
 2. a simulated A/B against the incumbent on users held out of exploration (the top ``gate_users`` ids of
    the population, a platform's small-traffic test), ``gate_days`` days, a fresh seed per round: the
    lower bound of the one-sided ``gate_confidence`` interval of the ``gate_metric`` lift must be > 0.
@@ -354,7 +354,7 @@ def plot_ptm(rows: list[dict], path: Path, title: str = "Progressive training") 
         labelled = False
         for r in rows[1:]:
             off = r.get("offline", {})
-            if "mean" in off and "name" in off:  # the DM / FQE estimate of the same lift (the stand-in's advantage has other units)
+            if "mean" in off and "name" in off:  # DM / FQE: the same lift (the stand-in's advantage: other units)
                 a3.plot([r["round"] - 0.12], [100 * off["mean"]], "D", color="C7", ms=4,
                         label=None if labelled else f"offline {off['name']} estimate")
                 if "ci_low" in off:
