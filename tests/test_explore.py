@@ -422,3 +422,21 @@ def test_action_noise_clips_near_edges():
     # clipped at +1 when eps > 0.05: P = 1 - Phi(0.25) = 1 - 0.598706 = 0.4013
     assert np.isclose(d.action, 1.0).mean() == pytest.approx(1 - stats.norm.cdf(0.25), abs=0.03)
     assert math.isclose(stats.norm.cdf(0.25), 0.598706, abs_tol=1e-6)
+
+
+def test_exploration_cost_counts_the_top_list_kept():
+    """Without noise the behaviour policy's own top l is always shown (100%, no lift); per-item noise
+    re-ranks far more of it than per-request noise of the same box (each item moves alone)."""
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.eval.exploration import exploration_cost
+    from rlmtf.policy.fixed import baseline_policy
+
+    sim = Simulator(dataclasses.replace(SimConfig(), n_users=300, n_items=2000))
+    rows = exploration_cost(sim, baseline_policy(), (("request", 0.0), ("request", 0.15), ("item", 0.15)),
+                            users=200, seed=1)
+    none, req, item = rows
+    assert none["top_l_kept"] == 1.0 and none["requests"] > 100
+    assert none["uvc"]["lift"] == 0.0 and none["reward"]["lift"] == 0.0  # common random numbers, same actions
+    assert 0.7 < req["top_l_kept"] < 1.0 and item["top_l_kept"] < req["top_l_kept"] - 0.2
+    assert item["reward"]["ci_high"] < 0  # re-ranking the baseline's list at random costs reward

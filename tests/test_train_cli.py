@@ -148,7 +148,15 @@ def test_train_algo_config_file(explore_dir, tmp_path):
 def test_analyze_cli(explore_dir, tmp_path):
     out = cli("analyze", "exploration", "--data", str(explore_dir), "--plot", str(tmp_path / "f.png"), "--json")
     rep = json.loads(out.stdout)
-    assert rep["logged_by"] == "uniform" and (tmp_path / "f.png").stat().st_size > 10_000
+    assert rep["logged_by"] == "uniform" and (tmp_path / "f.png").stat().st_size > 10_000 and rep["cost"] is None
+    cfg = tmp_path / "sim.toml"
+    cfg.write_text("n_users = 300\nn_items = 2000\n")
+    out = cli("analyze", "exploration", "--cost", "--users", "100", "--sim-config", str(cfg), "--json")
+    rows = json.loads(out.stdout)["cost"]
+    assert [(r["per"], r["box"]) for r in rows] == [("request", 0.15), ("day", 0.15), ("item", 0.15), ("item", 0.05)]
+    assert all(0 < r["top_l_kept"] <= 1 for r in rows)
+    p = cli("analyze", "exploration", ok=False)
+    assert p.returncode != 0 and "--cost" in p.stderr
 
 
 @pytest.mark.parametrize("algo", ["ddpg", "cql_sac", "bcq", "iql", "es"])

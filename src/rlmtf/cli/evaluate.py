@@ -20,6 +20,7 @@ from rlmtf.cli.common import (
     check,
     console,
     errors,
+    fail,
     labelled_policies,
     make_env,
     out_console,
@@ -221,27 +222,58 @@ def evaluate_online_cmd(
 
 @analyze_app.command("exploration")
 def analyze_exploration(
-    data: Annotated[Path, typer.Option(help="Logged exploration data.")],
+    data: Annotated[Path | None, typer.Option(help="Logged exploration data (the efficiency report).")] = None,
     sigma: Annotated[float, typer.Option(help="Standard deviation of the action-noise comparator.")] = 0.2,
     plot: Annotated[Path | None, typer.Option(help="Write the action-distribution figure (the paper's Figure 2, "
                                                    "PNG) to this file (default: no figure; DATA is only read).")]
     = None,
+    cost: Annotated[bool, typer.Option("--cost", help="Also simulate what exploring costs the list: for uniform "
+                                       "exploration per request, per day and per item around the baseline, the "
+                                       "share of the baseline's top l still shown and the A/B lifts of exploring "
+                                       "against not exploring.")] = False,
+    users: Annotated[int, typer.Option(help="--cost: users of each A/B (1 day).")] = 3000,
     seed: Annotated[int, typer.Option()] = 0,
+    sim_config: SimConfigOpt = None,
+    env: EnvOpt = "sim",
+    kuairand_dir: KuaiRandDirOpt = None,
+    kuairand_models: KuaiRandModelsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Exploration efficiency of uniform vs action-noise exploration, from the logs and analytically."""
+    """Exploration efficiency of uniform vs action-noise exploration, from the logs and analytically; with
+    --cost, what each exploration granularity costs the shown list and the users (simulated)."""
     import numpy as np
 
     from rlmtf.data.io import read_logs
-    from rlmtf.eval.exploration import analyse, plot_action_distributions
+    from rlmtf.eval.exploration import analyse, exploration_cost, plot_action_distributions
+    from rlmtf.policy.fixed import baseline_policy
 
+    if data is None and not cost:
+        fail("give --data (the efficiency report of logged exploration), --cost (what exploring costs), or both")
+    rep, png, rows = None, None, None
     with errors():
-        logs = read_logs(data)
-        rep = analyse(logs, sigma=sigma, seed=seed)
-        png = plot_action_distributions(logs, plot, sigma=sigma, seed=seed) if plot is not None else None
-    out = {**rep.to_dict(), "plot": str(png) if png is not None else None}
+        if data is not None:
+            logs = read_logs(data)
+            rep = analyse(logs, sigma=sigma, seed=seed)
+            png = plot_action_distributions(logs, plot, sigma=sigma, seed=seed) if plot is not None else None
+        if cost:
+            world = make_env(env, sim_config, kuairand_dir, kuairand_models)
+            with console.status("simulating exploration's cost..."):
+                rows = exploration_cost(world, baseline_policy(world.cfg.action_space), users=users, seed=seed)
+    out = {**(rep.to_dict() if rep is not None else {}), "plot": str(png) if png is not None else None,
+           "cost": rows}
     if json_out:
         print_json(out)
+        return
+    if rows is not None:
+        table = Table(title=f"What exploring costs ({users:,} users x 1 day, against the baseline without noise)")
+        for col in ("exploration", "top-l kept", "UVC", "UDT", "reward / user-day"):
+            table.add_column(col, justify="left" if col == "exploration" else "right")
+        for r in rows:
+            table.add_row(f"uniform per {r['per']} +-{r['box']:g}", f"{r['top_l_kept']:.1%}",
+                          *(f"{r[m]['lift']:+.2%} [{r[m]['ci_low']:+.2%}, {r[m]['ci_high']:+.2%}]"
+                            for m in ("uvc", "udt", "reward")))
+        out_console().print(table)
+    if rep is None:
         return
     console.print(f"{rep.rows:,} logged samples (exploration: {rep.logged_by})")
     console.print(f"  in the box, all {len(rep.in_box_per_dim_logged)} dimensions: logged {rep.in_box_all_logged:.4f}; "

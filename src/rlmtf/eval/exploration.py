@@ -130,3 +130,74 @@ def plot_action_distributions(data: LoggedData, path: str | Path, sigma: float =
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+# --- what exploring costs the list ------------------------------------------------------------------------
+
+#: The exploration settings the cost table compares by default: (granularity, box half-width).
+COST_SETTINGS: tuple[tuple[str, float], ...] = (("request", 0.15), ("day", 0.15), ("item", 0.15), ("item", 0.05))
+
+
+class TopListRecorder:
+    """Wraps an exploring policy and counts, at every request, how much of the behaviour policy's own top l
+    (ranked by its mu_bp, without noise) the explored action still shows. Acts exactly as the wrapped policy."""
+
+    def __init__(self, inner, space, list_len: int):
+        self.inner, self.space, self.l = inner, space, list_len
+        self.kept, self.requests = 0.0, 0
+        for name in ("level", "score_source", "name", "action_space"):
+            setattr(self, name, getattr(inner, name))
+
+    def decide(self, obs):
+        from rlmtf.core.fusion import fused_log_score, rank_top_l
+
+        dec = self.inner.decide(obs)
+
+        def top(a: np.ndarray) -> np.ndarray:
+            a = np.broadcast_to(a, (*obs.mtl_scores.shape[:2], a.shape[-1])) if a.ndim == 3 else a[:, None, :]
+            return rank_top_l(fused_log_score(obs.mtl_scores, a, self.space), self.l)
+
+        mu = np.broadcast_to(dec.mu_bp, dec.action.shape) if dec.mu_bp.ndim < dec.action.ndim else dec.mu_bp
+        ref, shown = top(mu), top(dec.action)  # (B, l) candidate positions
+        self.kept += float((ref[:, :, None] == shown[:, None, :]).any(-1).sum())
+        self.requests += ref.shape[0]
+        return dec
+
+    def act(self, obs):
+        return self.inner.act(obs)
+
+    def rank(self, obs, l):
+        return self.inner.rank(obs, l)
+
+    def observe(self, *args):
+        return self.inner.observe(*args)
+
+    @property
+    def top_l_kept(self) -> float:
+        return self.kept / max(self.requests * self.l, 1)
+
+
+def exploration_cost(env, base, settings=COST_SETTINGS, users: int = 3000, days: int = 1, seed: int = 0,
+                     log=lambda s: None) -> list[dict]:
+    """For each (granularity, box) of uniform exploration around ``base``: the share of ``base``'s top l that
+    stays shown, and what exploring costs online (UVC, UDT and reward per user-day of the exploring policy
+    against ``base`` itself, common random numbers, 95% CIs)."""
+    from rlmtf.envs.collect import behaviour_policy
+    from rlmtf.eval.online import online_ab
+    from rlmtf.policy.base import space_of
+
+    rows = []
+    space = space_of(base, env.cfg.action_space)
+    for per, box in settings:
+        rec = TopListRecorder(behaviour_policy(base, "uniform", per, lower_b=-box, upper_b=box, seed=seed + 1),
+                              space, env.cfg.list_len)
+        rec.name = f"uniform per {per} +-{box:g}"
+        ab = online_ab([base, rec], env, users=users, days=days, seed=seed)
+        lifts = ab.arms[1].lifts
+        row = {"per": per, "box": box, "top_l_kept": rec.top_l_kept, "requests": rec.requests}
+        for m in ("uvc", "udt", "reward"):
+            row[m] = {k: float(lifts[m][k]) for k in ("lift", "ci_low", "ci_high")}
+        log(f"{rec.name}: {row['top_l_kept']:.1%} of the top {env.cfg.list_len} kept, reward per user-day "
+            f"{row['reward']['lift']:+.2%}")
+        rows.append(row)
+    return rows
