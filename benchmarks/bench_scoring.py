@@ -1,5 +1,6 @@
 """In-process scoring latency of a fusion policy on one core: the Enhanced-State actor on every
-candidate (item-level) against one action per request (user-level), plus the fusion and top-k.
+candidate (item-level; the paper's actor and the residual variant's, whose user trunk runs once per request)
+against one action per request (user-level), plus the fusion and top-k.
 
     python benchmarks/bench_scoring.py [--candidates 100 500] [--repeats 300] [--hidden 256,256]
 """
@@ -7,6 +8,7 @@ candidate (item-level) against one action per request (user-level), plus the fus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -44,8 +46,11 @@ def main() -> None:
     cfg = ESRLConfig(hidden=tuple(int(h) for h in a.hidden.split(",")))
     rng = np.random.default_rng(0)
     rows = []
-    for cls in (EnhancedStateRL, IntegratedRL):
-        pol = cls(spec, cfg).policy()
+    residual = dataclasses.replace(cfg, variant="residual")
+    for cls, c, label in ((EnhancedStateRL, cfg, "esrl (item-level)"),
+                          (EnhancedStateRL, residual, "esrl residual (item-level)"),
+                          (IntegratedRL, cfg, "integrated (user-level)")):
+        pol = cls(spec, c).policy()
         for n in a.candidates:
             obs = obs_for(spec, n, rng)
             times = []
@@ -57,16 +62,18 @@ def main() -> None:
                 if i >= 20:  # warm-up excluded
                     times.append(time.perf_counter() - t)
             ms = np.array(times) * 1000
-            rows.append({"policy": f"{cls.kind} ({cls.level}-level)", "candidates": n,
+            rows.append({"policy": label, "candidates": n,
                          "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))})
     out = {"hidden": a.hidden, "threads": 1, "commit": git_commit(), "rows": rows}
     if a.json:
         print(json.dumps(out, indent=2))
         return
     print(f"one core, hidden {a.hidden}, act + fusion + top-5, {a.repeats} repeats")
+    p50 = {(r["policy"], r["candidates"]): r["p50_ms"] for r in rows}
     for r in rows:
         print(f"  {r['policy']:<28} {r['candidates']:>5} candidates  "
-              f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms")
+              f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+              f"p50 / user-level {r['p50_ms'] / p50[('integrated (user-level)', r['candidates'])]:.2f}x")
 
 
 if __name__ == "__main__":

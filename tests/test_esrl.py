@@ -230,3 +230,48 @@ def test_warm_start_keeps_the_previous_policy(logs, tmp_path):
                    algo_cfg=SMALL, warm_start_from=first)
     states = build_transitions(read_logs(other)).enhanced_state[:50].reshape(-1, first.spec.enhanced_state_dim)
     np.testing.assert_array_equal(first.act_states(states), second.act_states(states))
+
+
+# --- the residual variant ----------------------------------------------------------------------------------
+
+def test_residual_actor_bounds_the_correction_and_runs_the_user_trunk_once():
+    """Every item's action is within residual_scale of the request's shared action (when no edge clips
+    it); forward_list on a request's candidates equals forward on them one by one; both parts learn."""
+    from rlmtf.core.nets import ResidualActor
+
+    torch.manual_seed(0)
+    groups = [4, 3, 2, 5, 3]  # three user groups, then the item's features and scores
+    net = ResidualActor(groups, 3, 6, scale=0.05, hidden=(16, 16), item_hidden=(8,), embed_dim=4)
+    b, n = 3, 7
+    user = torch.randn(b, 1, 9).expand(b, n, 9)
+    state = torch.cat([user, torch.randn(b, n, 8)], -1)  # (B, N, 17)
+    flat = state.reshape(-1, 17)
+    out = net(flat).reshape(b, n, 6)
+    torch.testing.assert_close(net.forward_list(state), out)
+    torch.testing.assert_close(net.forward_list(state[:1]), out[:1])  # one request: the serving path
+    shared, corr = net.parts(flat)
+    assert (corr.abs() <= 0.05 + 1e-7).all() and corr.abs().max() > 0
+    shared = shared.reshape(b, n, 6)
+    assert torch.equal(shared, shared[:, :1].expand(b, n, 6))  # one shared action per request
+    inside = (shared.abs() < 0.95)
+    assert ((out - shared).abs()[inside] <= 0.05 + 1e-6).all()
+    out.sum().backward()
+    assert net.shared[0].weight.grad.abs().sum() > 0 and net.correction[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="n_user_groups"):
+        ResidualActor(groups, 5, 6, scale=0.05)
+
+
+def test_residual_variant_is_item_level_only():
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.world import feature_spec
+
+    spec = feature_spec(SimConfig())
+    with pytest.raises(ValueError, match="variant 'residual'"):
+        IntegratedRL(spec, ESRLConfig(variant="residual", hidden=(8, 8)))
+    algo = EnhancedStateRL(spec, ESRLConfig(variant="residual", hidden=(8, 8), ensemble_size=2), seed=0)
+    dims = algo.group_dims(spec)
+    states = np.random.default_rng(0).random((2, 5, sum(dims))).astype(np.float32)
+    states[:, :, :sum(dims[:3])] = states[:, :1, :sum(dims[:3])]  # one user state per request
+    a = algo.act_states(states)
+    assert a.shape == (2, 5, spec.action_dim)
+    np.testing.assert_allclose(a, algo.act_states(states.reshape(10, -1)).reshape(2, 5, -1), atol=1e-6)

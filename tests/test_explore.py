@@ -440,3 +440,42 @@ def test_exploration_cost_counts_the_top_list_kept():
     assert none["uvc"]["lift"] == 0.0 and none["reward"]["lift"] == 0.0  # common random numbers, same actions
     assert 0.7 < req["top_l_kept"] < 1.0 and item["top_l_kept"] < req["top_l_kept"] - 0.2
     assert item["reward"]["ci_high"] < 0  # re-ranking the baseline's list at random costs reward
+
+
+def test_day_item_exploration_adds_a_daily_and_a_per_item_draw():
+    """The residual variant's data: every candidate of a user's day shares the day's draw, each candidate adds
+    its own within +-item_box; the logged box is the sum of the two and holds every action."""
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.policy import SharedItemExploration
+    from rlmtf.policy.fixed import baseline_policy
+
+    sim = Simulator(dataclasses.replace(SimConfig(), n_users=200, n_items=2000))
+    pol = SharedItemExploration(baseline_policy(), -0.15, 0.15, -0.05, 0.05, seed=3)
+    assert pol.level == "item"
+    got = []
+
+    class Spy(baseline_policy().__class__):
+        level = "item"
+
+        def decide(self, obs):
+            d = pol.decide(obs)
+            got.append((obs.user_day_key.copy(), d))
+            return d
+
+        def act(self, obs):
+            return self.decide(obs).action
+
+    sim.run(Spy(baseline_policy().action), seed=2, days=1, users=np.arange(100))
+    day_keys = np.concatenate([k for k, _ in got])
+    acts = np.concatenate([d.action for _, d in got])  # (R, N, A)
+    mu = np.concatenate([d.mu_bp for _, d in got])
+    lo, hi = np.concatenate([d.lower_b for _, d in got]), np.concatenate([d.upper_b for _, d in got])
+    assert np.allclose(hi[..., :8] - lo[..., :8], 0.4)  # 0.3 day + 0.1 item where no edge clips the box
+    assert ((acts >= mu + lo - 1e-6) & (acts <= mu + hi + 1e-6)).all()
+    eps = acts - mu
+    # within a user-day the candidates' noise differs by at most the item box; across days by up to the day box
+    same = day_keys == day_keys[0]
+    spread_within = np.ptp(eps[same][..., :8].reshape(-1, 8), axis=0)
+    assert (spread_within <= 0.1 + 1e-5).all() and (spread_within > 0.05).all()
+    assert np.ptp(eps[..., :8].mean(1), axis=0).max() > 0.2

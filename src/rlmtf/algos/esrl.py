@@ -16,6 +16,12 @@ Formula 7 sits inside the TD target (see ``losses.td_target``); inputs are stand
 training-set statistics; each feature group gets its own embedding before the MLP trunk; the actor
 starts from the behaviour policy (``warmup_steps`` of regression on mu_bp).
 
+Variants (``ESRLConfig.variant``, ``docs/design.md#enhanced-state-rl-variants``): ``"paper"`` is the paper's
+actor, one free action per user-item pair. ``"residual"``: the action of a pair is a shared user-level action
+plus a per-item correction bounded by ``residual_scale`` (:class:`rlmtf.core.nets.ResidualActor`), so that
+per-item actions adjust the fusion of the request instead of replacing it (a free per-item power re-ranks the
+list by itself); its serving cost is one user-level trunk per request plus a small head per candidate.
+
 IntegratedRL-MTF (``integrated.py``) is the same algorithm on the user state with one action per
 request. Both build on :class:`EnsembleActorCritic`, which holds everything but the level: the networks,
 the warm start, the update and the state. It reads a batch through the hooks of
@@ -42,7 +48,7 @@ from rlmtf.algos.losses import (
     td_target,
 )
 from rlmtf.core.bellman import discounts
-from rlmtf.core.nets import Actor, CriticEnsemble
+from rlmtf.core.nets import Actor, CriticEnsemble, ResidualActor
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions
 from rlmtf.policy.base import RequestObs
@@ -71,6 +77,13 @@ class ESRLConfig(ActorCriticConfig):
     so that training starts from the behaviour policy inside the exploration box. Without it a random
     actor sits far outside the box, where d() = exp(distance / (beta * width)) is astronomically large
     and swamps both losses."""
+    variant: Literal["paper", "residual"] = "paper"
+    """Enhanced-State RL's actor: "paper" (a free action per user-item pair) or "residual" (a shared
+    user-level action plus a per-item correction of at most ``residual_scale``; module docstring)."""
+    residual_scale: float = 0.05
+    """"residual": the bound of the per-item correction per action dimension."""
+    item_hidden: tuple[int, ...] = (64,)
+    """"residual": hidden layers of the per-item correction head."""
 
     @property
     def polyak_rate(self) -> float:
@@ -91,12 +104,19 @@ class EnsembleActorCritic(Algorithm):
         cfg = self.cfg
         dims = self.group_dims(spec)
         a = spec.action_dim
-        self.actor = Actor(dims, a, cfg.hidden, cfg.embed_dim).to(self.device)
+        self.actor = self.make_actor(dims, a).to(self.device)
         self.critic = CriticEnsemble(dims, a, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
         self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
         self.critic_opt = self.adam(self.critic.parameters(), cfg.critic_lr)
+
+    def make_actor(self, dims: list[int], action_dim: int) -> torch.nn.Module:
+        """The actor network (the paper's: one MLP from the state to the action)."""
+        if self.cfg.variant != "paper":
+            raise ValueError(f"{self.kind}: variant {self.cfg.variant!r} is an item-level actor; this algorithm "
+                             "acts per request (variant 'paper')")
+        return Actor(dims, action_dim, self.cfg.hidden, self.cfg.embed_dim)
 
     # --- evaluation -----------------------------------------------------------------------------------
 
@@ -200,6 +220,22 @@ class EnhancedStateRL(EnsembleActorCritic):
         """Feature groups of the state the networks read: the enhanced state."""
         return [spec.user_profile.dim, spec.user_history.dim, spec.context.dim, spec.item_features.dim,
                 len(spec.mtl_tasks)]
+
+    def make_actor(self, dims: list[int], action_dim: int) -> torch.nn.Module:
+        """The paper's actor, or the residual one (its first three groups are the user state)."""
+        cfg = self.cfg
+        if cfg.variant == "residual":
+            return ResidualActor(dims, 3, action_dim, cfg.residual_scale, cfg.hidden, cfg.item_hidden, cfg.embed_dim)
+        return Actor(dims, action_dim, cfg.hidden, cfg.embed_dim)
+
+    @torch.no_grad()
+    def act_states(self, states: np.ndarray) -> np.ndarray:
+        """Actions (B, N, A) for a request's candidates (B, N, D); the residual actor runs its user trunk once
+        per request (any other shape: per state, as every algorithm)."""
+        if self.cfg.variant != "residual" or states.ndim != 3:
+            return super().act_states(states)
+        x = torch.as_tensor(np.ascontiguousarray(states), dtype=torch.float32, device=self.device)
+        return self.actor.forward_list(x).cpu().numpy()
 
     @staticmethod
     def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Networks shared by the RL algorithms: a state encoder, an actor, and a vectorised critic ensemble.
+"""Networks shared by the RL algorithms: a state encoder, an actor (and the residual item-level actor of
+Enhanced-State RL's ``residual`` variant), and a vectorised critic ensemble.
 
 The state is a flat float vector made of named feature groups (see :mod:`rlmtf.core.schema`): for the
 user state ``user_profile ++ user_history ++ context``; for the enhanced state those plus
@@ -107,6 +108,75 @@ class Actor(nn.Module):
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(state))
+
+
+class ResidualActor(nn.Module):
+    """An item-level actor whose action is a shared user-level action plus a bounded per-item correction:
+    mu(s_tj) = clip(u(s_t) + scale * tanh(c(h(s_t), x_j)), -1, 1), where the first ``n_user_groups`` groups
+    of the enhanced state are the user state s_t, h its trunk's last hidden layer, u = tanh(linear(h)) the
+    shared action and x_j the item's own groups (features, MTL scores). Every item of a request gets the
+    same u; no item's action can leave u by more than ``scale`` per dimension.
+
+    ``forward`` takes flat enhanced states (S, D) like :class:`Actor`; ``forward_list`` takes a request's
+    candidates (B, N, D), whose user groups are equal along N, and runs the user trunk once per request."""
+
+    def __init__(self, group_dims: list[int], n_user_groups: int, action_dim: int, scale: float,
+                 hidden: tuple[int, ...] = (256, 256), item_hidden: tuple[int, ...] = (64,), embed_dim: int = 32):
+        super().__init__()
+        if not 0 < n_user_groups < len(group_dims):
+            raise ValueError(f"n_user_groups must be in [1, {len(group_dims) - 1}], got {n_user_groups}")
+        if not scale >= 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        self.encoder = StateEncoder(group_dims, embed_dim)
+        self.n_user_groups = n_user_groups
+        per_group = [embed_dim] * len(group_dims) if embed_dim > 0 else list(group_dims)
+        self.user_out = sum(per_group[:n_user_groups])
+        self.trunk = nn.Sequential(*mlp([self.user_out, *hidden]), nn.ReLU())
+        self.shared = nn.Sequential(nn.Linear(hidden[-1], action_dim), nn.Tanh())
+        self.correction = mlp([hidden[-1] + self.encoder.out_dim - self.user_out, *item_hidden, action_dim],
+                              nn.Tanh())
+        self.scale = float(scale)
+
+    def parts(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shared action, correction) for flat states (S, D): (S, A) each, the correction in [-scale, scale]."""
+        z = self.encoder(state)
+        h = self.trunk(z[..., :self.user_out])
+        return self.shared(h), self.scale * self.correction(torch.cat([h, z[..., self.user_out:]], -1))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        shared, corr = self.parts(state)
+        return (shared + corr).clamp(-1.0, 1.0)
+
+    def forward_list(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, N, A): the same function as ``forward`` on the flattened states, computed for
+        serving: the user groups are encoded and the trunk run once per request (from its first candidate),
+        and the correction's first layer is split into its user part (once per request, folded into the
+        bias) and its item part (per candidate), so that a candidate costs only its own groups' embedding
+        and the small head. The group embeddings run one by one here (a block-diagonal weight is rebuilt on
+        every call, which costs more than the few rows of a request)."""
+        enc, g = self.encoder, self.n_user_groups
+        bounds = [0, *torch.tensor(enc.group_dims).cumsum(0).tolist()]
+        ud = bounds[g]
+
+        def embed(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # groups lo..hi-1 of standardised x
+            if not enc.embeds:
+                return x
+            off = bounds[lo]
+            return torch.cat([enc.embeds[k](x[..., bounds[k] - off: bounds[k + 1] - off]) for k in range(lo, hi)], -1)
+
+        user = standardise(state[:, 0, :ud], enc.mean[:ud], enc.std[:ud])  # (B, D_user)
+        h = self.trunk(embed(user, 0, g))  # (B, H)
+        items = embed(standardise(state[..., ud:], enc.mean[ud:], enc.std[ud:]), g, len(enc.group_dims))
+        first = self.correction[0]
+        hid = h.shape[-1]
+        bias = torch.addmm(first.bias, h, first.weight[:, :hid].t())  # (B, k): the user part of the first layer
+        w_item = first.weight[:, hid:].t()  # (D_item_embedded, k)
+        if items.shape[0] == 1:  # one request (serving): a plain 2-D addmm
+            pre = torch.addmm(bias[0], items[0], w_item)[None]
+        else:
+            pre = torch.baddbmm(bias[:, None, :], items, w_item.expand(items.shape[0], -1, -1))
+        corr = self.scale * self.correction[1:](pre)
+        return (self.shared(h)[:, None, :] + corr).clamp(-1.0, 1.0)
 
 
 class VectorizedLinear(nn.Module):

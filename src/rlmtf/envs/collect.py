@@ -13,17 +13,24 @@ from rlmtf.core.schema import DatasetMeta
 from rlmtf.data.writer import LogWriter
 from rlmtf.envs.engine import Environment, RunResult
 from rlmtf.policy.base import Policy
-from rlmtf.policy.explore import ActionNoiseExploration, UniformExploration
+from rlmtf.policy.explore import ActionNoiseExploration, SharedItemExploration, UniformExploration
 
 Explore = Literal["none", "uniform", "noise"]
 
 
-def behaviour_policy(base: Policy, explore: Explore = "uniform", per: Literal["request", "item", "day"] = "request",
-                     lower_b: float = -0.15, upper_b: float = 0.15, sigma: float = 0.2, seed: int = 0,
-                     edge: Literal["clip", "shift"] = "clip") -> Policy:
-    """Wrap ``base`` in the exploration of ``docs/design.md#exploration`` (or return it for ``explore="none"``)."""
+def behaviour_policy(base: Policy, explore: Explore = "uniform",
+                     per: Literal["request", "item", "day", "request+item", "day+item"] = "request",
+                     lower_b: float = -0.15,
+                     upper_b: float = 0.15, sigma: float = 0.2, seed: int = 0, edge: Literal["clip", "shift"] = "clip",
+                     item_box: float = 0.05) -> Policy:
+    """Wrap ``base`` in the exploration of ``docs/design.md#exploration`` (or return it for ``explore="none"``).
+    ``per="day+item"`` / ``"request+item"``: uniform noise per user-day / request in [lower_b, upper_b] plus
+    per user-item pair in [-item_box, item_box] (:class:`SharedItemExploration`)."""
     if explore == "none":
         return base
+    if explore == "uniform" and per in ("day+item", "request+item"):
+        return SharedItemExploration(base, lower_b, upper_b, -item_box, item_box, seed=seed, edge=edge,
+                                     shared_per=per.split("+")[0])
     if explore == "uniform":
         return UniformExploration(base, lower_b, upper_b, per=per, seed=seed, edge=edge)
     if explore == "noise":

@@ -62,7 +62,10 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("integrated_once", "IntegratedRL-MTF w/o PTM"),
     ("integrated", "IntegratedRL-MTF"),
     ("esrl", "Enhanced-State RL"),
+    ("esrl_residual", "Enhanced-State RL (residual)"),
 )
+#: a method that is another algorithm's variant: method -> (algorithm, config fields)
+VARIANT_OF: dict[str, tuple[str, dict]] = {"esrl_residual": ("esrl", {"variant": "residual"})}
 LABELS = dict(METHODS)
 OFFLINE_BASELINES = ("ddpg", "cql_sac", "bcq", "iql")
 TABLE1 = ("es", "ddpg", "cql_sac", "bcq", "iql", "integrated_once", "integrated")
@@ -141,8 +144,9 @@ def algo_config(kind: str, preset: Preset, setting: Setting = SETTINGS["paper"])
     the field exists."""
     from rlmtf.algos import algorithm_class
 
+    kind, fields = VARIANT_OF.get(kind, (kind, {}))
     config_cls = algorithm_class(kind).config_cls
-    want = {"hidden": preset.hidden, "embed_dim": preset.embed_dim, "batch_size": preset.batch_size,
+    want = {**fields, "hidden": preset.hidden, "embed_dim": preset.embed_dim, "batch_size": preset.batch_size,
             "ensemble_size": preset.ensemble_size, "warmup_steps": preset.warmup_steps, "popsize": preset.es_popsize,
             "sessions_per_candidate": preset.es_sessions_per_candidate}
     names = {f.name for f in dataclasses.fields(config_cls)}
@@ -202,15 +206,15 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
     data_dirs: list[Path] = []
     ptm_rows: dict[str, list[dict]] = {}
     runs: dict[str, str] = {}
-    for kind in ("integrated", "esrl"):
+    for kind in ("integrated", "esrl", "esrl_residual"):
         needs_data = set(methods) & {*OFFLINE_BASELINES, "integrated_once", "es"}  # the PTM rounds' logs
         if kind not in methods and not (kind == "integrated" and needs_data):
             continue
         t = time.perf_counter()
         log(f"seed {seed}: {LABELS[kind]} with progressive training ({preset.rounds} rounds)")
         ptm_cfg = dataclasses.replace(ptm_base, **setting.ptm_fields(kind))
-        res = run_ptm(kind, sim, out / f"ptm_{kind}", ptm_cfg, algo_config(kind, preset, setting), train_cfg,
-                      log=log, test_dir=test_dir)
+        res = run_ptm(VARIANT_OF.get(kind, (kind,))[0], sim, out / f"ptm_{kind}", ptm_cfg,
+                      algo_config(kind, preset, setting), train_cfg, log=log, test_dir=test_dir)
         ptm_rows[kind] = res.rows
         policies[kind] = res.incumbent  # the paper: the last round's; gated: the last accepted (or the baseline)
         policies[kind].name = LABELS[kind]
@@ -381,6 +385,10 @@ def build_tables(results: list[SeedResult]) -> dict:
               gauc_entry("3", "esrl", "integrated", results, PAPER_GAUC_T3["esrl"])]
         t4 = [lift_entry("4", "esrl", "integrated", metric, results, PAPER_LIFT_ESRL.get(metric))
               for metric in METRICS]
+    if "integrated" in have and "esrl_residual" in have:  # the variant beside the paper's actor
+        t3 = (t3 or [gauc_entry("3", "integrated", None, results, PAPER_GAUC_T3["integrated"])]) + [
+            gauc_entry("3", "esrl_residual", "integrated", results, None)]
+        t4 += [lift_entry("4", "esrl_residual", "integrated", metric, results, None) for metric in METRICS]
     t5 = [lift_entry("5", m, control, metric, results, None) for m in have
           for control in ("baseline", "fixed") if control != m and (control == "baseline" or "fixed" in have)
           for metric in TABLE5_METRICS]
@@ -463,7 +471,7 @@ def finish(out: Path, results: list[SeedResult], meta: dict, log: Callable[[str]
     seeds = ", ".join(f"seed_{r.seed}" for r in results)
     log(f"wrote {', '.join(files)} into {out}, and per seed ({seeds}) the test set and every method's run "
         f"(config.json, metrics.jsonl, checkpoint/, policy/); progressive training's per-round data and policies "
-        f"are in seed_N/ptm_integrated|ptm_esrl/round_K/{{data,run/policy}} ({meta['seconds'] / 60:.1f} min)")
+        f"are in seed_N/ptm_<method>/round_K/{{data,run/policy}} ({meta['seconds'] / 60:.1f} min)")
     tables["preset"] = meta["preset"]["name"]
     return tables
 

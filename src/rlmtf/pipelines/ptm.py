@@ -118,8 +118,11 @@ class PTMConfig:
     train_on: str = "round"
     """"round": train each round on its own logs (the paper); "all": on the logs of every round so far."""
     per: str | None = None
-    """Exploration noise per "request", "item" or "day" (a user's whole day); None: per item for Enhanced-State
-    RL, per request for IntegratedRL-MTF (the paper's)."""
+    """Exploration noise per "request", "item" or "day" (a user's whole day), or "request+item" / "day+item"
+    (that plus small per-item noise of ``item_box``: the residual variant's data); None: per item for
+    Enhanced-State RL, per request for IntegratedRL-MTF (the paper's)."""
+    item_box: float = 0.05
+    """Half-width of the per-item noise of "request+item" / "day+item" (it does not shrink with the box)."""
     edge: str = "clip"
     """Exploration at the action space's edge: "clip" (the paper) or "shift" the box inside (a dimension at
     an edge can come back; ``rlmtf.policy.explore.UniformExploration``)."""
@@ -137,8 +140,10 @@ class PTMConfig:
             raise ValueError(f"train_on must be 'round' or 'all', got {self.train_on!r}")
         if self.edge not in ("clip", "shift"):
             raise ValueError(f"edge must be clip or shift, got {self.edge!r}")
-        if self.per not in (None, "request", "item", "day"):
-            raise ValueError(f"per must be request, item or day, got {self.per!r}")
+        if self.per not in (None, "request", "item", "day", "request+item", "day+item"):
+            raise ValueError(f"per must be request, item, day, request+item or day+item, got {self.per!r}")
+        if not 0 <= self.item_box <= 1:
+            raise ValueError(f"item_box must be in [0, 1], got {self.item_box}")
         if self.gate_offline not in ("dm", "fqe", "critic", "none") or self.gate_fqe_steps < 1:
             raise ValueError(f"gate_offline must be dm, fqe, critic or none and gate_fqe_steps >= 1, got "
                              f"{self.gate_offline!r}, {self.gate_fqe_steps}")
@@ -182,7 +187,8 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
         rd = out / f"round_{k}"
         log(f"round {k}/{cfg.rounds}: exploring around {behaviour.name} (box +-{box:.3g})")
         simulate_to_parquet(sim, behaviour_policy(behaviour, "uniform", per, lower_b=-box, upper_b=box,
-                                                  seed=cfg.seed + k, edge=cfg.edge), rd / "data", seed=cfg.seed + k,
+                                                  seed=cfg.seed + k, edge=cfg.edge, item_box=cfg.item_box),
+                            rd / "data", seed=cfg.seed + k,
                             sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True, workers=cfg.workers,
                             progress=progress, users=explore_ids)
         data_dirs.append(rd / "data")

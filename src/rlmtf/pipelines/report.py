@@ -20,6 +20,9 @@ import numpy as np
 from rlmtf.pipelines.paper import LABELS, METHODS
 from rlmtf.pipelines.tables import preset_note, tables_markdown
 
+#: the methods trained by progressive training (the first: IntegratedRL-MTF, the others Enhanced-State RL)
+PTM_KINDS = ("integrated", "esrl", "esrl_residual")
+
 
 def _plt():
     import matplotlib
@@ -44,12 +47,12 @@ def _img_file(path: Path) -> str:
 def fig_gauc(tables: dict) -> str:
     """Bars from 0.5 (a random ranking), so that their lengths compare; the value at the end of each."""
     plt = _plt()
-    rows = [e for e in tables["table1"]] + [e for e in tables["table3"] if e["method"] == "esrl"]
+    rows = [e for e in tables["table1"]] + [e for e in tables["table3"] if e["method"] in PTM_KINDS[1:]]
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
     y = np.arange(len(rows))
     means = np.array([e["mean"] for e in rows])
     err = np.array([e["std"] if e["std"] is not None and np.isfinite(e["std"]) else 0.0 for e in rows])
-    ax.barh(y, means - 0.5, left=0.5, xerr=err, color=["C3" if e["method"] == "esrl" else
+    ax.barh(y, means - 0.5, left=0.5, xerr=err, color=["C3" if e["method"] in PTM_KINDS[1:] else
                                                        "C7" if e["method"] == "baseline" else "C0" for e in rows],
             alpha=0.8, capsize=3)
     for yi, m, s in zip(y, means, err, strict=True):
@@ -88,7 +91,7 @@ def fig_lifts(tables: dict) -> str | None:
 
 
 def fig_ptm(results) -> str | None:
-    kinds = [k for k in ("integrated", "esrl") if all(k in r.ptm for r in results)]
+    kinds = [k for k in PTM_KINDS if all(k in r.ptm for r in results)]
     if not kinds:
         return None
     plt = _plt()
@@ -117,7 +120,7 @@ def fig_ptm_actions(results) -> str | None:
     """Mean action of each round's policy on the test set: where progressive training moves the policy."""
     from rlmtf.core.fusion import ActionSpace
 
-    kinds = [k for k in ("integrated", "esrl") if all(k in r.ptm for r in results)
+    kinds = [k for k in PTM_KINDS if all(k in r.ptm for r in results)
              and all("mean_action" in row for row in results[0].ptm[k])]
     if not kinds:
         return None
@@ -203,7 +206,7 @@ def fig_training(results) -> str | None:
         if m != "es":
             ax.set_yscale("symlog", linthresh=1e-2)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(LABELS[m] + (" (last PTM round)" if m in ("integrated", "esrl") else ""), fontsize=9)
+        ax.set_title(LABELS[m] + (" (last PTM round)" if m in PTM_KINDS else ""), fontsize=9)
         ax.set_xlabel("generation" if m == "es" else "step", fontsize=8)
         ax.set_ylabel("fitness (linear)" if m == "es" else "loss (symlog)", fontsize=8)
         ax.legend(fontsize=6)

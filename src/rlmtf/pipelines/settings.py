@@ -55,8 +55,9 @@ class Setting:
         return dataclasses.replace(cfg, **{k: v for k, v in want.items() if k in names and v is not None})
 
     def ptm_fields(self, kind: str) -> dict:
-        """The PTMConfig fields of this setting for ``kind`` (Enhanced-State RL keeps its per-item noise)."""
-        per = self.per if kind == "integrated" else None
+        """The PTMConfig fields of this setting for ``kind`` (Enhanced-State RL keeps its per-item noise; its
+        residual variant explores like IntegratedRL-MTF plus small per-item noise on the correction)."""
+        per = {"integrated": self.per, "esrl_residual": f"{self.per or 'request'}+item"}.get(kind)
         return {"gate": self.gate, "train_on": self.train_on, "per": per, "edge": self.edge,
                 "steps_rule": self.steps, "gate_offline": self.gate_offline}
 

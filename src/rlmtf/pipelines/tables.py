@@ -70,9 +70,10 @@ def tables_markdown(tables: dict) -> str:
                          f"{_num(e['paper'])} |")
     if tables["table4"]:
         lines += ["", "## Table 4: Enhanced-State RL's simulated online lifts over IntegratedRL-MTF", "",
-                  "| metric | lift | 95% CI | p | per-seed sd | paper |", "|---|---|---|---|---|---|"]
+                  "| method | metric | lift | 95% CI | p | per-seed sd | paper |", "|---|---|---|---|---|---|---|"]
         for e in tables["table4"]:
-            lines.append(f"| {e['metric'].removesuffix('_lift')} | {_pct(e['mean'])} | [{_pct(e['ci_low'])}, "
+            lines.append(f"| {e['label']} | {e['metric'].removesuffix('_lift')} | {_pct(e['mean'])} | "
+                         f"[{_pct(e['ci_low'])}, "
                          f"{_pct(e['ci_high'])}] | {_p(e['p_value'])} | {_sd(e['std'])} | "
                          f"{_pct(e['paper']) if e['paper'] is not None else '—'} |")
     if tables.get("table5"):

@@ -8,6 +8,9 @@ every request of a user's day carries the same noise, so that the logs show what
 whole day, return visits included; the environments' requests carry the key it needs). Every sample
 records mu_bp, lower_b, upper_b and the action.
 
+``SharedItemExploration``: per-day (or per-request) noise on the shared action plus small per-item noise
+(Enhanced-State RL's residual variant).
+
 ``ActionNoiseExploration``: the comparator ``eps ~ N(0, sigma)``, sigma = 0.2. It logs the same
 nominal box so that an analysis can count how many of its samples land inside it.
 
@@ -25,7 +28,7 @@ import numpy as np
 from rlmtf.core import rng as crng
 from rlmtf.policy.base import Decision, Policy, RequestObs, check_actions
 
-_S_UNIFORM, _S_NOISE = 311, 312
+_S_UNIFORM, _S_NOISE, _S_ITEM = 311, 312, 313
 
 
 def _bounds(value: float | np.ndarray, name: str) -> np.ndarray:
@@ -119,6 +122,44 @@ class UniformExploration(_Exploration):
                             upper_b=(hi - mu).astype(np.float32))
         eps = self._align(lower_b + (upper_b - lower_b) * u, mu)
         return Decision(action=np.clip(mu + eps, -1.0, 1.0), mu_bp=mu, lower_b=lower_b, upper_b=upper_b)
+
+
+class SharedItemExploration(_Exploration):
+    """Two levels of uniform noise (the data of Enhanced-State RL's residual variant): one draw per user-day
+    (``shared_per="day"``) or per request on the shared action, in ``[lower_b, upper_b]`` as
+    :class:`UniformExploration` draws it, plus one draw per user-item pair in ``[item_lower_b, item_upper_b]``,
+    clipped to [-1, 1]. The shared noise shows what a fusion does to a whole day (or request); the item's,
+    kept small, what a correction does to one item without re-ranking the whole list. Logged per item: mu_bp
+    and the box of the sum (the shared box plus the item's); the density in it is the convolution of the two
+    uniforms, not uniform, which only importance weights would need (item-level logs get none)."""
+
+    def __init__(self, base: Policy, lower_b: float | np.ndarray = -0.15, upper_b: float | np.ndarray = 0.15,
+                 item_lower_b: float | np.ndarray = -0.05, item_upper_b: float | np.ndarray = 0.05, seed: int = 0,
+                 edge: Literal["clip", "shift"] = "clip", shared_per: Literal["request", "day"] = "day"):
+        super().__init__(base, "item", seed)
+        if shared_per not in ("request", "day"):
+            raise ValueError(f"shared_per must be 'request' or 'day', got {shared_per!r}")
+        self.day = UniformExploration(base, lower_b, upper_b, per=shared_per, seed=seed, edge=edge)
+        self.lower_b, self.upper_b = self.day.lower_b, self.day.upper_b
+        self.item_lower_b, self.item_upper_b = _bounds(item_lower_b, "item_lower_b"), _bounds(item_upper_b,
+                                                                                              "item_upper_b")
+        if np.any(self.item_lower_b > self.item_upper_b):
+            raise ValueError("item_lower_b > item_upper_b")
+        self.name = f"{base.name}+uniform {shared_per}+item"
+
+    def decide(self, obs: RequestObs) -> Decision:
+        d = self.day.decide(obs)
+        b, n, a = obs.batch_size, obs.n_candidates, d.action.shape[-1]
+
+        def per_item(x: np.ndarray) -> np.ndarray:  # (A,), (B, A) or (B, N, A) -> (B, N, A)
+            x = np.asarray(x, np.float32)
+            return np.broadcast_to(x[:, None, :] if x.ndim == 2 else x, (b, n, a))
+
+        lo, hi = _fit(self.item_lower_b, a, "item_lower_b"), _fit(self.item_upper_b, a, "item_upper_b")
+        u = crng.uniforms16(crng.key(self.seed, obs.request_key[:, None], np.arange(n)), _S_ITEM, a)  # (B, N, A)
+        action = np.clip(per_item(d.action) + lo + (hi - lo) * u, -1.0, 1.0).astype(np.float32)
+        return Decision(action=action, mu_bp=per_item(d.mu_bp).copy(), lower_b=(per_item(d.lower_b) + lo),
+                        upper_b=(per_item(d.upper_b) + hi))
 
 
 class ActionNoiseExploration(_Exploration):
