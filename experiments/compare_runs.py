@@ -25,14 +25,17 @@ from rlmtf.pipelines.paper import LABELS, SeedResult, lift_entry, load_seed_resu
 METRICS = ("uvc", "udt", "reward")
 
 
-def merged(runs: list[Path]) -> list[SeedResult]:
-    """Per seed: the per-user outcomes of every run's methods in one SeedResult (baseline checked equal)."""
+def merged(runs: list[Path], finished_only: bool = False) -> list[SeedResult]:
+    """Per seed: the per-user outcomes of every run's methods in one SeedResult (baseline checked equal);
+    ``finished_only``: leave out the seeds some run has not finished (else that is an error)."""
     seeds = sorted({p.name for r in runs for p in r.glob("seed_*")})
     out = []
     for name in seeds:
         parts = [load_seed_result(r / name) for r in runs]
         if any(p is None for p in parts):
-            raise SystemExit(f"{name}: not finished in every run")
+            if finished_only:
+                continue
+            raise SystemExit(f"{name}: not finished in every run (--finished-only leaves it out)")
         base = parts[0].per_user["baseline"]
         for r, p in zip(runs[1:], parts[1:], strict=True):
             for m in METRICS:
@@ -55,10 +58,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--finished-only", action="store_true", help="compare on the seeds every run has finished")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     log = file_logger(a.out / "log.txt")
-    results = merged(a.runs)
+    results = merged(a.runs, a.finished_only)
+    if not results:
+        raise SystemExit("no seed finished in every run")
     methods = [m for m in results[0].per_user if all(m in r.per_user for r in results)]
     rows = []
     for method, control in itertools.permutations(methods, 2):
@@ -68,7 +74,7 @@ def main() -> None:
             seeds = ", ".join(f"{x:+.2%}" for x in e["per_seed"])
             log(f"{LABELS.get(method, method)} vs {LABELS.get(control, control)}: {metric} {e['mean']:+.2%} "
                 f"[{e['ci_low']:+.2%}, {e['ci_high']:+.2%}] (per seed {seeds})")
-    write_summary(a.out, {"runs": [str(r) for r in a.runs], "out": a.out},
+    write_summary(a.out, {"runs": [str(r) for r in a.runs], "out": a.out, "finished_only": a.finished_only},
                   {"seeds": [r.seed for r in results], "methods": methods}, rows, log)
 
 
