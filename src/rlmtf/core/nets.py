@@ -11,6 +11,7 @@ the context, the item and its MTL scores each get a representation of their own 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -129,6 +130,7 @@ class ResidualActor(nn.Module):
             raise ValueError(f"scale must be >= 0, got {scale}")
         self.encoder = StateEncoder(group_dims, embed_dim)
         self.n_user_groups = n_user_groups
+        self._bounds = [0, *itertools.accumulate(group_dims)]  # each group's column range in the state
         per_group = [embed_dim] * len(group_dims) if embed_dim > 0 else list(group_dims)
         self.user_out = sum(per_group[:n_user_groups])
         self.trunk = nn.Sequential(*mlp([self.user_out, *hidden]), nn.ReLU())
@@ -154,8 +156,7 @@ class ResidualActor(nn.Module):
         bias) and its item part (per candidate), so that a candidate costs only its own groups' embedding
         and the small head. The group embeddings run one by one here (a block-diagonal weight is rebuilt on
         every call, which costs more than the few rows of a request)."""
-        enc, g = self.encoder, self.n_user_groups
-        bounds = [0, *torch.tensor(enc.group_dims).cumsum(0).tolist()]
+        enc, g, bounds = self.encoder, self.n_user_groups, self._bounds
         ud = bounds[g]
 
         def embed(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # groups lo..hi-1 of standardised x
