@@ -29,7 +29,9 @@ PINNED: dict[str, dict[str, float]] = {"bcq": {"actor_lr": 3e-4, "critic_lr": 3e
 _VOLATILE = {"commit", "created", "created_at", "elapsed_s", "wall_s", "time", "seconds", "steps_per_s",
              "sim_config_path", "out", "data", "path", "log_dir",
              # action-space config keys added after the record: at their defaults they change no number
-             "parameterisation", "log_bias_range", "consumption"}
+             "parameterisation", "log_bias_range", "consumption",
+             # Enhanced-State RL variant keys added after the record: at their defaults ("paper") no number moves
+             "variant", "residual_scale", "item_hidden", "item_box"}
 
 
 def _h(*parts: bytes) -> str:
