@@ -127,6 +127,46 @@ class _FakeAB:
     arms = [_Arm(), _Arm()]
 
 
+def test_the_sized_ab_reaches_the_target_standard_error():
+    """By hand: one-sided 95% bound 1.645 s; s* = 0.01 / (1.645 + 0.8416) = 0.4022%; a pilot of 2 days with
+    s = 1% needs 2 x (1 / 0.4022)^2 = 12.4 -> 13 days, capped at 8; s = 0.2% needs none beyond the pilot."""
+    cfg = _cfg(gate=True, gate_days=2, gate_mde=0.01)
+    wide = ptm_module.gate_ab_size({"lift": 0.03, "ci_low": 0.03 - 1.644854 * 0.01}, cfg)
+    assert wide["se"] == pytest.approx(0.01, rel=1e-5) and wide["target_se"] == pytest.approx(0.004022, rel=1e-3)
+    assert wide["days_needed"] == 13 and wide["days"] == 8
+    narrow = ptm_module.gate_ab_size({"lift": -0.01, "ci_low": -0.01 - 1.644854 * 0.002}, cfg)
+    assert narrow["days_needed"] == 1 and narrow["days"] == 2
+    at_power = ptm_module.gate_ab_size({"lift": 0.0, "ci_low": -1.644854 * 0.004}, dataclasses.replace(
+        cfg, gate_power=0.5, gate_max_days=20))  # s* = 0.01 / 1.645 = 0.608%: 2 x (0.4 / 0.608)^2 = 0.87 -> 1
+    assert at_power["days"] == 2
+
+
+def test_the_gate_reruns_a_wide_pilot_on_more_days_and_decides_on_that_alone(sim, monkeypatch):
+    from rlmtf.policy.fixed import baseline_policy
+
+    base = baseline_policy(sim.cfg.action_space)
+    days_run: list[int] = []
+
+    def fake_ab(policies, env, *, users, days, seed, workers, confidence):
+        days_run.append(days)
+        ab = _FakeAB()
+        ab.arms = [ab._Arm(), type("Arm", (), {"lifts": {"uvc": {  # the pilot looks good; the full sample does not
+            "lift": 0.05 if days == 1 else 0.004, "ci_low": 0.05 - 0.03 if days == 1 else -0.001,
+            "ci_high": 0.08}}})()]
+        return ab
+
+    monkeypatch.setattr(ptm_module, "online_ab", fake_ab)
+    row: dict = {}
+    cfg = _cfg(gate=True, gate_offline="none", gate_days=1, gate_mde=0.01, gate_max_days=5)
+    ok = ptm_module._gate(cfg, 1, sim, base, base, None, None, None, np.arange(500, 580), row, lambda s: None)
+    assert days_run == [1, 5] and not ok and row["gate"] == "online"  # the pilot's +5% never decides
+    assert row["gate_ab"]["days"] == 5 and row["gate_ab"]["pilot"]["days_needed"] > 5
+    days_run.clear()
+    ok = ptm_module._gate(dataclasses.replace(cfg, gate_mde=0.0), 1, sim, base, base, None, None, None,
+                          np.arange(500, 580), {}, lambda s: None)
+    assert days_run == [1] and ok  # without a detectable lift to size for, the fixed-size test as before
+
+
 def test_the_horizon_rule_sets_the_first_rounds_steps(sim, tmp_path, monkeypatch):
     monkeypatch.setattr(ptm_module, "horizon_steps", lambda data, episode, cfg: 25)
     monkeypatch.setattr(ptm_module, "_gate", lambda *a, **k: True)
@@ -146,7 +186,8 @@ def test_exploration_leaves_the_gate_users_alone(sim, tmp_path):
 
 @pytest.mark.parametrize("kw, match", [({"gate_metric": "ctr"}, "gate_metric"), ({"train_on": "last"}, "train_on"),
                                         ({"box_shrink": 0.0}, "box_shrink"), ({"gate_offline": "gauc"}, "gate_offline"),
-                                        ({"steps_rule": "auto"}, "steps_rule")])
+                                        ({"steps_rule": "auto"}, "steps_rule"), ({"gate_mde": -0.01}, "gate_mde"),
+                                        ({"gate_mde": 0.01, "gate_days": 3, "gate_max_days": 2}, "gate_max_days")])
 def test_bad_gate_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         PTMConfig(**kw)

@@ -190,7 +190,12 @@ def ptm(
                                        "the box.")] = False,
     gate_metric: Annotated[str, typer.Option(help="--gate: the A/B's metric (uvc, udt, sessions, reward).")] = "uvc",
     gate_users: Annotated[int, typer.Option(help="--gate: users of the A/B, the top ids, never explored.")] = 2000,
-    gate_days: Annotated[int, typer.Option(help="--gate: days of the A/B.")] = 1,
+    gate_days: Annotated[int, typer.Option(help="--gate: days of the A/B (with --gate-mde: of its pilot).")] = 1,
+    gate_mde: Annotated[float, typer.Option(help="--gate: the relative lift the A/B should detect (e.g. 0.01): "
+                                            "the A/B's days are sized to its pilot's variance "
+                                            "(docs/design.md#sizing-the-gates-ab); 0: --gate-days as they are.")] = 0.0,
+    gate_power: Annotated[float, typer.Option(help="--gate-mde: the chance a candidate better by it passes.")] = 0.8,
+    gate_max_days: Annotated[int, typer.Option(help="--gate-mde: the most days the sized A/B runs.")] = 8,
     gate_offline: Annotated[str, typer.Option(help="--gate: the offline test before the A/B on held-out user-days: "
                                               "dm (the first-order direct method; FQE for an item-level "
                                               "candidate), fqe (fitted Q evaluation), critic (the candidate's own "
@@ -239,7 +244,8 @@ def ptm(
         cfg = PTMConfig(rounds=rounds, sessions_per_round=sessions_per_round, steps_per_round=steps_per_round,
                         test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers,
                         gate=gate, gate_metric=gate_metric, gate_users=gate_users, gate_days=gate_days,
-                        box=box, box_shrink=box_shrink, train_on=train_on, per=per, edge=edge,
+                        gate_mde=gate_mde, gate_power=gate_power, gate_max_days=gate_max_days, box=box,
+                        box_shrink=box_shrink, train_on=train_on, per=per, edge=edge,
                         gate_offline=gate_offline, gate_fqe_steps=gate_fqe_steps, steps_rule=steps_rule)
         with progress() as bar:
             # run_ptm reports each round's exploration (sessions) and training (steps); A/B tests are logged lines

@@ -31,6 +31,12 @@ candidate becomes the incumbent only if it passes, in order:
 2. a simulated A/B against the incumbent on users held out of exploration (the top ``gate_users`` ids of
    the population, a platform's small-traffic test), ``gate_days`` days, a fresh seed per round: the
    lower bound of the one-sided ``gate_confidence`` interval of the ``gate_metric`` lift must be > 0.
+   **Sized to its variance** (``gate_mde`` > 0; ``docs/design.md#sizing-the-gates-ab``): the first
+   ``gate_days`` are an internal pilot (Wittes and Brittain, 1990) whose only use is its standard error s; if
+   s is above mde / (z_confidence + z_power), the A/B runs again on the same users for
+   ceil(gate_days x (s / target)^2) days (at most ``gate_max_days``) and decides on that sample alone, so that
+   a candidate better by ``gate_mde`` passes with probability ``gate_power``. The pilot never decides, which
+   keeps the test's error rate near its nominal level (the effect is not looked at twice).
 
 On rejection the incumbent stays, the exploration box shrinks by ``box_shrink`` and the next round explores
 around the incumbent again, training on from the incumbent's networks. ``train_on = "all"`` trains each
@@ -101,6 +107,13 @@ class PTMConfig:
     gate_days: int = 1
     gate_confidence: float = 0.95
     """One-sided confidence of the online test's lower bound."""
+    gate_mde: float = 0.0
+    """Relative lift the gate's A/B should detect (e.g. 0.01); > 0 sizes the A/B's days to the pilot's
+    variance (module docstring), 0 keeps ``gate_days``."""
+    gate_power: float = 0.8
+    """``gate_mde`` > 0: the probability that a candidate better by ``gate_mde`` passes the A/B."""
+    gate_max_days: int = 8
+    """``gate_mde`` > 0: the most days the sized A/B runs (the cost cap of a small-traffic test)."""
     holdout_fraction: float = 0.1
     """Share of a round's user-days held out of training for the offline estimate (gated runs)."""
     gate_offline: str = "dm"
@@ -134,6 +147,10 @@ class PTMConfig:
             raise ValueError(f"gate_metric must be uvc, udt, sessions or reward, got {self.gate_metric!r}")
         if not 0.5 < self.gate_confidence < 1 or not 0 < self.box_shrink <= 1 or not 0 < self.box <= 1:
             raise ValueError("gate_confidence must be in (0.5, 1), box_shrink in (0, 1], box in (0, 1]")
+        if self.gate_mde < 0 or not 0.5 <= self.gate_power < 1 or (self.gate_mde > 0
+                                                                     and self.gate_max_days < self.gate_days):
+            raise ValueError(f"gate_mde must be >= 0, gate_power in [0.5, 1) and gate_max_days >= gate_days, got "
+                             f"{self.gate_mde}, {self.gate_power}, {self.gate_max_days} (gate_days {self.gate_days})")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.train_on not in ("round", "all"):
@@ -309,16 +326,43 @@ def _gate(cfg: PTMConfig, k: int, sim: Environment, candidate: Policy, incumbent
             log(f"round {k}: offline estimate {adv.mean():+.3f} (mean - sd over critics {lcb:+.3f}) <= 0: rejected")
             row["gate"] = "offline"
             return False
-    ab = online_ab([incumbent, candidate], sim, users=gate_ids, days=cfg.gate_days, seed=cfg.seed + 30_000 + k,
-                   workers=cfg.workers, confidence=2 * cfg.gate_confidence - 1)
-    lift = ab.arms[1].lifts[cfg.gate_metric]
+    def ab(days: int) -> dict:
+        return online_ab([incumbent, candidate], sim, users=gate_ids, days=days, seed=cfg.seed + 30_000 + k,
+                         workers=cfg.workers, confidence=2 * cfg.gate_confidence - 1).arms[1].lifts[cfg.gate_metric]
+
+    lift = ab(cfg.gate_days)
+    days, pilot = cfg.gate_days, None
+    if cfg.gate_mde > 0:
+        pilot = gate_ab_size(lift, cfg)
+        if pilot["days"] > days:
+            log(f"round {k}: gate pilot ({days} days) standard error {pilot['se']:.2%} > {pilot['target_se']:.2%} "
+                f"for a {cfg.gate_mde:.1%} lift at {cfg.gate_power:.0%} power: the A/B runs {pilot['days']} days")
+            days = pilot["days"]
+            lift = ab(days)
     row["gate_ab"] = {"metric": cfg.gate_metric, "lift": lift["lift"], "ci_low": lift["ci_low"],
-                      "ci_high": lift["ci_high"], "users": int(gate_ids.size), "days": cfg.gate_days}
+                      "ci_high": lift["ci_high"], "users": int(gate_ids.size), "days": days}
+    if pilot is not None:
+        row["gate_ab"]["pilot"] = pilot
     ok = lift["ci_low"] > 0
     row["gate"] = "passed" if ok else "online"
     log(f"round {k}: gate A/B vs the incumbent: {cfg.gate_metric} {lift['lift']:+.2%} "
         f"(one-sided {cfg.gate_confidence:.0%} lower bound {lift['ci_low']:+.2%})")
     return ok
+
+
+def gate_ab_size(pilot: dict, cfg: PTMConfig) -> dict:
+    """The days the gate's A/B needs (module docstring) from its pilot's lift (``lift``, ``ci_low`` of the
+    one-sided ``gate_confidence`` bound, on ``cfg.gate_days`` days): the pilot's standard error, the target
+    standard error mde / (z_confidence + z_power) and the days that reach it under the 1 / days law
+    (between ``gate_days`` and ``gate_max_days``)."""
+    from scipy.stats import norm
+
+    z_conf = float(norm.ppf(cfg.gate_confidence))
+    se = max(float(pilot["lift"] - pilot["ci_low"]), 0.0) / z_conf
+    target = cfg.gate_mde / (z_conf + float(norm.ppf(cfg.gate_power)))
+    need = int(np.ceil(cfg.gate_days * (se / target) ** 2)) if se > 0 else cfg.gate_days
+    return {"days_pilot": cfg.gate_days, "lift": float(pilot["lift"]), "se": se, "target_se": target,
+            "days_needed": need, "days": int(min(max(need, cfg.gate_days), cfg.gate_max_days))}
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
