@@ -107,6 +107,30 @@ def test_dm_with_too_few_held_out_days_leaves_the_decision_to_the_ab(sim, tmp_pa
     assert r["accepted"] == (r["gate_ab"]["ci_low"] > 0)
 
 
+def test_a_state_too_wide_for_the_held_out_days_is_cut_to_its_principal_components(sim, tmp_path):
+    from rlmtf.data.io import read_logs
+    from rlmtf.data.transitions import build_transitions
+    from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
+    from rlmtf.policy.fixed import baseline_policy
+
+    base = baseline_policy(sim.cfg.action_space)
+    simulate_to_parquet(sim, behaviour_policy(base, "uniform", "day", lower_b=-0.15, upper_b=0.15, seed=1),
+                        tmp_path / "d", seed=1, sessions=400, overwrite=True)
+    logs = read_logs(tmp_path / "d")
+    t = build_transitions(logs).day_episodes()
+    red = ptm_module.principal_user_state(t, 3)
+    first = np.r_[True, t.episode_id[1:] != t.episode_id[:-1]]
+    var = red.user_state[first].var(0)
+    assert red.user_state.shape == (len(t), 3) and np.all(np.diff(var) <= 1e-6) and var[0] > 0
+    np.testing.assert_allclose(red.user_state[first].mean(0), 0, atol=1e-4)
+    assert red.action is t.action and red.reward is t.reward  # what the DM estimates is untouched
+    days, dim = int(first.sum()), sim.cfg.action_space.dim
+    wide = dataclasses.replace(t, user_state=np.repeat(t.user_state, 1 + days // t.user_state.shape[1], 1))
+    est = ptm_module._offline_dm(_cfg(gate=True), 1, base, wide, logs, dim)  # the incumbent against itself:
+    assert not est.get("skipped") and f"reduced to its {days // 2 - 1 - dim} principal" in est["estimate"]
+    assert abs(est["mean"]) < 0.02 and est["ci_low"] < 0 < est["ci_high"]  # only the logged noise's correction
+
+
 def test_an_item_level_candidate_falls_back_from_dm_to_fqe(sim, monkeypatch):
     from rlmtf.policy.fixed import baseline_policy
 

@@ -21,7 +21,9 @@ candidate becomes the incumbent only if it passes, in order:
    gives the candidate's lift over the incumbent (the logs' mu_bp) per user-day, which must be > 0: this
    screens out what the logs already call worse and leaves the decision to the A/B. It is the estimate
    that ranked policies best against the A/B (RESULTS.md, off-policy estimates) and the one that does not
-   extrapolate by bootstrapping; an item-level candidate, which it cannot estimate, falls back to FQE.
+   extrapolate by bootstrapping; with fewer held-out days than twice its regressors the user state is cut to
+   its leading principal components (:func:`principal_user_state`); an item-level candidate, which it cannot
+   estimate, falls back to FQE.
    ``"fqe"`` fits fitted Q evaluation (``rlmtf.eval.fqe``) of the candidate and of the incumbent on the
    held-out days, the lift paired over the bootstrap members (on the few held-out days of a round it
    compounds its own extrapolation at the box's corners: +128% to +238% for candidates at +3.5% to +6.9%
@@ -267,15 +269,35 @@ def _offline_dm(cfg: PTMConfig, k: int, candidate: Policy, held_out, logs: Logge
     if acts.shape[1] != 1:
         return None
     days = int(np.unique(held_out.episode_id).size)
-    regressors = 1 + held_out.user_state.shape[1] + dim
-    if days < 2 * regressors:  # the regression would have (almost) as many unknowns as days
-        return {"estimate": f"first-order DM: {days} held-out user-days are too few for its {regressors} "
-                            "regressors (fewer than twice as many); the A/B decides", "name": "DM", "skipped": True}
+    state_dim = held_out.user_state.shape[1]
+    reduced = ""
+    if days < 2 * (1 + state_dim + dim):  # (almost) as many unknowns as days: the state's leading components
+        keep = days // 2 - 1 - dim
+        if keep < 1:
+            return {"estimate": f"first-order DM: {days} held-out user-days are too few for its {1 + dim} "
+                                "regressors beside the state (fewer than twice as many); the A/B decides",
+                    "name": "DM", "skipped": True}
+        held_out = principal_user_state(held_out, keep)
+        reduced = f", the {state_dim}-dimensional user state reduced to its {keep} principal components"
     m = cfg.gate_metric
     lift = first_order_dm(held_out, {m: metric_rewards(held_out, logs)[m]}, acts, seed=cfg.seed + 40_000 + k)[m]["lift"]
-    return {"estimate": f"first-order DM lift in {m} per user-day over the incumbent on {days} held-out user-days",
-            "name": "DM", "mean": float(lift["mean"]), "ci_low": float(lift["ci_low"]),
+    return {"estimate": f"first-order DM lift in {m} per user-day over the incumbent on {days} held-out user-days"
+                        + reduced, "name": "DM", "mean": float(lift["mean"]), "ci_low": float(lift["ci_low"]),
             "ci_high": float(lift["ci_high"])}
+
+
+def principal_user_state(t, keep: int):
+    """``t`` with its user state replaced by the projections on the ``keep`` leading principal components of
+    the episodes' first (standardised) states: the DM's state regressors cut to what a few hundred days can
+    fit. The action columns, which the DM estimates, are untouched."""
+    import dataclasses
+
+    first = np.r_[True, t.episode_id[1:] != t.episode_id[:-1]]
+    st = t.user_state.astype(np.float64)
+    mean, sd = st[first].mean(0), np.maximum(st[first].std(0), 1e-8)
+    _, _, vt = np.linalg.svd((st[first] - mean) / sd, full_matrices=False)
+    proj = ((st - mean) / sd) @ vt[:keep].T
+    return dataclasses.replace(t, user_state=proj.astype(np.float32))
 
 
 def _offline_fqe(cfg: PTMConfig, k: int, candidate: Policy, held_out, logs: LoggedData, dim: int) -> dict:
