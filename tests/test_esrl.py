@@ -261,6 +261,32 @@ def test_residual_actor_bounds_the_correction_and_runs_the_user_trunk_once():
         ResidualActor(groups, 5, 6, scale=0.05)
 
 
+@pytest.mark.parametrize("item_hidden, embed_dim", [((8,), 4), ((), 4), ((8, 6), 3), ((8,), 0)])
+def test_residual_serving_path_equals_the_training_function(item_hidden, embed_dim):
+    """forward_list folds the standardisation (its clip moved to the raw inputs) into the embeddings and caches
+    the folded weights: the same values as forward, with inputs far beyond the clip, and again after the
+    parameters and the normalisation change (the cache must notice)."""
+    from rlmtf.core.nets import CLIP, ResidualActor
+
+    torch.manual_seed(1)
+    groups = [4, 3, 2, 5, 3]
+    net = ResidualActor(groups, 3, 6, scale=0.3, hidden=(16, 16), item_hidden=item_hidden, embed_dim=embed_dim)
+    net.encoder.set_normalisation(torch.randn(17), torch.rand(17) + 0.1)
+    b, n = 4, 9
+    state = torch.cat([torch.randn(b, 1, 9).expand(b, n, 9), torch.randn(b, n, 8)], -1) * 3.0
+    z = (state - net.encoder.mean) / net.encoder.std
+    assert (z.abs() > CLIP).any()  # the clip matters for these inputs
+    for _ in range(2):
+        with torch.no_grad():
+            want = net(state.reshape(-1, 17)).reshape(b, n, 6)
+            torch.testing.assert_close(net.forward_list(state), want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(net.forward_list(state[2:3]), want[2:3], rtol=1e-5, atol=1e-6)
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)  # a training step, then new statistics
+        net(state.reshape(-1, 17)).pow(2).sum().backward()
+        opt.step()
+        net.encoder.set_normalisation(torch.randn(17), torch.rand(17) + 0.1)
+
+
 def test_residual_variant_is_item_level_only():
     from rlmtf.envs.sim.config import SimConfig
     from rlmtf.envs.sim.world import feature_spec
@@ -275,3 +301,12 @@ def test_residual_variant_is_item_level_only():
     a = algo.act_states(states)
     assert a.shape == (2, 5, spec.action_dim)
     np.testing.assert_allclose(a, algo.act_states(states.reshape(10, -1)).reshape(2, 5, -1), atol=1e-6)
+    from rlmtf.policy.base import RequestObs
+
+    r, n = np.random.default_rng(3), 40
+    obs = RequestObs(user_id=np.zeros(2, np.int64), request_key=np.zeros(2, np.uint64),
+                     user_profile=r.random((2, dims[0]), np.float32), user_history=r.random((2, dims[1]), np.float32),
+                     context=r.random((2, dims[2]), np.float32), item_id=np.tile(np.arange(n), (2, 1)),
+                     mtl_scores=r.random((2, n, dims[4]), np.float32),
+                     item_features_=r.random((2, n, dims[3]), np.float32))  # the serving path, from the request
+    np.testing.assert_allclose(algo.policy().act(obs), algo.act_states(obs.enhanced_state()), atol=1e-6)

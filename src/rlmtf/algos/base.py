@@ -241,6 +241,11 @@ class Algorithm:
         return self.modules()["actor"](state)
 
     @torch.no_grad()
+    def act_obs(self, obs: RequestObs) -> np.ndarray:
+        """Deterministic actions for a request batch (what a serving policy calls): :meth:`act_states` of
+        :meth:`obs_states`, unless an algorithm has a cheaper path from the observation."""
+        return self.act_states(self.obs_states(obs))
+
     def act_states(self, states: np.ndarray) -> np.ndarray:
         """Actions (..., A) for states (..., D)."""
         x = torch.as_tensor(np.ascontiguousarray(states), dtype=torch.float32, device=self.device)
@@ -338,7 +343,7 @@ class AlgoPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: RequestObs) -> np.ndarray:
-        return self.algo.act_states(self.algo.obs_states(obs))
+        return self.algo.act_obs(obs)
 
 
 def load_saved_policy(path: Path, doc: dict, space: ActionSpace, algo_cls: type[Algorithm]) -> AlgoPolicy:

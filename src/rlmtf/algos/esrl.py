@@ -237,6 +237,18 @@ class EnhancedStateRL(EnsembleActorCritic):
         x = torch.as_tensor(np.ascontiguousarray(states), dtype=torch.float32, device=self.device)
         return self.actor.forward_list(x).cpu().numpy()
 
+    @torch.no_grad()
+    def act_obs(self, obs: RequestObs) -> np.ndarray:
+        """The residual actor straight from the request (its user state once, the candidates' own groups),
+        without the (B, N, D) enhanced states; the paper's actor on the enhanced states."""
+        if self.cfg.variant != "residual":
+            return super().act_obs(obs)
+        f32 = torch.float32
+        user = torch.as_tensor(obs.user_state(), dtype=f32, device=self.device)
+        items = torch.as_tensor(np.concatenate([obs.item_features, obs.mtl_scores.astype(np.float32)], -1),
+                                dtype=f32, device=self.device)
+        return self.actor.forward_user_items(user, items).cpu().numpy()
+
     @staticmethod
     def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch as (B, l, .) tensors: one state, action and reward per shown item."""

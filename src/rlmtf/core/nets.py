@@ -151,33 +151,79 @@ class ResidualActor(nn.Module):
 
     def forward_list(self, state: torch.Tensor) -> torch.Tensor:
         """(B, N, D) -> (B, N, A): the same function as ``forward`` on the flattened states, computed for
-        serving: the user groups are encoded and the trunk run once per request (from its first candidate),
-        and the correction's first layer is split into its user part (once per request, folded into the
-        bias) and its item part (per candidate), so that a candidate costs only its own groups' embedding
-        and the small head. The group embeddings run one by one here (a block-diagonal weight is rebuilt on
-        every call, which costs more than the few rows of a request)."""
-        enc, g, bounds = self.encoder, self.n_user_groups, self._bounds
-        ud = bounds[g]
+        serving with as few ops as the function allows: the user groups are encoded and the trunk run once per
+        request (from its first candidate); each path's standardisation is folded into its group embeddings
+        (the clip moved to the raw inputs: clamp(x, mean - CLIP std, mean + CLIP std), the same values), the
+        embeddings of a path run as one block-diagonal matmul, and the correction's first layer is split into
+        its user part (once per request, folded into the bias) and its item part (per candidate). The folded
+        weights are cached until a parameter or the normalisation changes (:meth:`_serving_weights`)."""
+        if not self.encoder.embeds:  # no embeddings to fold into: the plain function
+            b, n, d = state.shape
+            return self.forward(state.reshape(b * n, d)).reshape(b, n, -1)
+        ud = self._bounds[self.n_user_groups]
+        return self.forward_user_items(state[:, 0, :ud], state[..., ud:])
 
-        def embed(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # groups lo..hi-1 of standardised x
-            if not enc.embeds:
-                return x
-            off = bounds[lo]
-            return torch.cat([enc.embeds[k](x[..., bounds[k] - off: bounds[k + 1] - off]) for k in range(lo, hi)], -1)
-
-        user = standardise(state[:, 0, :ud], enc.mean[:ud], enc.std[:ud])  # (B, D_user)
-        h = self.trunk(embed(user, 0, g))  # (B, H)
-        items = embed(standardise(state[..., ud:], enc.mean[ud:], enc.std[ud:]), g, len(enc.group_dims))
-        first = self.correction[0]
-        hid = h.shape[-1]
-        bias = torch.addmm(first.bias, h, first.weight[:, :hid].t())  # (B, k): the user part of the first layer
-        w_item = first.weight[:, hid:].t()  # (D_item_embedded, k)
-        if items.shape[0] == 1:  # one request (serving): a plain 2-D addmm
-            pre = torch.addmm(bias[0], items[0], w_item)[None]
+    def forward_user_items(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_list` from a request's user state (B, D_user) and its candidates' own groups
+        (B, N, D_item), without building the (B, N, D) enhanced states (the serving path)."""
+        if not self.encoder.embeds:
+            b, n, _ = items.shape
+            return self.forward_list(torch.cat([user[:, None, :].expand(b, n, -1), items], -1))
+        w = self._serving_weights()
+        x = torch.addmm(w["user_b"], torch.clamp(user, w["user_lo"], w["user_hi"]), w["user_w"]).relu_()
+        for weight, bias in w["trunk"]:
+            x = torch.addmm(bias, x, weight).relu_()
+        h = x  # (B, H)
+        shared = torch.addmm(w["shared"][1], h, w["shared"][0]).tanh_()  # (B, A)
+        head = w["head"]
+        bias = torch.addmm(head[0][1], h, w["head_user"])  # (B, k): the user part of the correction's first layer
+        items = torch.clamp(items, w["item_lo"], w["item_hi"])  # (B, N, D_item)
+        if items.shape[0] == 1:  # one request (serving): plain 2-D matmuls
+            z = torch.addmm(w["item_b"], items[0], w["item_w"]).relu_()
+            x = torch.addmm(bias[0], z, head[0][0])[None]
         else:
-            pre = torch.baddbmm(bias[:, None, :], items, w_item.expand(items.shape[0], -1, -1))
-        corr = self.scale * self.correction[1:](pre)
-        return (self.shared(h)[:, None, :] + corr).clamp(-1.0, 1.0)
+            z = torch.matmul(items, w["item_w"]).add_(w["item_b"]).relu_()
+            x = torch.baddbmm(bias[:, None, :], z, head[0][0].expand(z.shape[0], -1, -1))
+        for weight, b_ in head[1:]:  # every layer but the last is followed by a ReLU, the last by the tanh
+            x = torch.matmul(x.relu_(), weight).add_(b_)
+        return x.tanh_().mul_(self.scale).add_(shared[:, None, :]).clamp_(-1.0, 1.0)
+
+    def _serving_weights(self) -> dict:
+        """The folded serving weights of :meth:`forward_list` (transposed for ``addmm``), rebuilt when any
+        parameter or normalisation buffer has been written since (their storage and version counters)."""
+        if getattr(self, "_serving_params", None) is None:  # Parameters stay the same objects (``.to`` swaps
+            self._serving_params = list(self.parameters())  # their data, ``load_state_dict`` copies into them)
+        enc = self.encoder  # buffers are looked up each time: ``.to`` replaces them
+        key = [(p.data_ptr(), p._version) for p in self._serving_params]
+        key += [(enc.mean.data_ptr(), enc.mean._version), (enc.std.data_ptr(), enc.std._version)]
+        cached = getattr(self, "_serving_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        g, bounds = self.n_user_groups, self._bounds
+        ud = bounds[g]
+        with torch.no_grad():
+            def fold(lo: int, hi: int, cols: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                weight = torch.block_diag(*[enc.embeds[k][0].weight for k in range(lo, hi)])  # (out, in)
+                bias = torch.cat([enc.embeds[k][0].bias for k in range(lo, hi)])
+                mean, std = enc.mean[cols], enc.std[cols]
+                folded = weight / std
+                return (folded.t().contiguous(), bias - folded @ mean, mean - CLIP * std, mean + CLIP * std)
+
+            linears = [m for m in self.trunk.modules() if isinstance(m, nn.Linear)]
+            head = [m for m in self.correction if isinstance(m, nn.Linear)]
+            hid = linears[-1].out_features
+            uw, ub, ulo, uhi = fold(0, g, slice(0, ud))
+            iw, ib, ilo, ihi = fold(g, len(enc.group_dims), slice(ud, None))
+            first = head[0].weight
+            w = {"user_w": uw, "user_b": ub, "user_lo": ulo, "user_hi": uhi,
+                 "item_w": iw, "item_b": ib, "item_lo": ilo, "item_hi": ihi,
+                 "trunk": [(m.weight.t().contiguous(), m.bias.clone()) for m in linears],
+                 "shared": (self.shared[0].weight.t().contiguous(), self.shared[0].bias.clone()),
+                 "head_user": first[:, :hid].t().contiguous(),
+                 "head": [(first[:, hid:].t().contiguous(), head[0].bias.clone())]
+                 + [(m.weight.t().contiguous(), m.bias.clone()) for m in head[1:]]}
+        self._serving_cache = (key, w)
+        return w
 
 
 class VectorizedLinear(nn.Module):
