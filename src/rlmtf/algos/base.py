@@ -246,6 +246,7 @@ class Algorithm:
         :meth:`obs_states`, unless an algorithm has a cheaper path from the observation."""
         return self.act_states(self.obs_states(obs))
 
+    @torch.no_grad()
     def act_states(self, states: np.ndarray) -> np.ndarray:
         """Actions (..., A) for states (..., D)."""
         x = torch.as_tensor(np.ascontiguousarray(states), dtype=torch.float32, device=self.device)
