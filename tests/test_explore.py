@@ -442,6 +442,28 @@ def test_exploration_cost_counts_the_top_list_kept():
     assert item["reward"]["ci_high"] < 0  # re-ranking the baseline's list at random costs reward
 
 
+def test_the_item_box_is_the_widest_that_keeps_the_top_list():
+    """item_box_for finds the widest per-item box keeping the target share: it keeps it, a slightly wider box
+    (beyond the bisection's resolution) does not, and a target the upper bound already meets returns it."""
+    from rlmtf.envs.sim.config import SimConfig
+    from rlmtf.envs.sim.simulator import Simulator
+    from rlmtf.eval.exploration import RequestSampler, item_box_for, top_l_kept_per_item
+    from rlmtf.policy.fixed import baseline_policy
+
+    sim = Simulator(dataclasses.replace(SimConfig(), n_users=300, n_items=2000))
+    base = baseline_policy()
+    got = item_box_for(sim, base, keep=0.8, upper=0.15, users=200, seed=2)
+    assert 0 < got["box"] < 0.15 and got["top_l_kept"] >= 0.8 and got["requests"] > 100
+    sampler = RequestSampler(base, sim.cfg.action_space, sim.cfg.list_len, limit=4000)
+    sim.run(sampler, seed=2, days=1, users=np.arange(200), log_true_scores=False)
+    at = top_l_kept_per_item(sampler.obs, base, sim.cfg.action_space, sim.cfg.list_len, got["box"], seed=3)
+    wider = top_l_kept_per_item(sampler.obs, base, sim.cfg.action_space, sim.cfg.list_len, got["box"] + 0.002, seed=3)
+    assert at == pytest.approx(got["top_l_kept"]) and wider < 0.8 <= at
+    assert item_box_for(sim, base, keep=0.3, upper=0.15, users=200, seed=2)["box"] == 0.15
+    with pytest.raises(ValueError, match="keep"):
+        item_box_for(sim, base, keep=1.0)
+
+
 def test_day_item_exploration_adds_a_daily_and_a_per_item_draw():
     """The residual variant's data: every candidate of a user's day shares the day's draw, each candidate adds
     its own within +-item_box; the logged box is the sum of the two and holds every action."""

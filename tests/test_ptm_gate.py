@@ -199,6 +199,20 @@ def test_the_horizon_rule_sets_the_first_rounds_steps(sim, tmp_path, monkeypatch
     assert [r["steps"] for r in res.rows[1:]] == [25, 10]  # round 2 warm-starts: the round's own steps
 
 
+def test_item_keep_cuts_the_per_item_noise_each_round(sim, tmp_path, monkeypatch):
+    from rlmtf.data.io import read_logs
+
+    monkeypatch.setattr(ptm_module, "_gate", lambda *a, **k: True)
+    cfg = dataclasses.replace(_cfg(gate=True), rounds=1, per="day+item", item_box=0.15, item_keep=0.8)
+    res = run_ptm("esrl", sim, tmp_path / "k", cfg, dataclasses.replace(SMALL, variant="residual"),
+                  TrainConfig(steps=5, eval_every=0), log=lambda s: None)
+    noise = res.rows[1]["item_noise"]
+    assert noise["top_l_kept"] >= 0.8 and 0 < noise["box"] < 0.15
+    cols = read_logs(tmp_path / "k" / "round_1" / "data").columns
+    half = (np.asarray(cols["upper_b"]) - np.asarray(cols["lower_b"])) / 2  # the day's box plus the item's
+    assert np.abs(half.max() - (0.15 + noise["box"])) < 1e-5
+
+
 def test_exploration_leaves_the_gate_users_alone(sim, tmp_path):
     from rlmtf.data.io import read_logs
 
@@ -211,7 +225,8 @@ def test_exploration_leaves_the_gate_users_alone(sim, tmp_path):
 @pytest.mark.parametrize("kw, match", [({"gate_metric": "ctr"}, "gate_metric"), ({"train_on": "last"}, "train_on"),
                                         ({"box_shrink": 0.0}, "box_shrink"), ({"gate_offline": "gauc"}, "gate_offline"),
                                         ({"steps_rule": "auto"}, "steps_rule"), ({"gate_mde": -0.01}, "gate_mde"),
-                                        ({"gate_mde": 0.01, "gate_days": 3, "gate_max_days": 2}, "gate_max_days")])
+                                        ({"gate_mde": 0.01, "gate_days": 3, "gate_max_days": 2}, "gate_max_days"),
+                                        ({"item_keep": 1.0}, "item_keep")])
 def test_bad_gate_settings_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         PTMConfig(**kw)

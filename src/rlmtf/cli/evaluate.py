@@ -232,6 +232,8 @@ def analyze_exploration(
                                        "share of the baseline's top l still shown and the A/B lifts of exploring "
                                        "against not exploring.")] = False,
     users: Annotated[int, typer.Option(help="--cost: users of each A/B (1 day).")] = 3000,
+    keep: Annotated[float, typer.Option(help="--cost: add per-item exploration at the widest box that keeps this "
+                                        "share of the baseline's top l (0: none).")] = 0.8,
     seed: Annotated[int, typer.Option()] = 0,
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
@@ -244,7 +246,7 @@ def analyze_exploration(
     import numpy as np
 
     from rlmtf.data.io import read_logs
-    from rlmtf.eval.exploration import analyse, exploration_cost, plot_action_distributions
+    from rlmtf.eval.exploration import COST_SETTINGS, analyse, exploration_cost, item_box_for, plot_action_distributions
     from rlmtf.policy.fixed import baseline_policy
 
     if data is None and not cost:
@@ -257,8 +259,12 @@ def analyze_exploration(
             png = plot_action_distributions(logs, plot, sigma=sigma, seed=seed) if plot is not None else None
         if cost:
             world = make_env(env, sim_config, kuairand_dir, kuairand_models)
+            base = baseline_policy(world.cfg.action_space)
             with console.status("simulating exploration's cost..."):
-                rows = exploration_cost(world, baseline_policy(world.cfg.action_space), users=users, seed=seed)
+                settings = COST_SETTINGS
+                if keep > 0:
+                    settings += (("item", round(item_box_for(world, base, keep, seed=seed)["box"], 4)),)
+                rows = exploration_cost(world, base, settings, users=users, seed=seed)
     out = {**(rep.to_dict() if rep is not None else {}), "plot": str(png) if png is not None else None,
            "cost": rows}
     if json_out:

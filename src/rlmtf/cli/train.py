@@ -212,6 +212,9 @@ def ptm(
                                             "esrl, request for integrated).")] = None,
     edge: Annotated[str, typer.Option(help="clip draws at the action space's edge (the paper) or shift the box "
                                       "inside.")] = "clip",
+    item_keep: Annotated[float, typer.Option(help="Per-item exploration: cut its noise each round to keep this share "
+                                             "of the behaviour policy's top l shown (e.g. 0.8; 0: the box as "
+                                             "given; docs/design.md#what-exploring-costs-the-list).")] = 0.0,
     objective: ObjectiveOpt = None,
     action_space: ActionSpaceOpt = None,
     sim_config: SimConfigOpt = None,
@@ -245,7 +248,7 @@ def ptm(
                         test_sessions=test_sessions, online_users=users, online_days=days, seed=seed, workers=workers,
                         gate=gate, gate_metric=gate_metric, gate_users=gate_users, gate_days=gate_days,
                         gate_mde=gate_mde, gate_power=gate_power, gate_max_days=gate_max_days, box=box,
-                        box_shrink=box_shrink, train_on=train_on, per=per, edge=edge,
+                        box_shrink=box_shrink, train_on=train_on, per=per, edge=edge, item_keep=item_keep,
                         gate_offline=gate_offline, gate_fqe_steps=gate_fqe_steps, steps_rule=steps_rule)
         with progress() as bar:
             # run_ptm reports each round's exploration (sessions) and training (steps); A/B tests are logged lines

@@ -201,3 +201,58 @@ def exploration_cost(env, base, settings=COST_SETTINGS, users: int = 3000, days:
             f"{row['reward']['lift']:+.2%}")
         rows.append(row)
     return rows
+
+
+class RequestSampler(TopListRecorder):
+    """Acts as the wrapped policy and keeps the first ``limit`` request observations it decides."""
+
+    def __init__(self, inner, space, list_len: int, limit: int):
+        super().__init__(inner, space, list_len)
+        self.obs: list = []
+        self.left = limit
+
+    def decide(self, obs):
+        if self.left > 0:
+            self.obs.append(obs)
+            self.left -= obs.batch_size
+        return self.inner.decide(obs)
+
+
+def top_l_kept_per_item(requests, base, space, list_len: int, box: float, seed: int = 0) -> float:
+    """The share of ``base``'s top l that per-item uniform noise of half-width ``box`` around it still shows,
+    on recorded request observations (common draws: the same keys for every width)."""
+    from rlmtf.envs.collect import behaviour_policy
+
+    rec = TopListRecorder(behaviour_policy(base, "uniform", "item", lower_b=-box, upper_b=box, seed=seed),
+                          space, list_len)
+    for obs in requests:
+        rec.decide(obs)
+    return rec.top_l_kept
+
+
+def item_box_for(env, base, keep: float = 0.8, upper: float = 0.15, users: int = 300, seed: int = 0,
+                 steps: int = 8) -> dict:
+    """The widest per-item exploration box, at most ``upper``, whose noise keeps at least ``keep`` of
+    ``base``'s top l shown (``docs/design.md#what-exploring-costs-the-list``): requests of ``users`` users for
+    one day under ``base``, then bisection on the half-width over those requests (the kept share falls with
+    the width; each width sees the same draws). Returns ``{"box", "top_l_kept", "requests"}``."""
+    from rlmtf.policy.base import space_of
+
+    if not 0 < keep < 1 or not upper > 0 or users < 1:
+        raise ValueError(f"keep must be in (0, 1), upper > 0 and users >= 1, got {keep}, {upper}, {users}")
+    space = space_of(base, env.cfg.action_space)
+    sampler = RequestSampler(base, space, env.cfg.list_len, limit=4000)
+    env.run(sampler, seed=seed, days=1, users=np.arange(min(users, env.cfg.n_users)), log_true_scores=False)
+
+    def kept(w: float) -> float:
+        return top_l_kept_per_item(sampler.obs, base, space, env.cfg.list_len, w, seed=seed + 1)
+
+    at_upper = kept(upper)
+    if at_upper >= keep:
+        return {"box": float(upper), "top_l_kept": at_upper, "requests": sum(o.batch_size for o in sampler.obs)}
+    lo, hi, lo_kept = 0.0, float(upper), 1.0
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        k = kept(mid)
+        lo, hi, lo_kept = (mid, hi, k) if k >= keep else (lo, mid, lo_kept)
+    return {"box": lo, "top_l_kept": lo_kept, "requests": sum(o.batch_size for o in sampler.obs)}

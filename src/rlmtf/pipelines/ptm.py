@@ -66,6 +66,7 @@ from rlmtf.data.io import LoggedData, concat_logs, read_logs
 from rlmtf.data.transitions import build_transitions
 from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.engine import Environment
+from rlmtf.eval.exploration import item_box_for
 from rlmtf.eval.offline import evaluate_gauc, mean_policy_action
 from rlmtf.eval.online import online_ab
 from rlmtf.policy.base import Policy
@@ -138,6 +139,10 @@ class PTMConfig:
     Enhanced-State RL, per request for IntegratedRL-MTF (the paper's)."""
     item_box: float = 0.05
     """Half-width of the per-item noise of "request+item" / "day+item" (it does not shrink with the box)."""
+    item_keep: float = 0.0
+    """> 0: before each round the per-item noise (the box of ``per="item"``, ``item_box`` of "+item") is cut to
+    the widest half-width that keeps this share of the behaviour policy's top l shown
+    (:func:`rlmtf.eval.exploration.item_box_for`; ``docs/design.md#what-exploring-costs-the-list``)."""
     edge: str = "clip"
     """Exploration at the action space's edge: "clip" (the paper) or "shift" the box inside (a dimension at
     an edge can come back; ``rlmtf.policy.explore.UniformExploration``)."""
@@ -161,6 +166,8 @@ class PTMConfig:
             raise ValueError(f"edge must be clip or shift, got {self.edge!r}")
         if self.per not in (None, "request", "item", "day", "request+item", "day+item"):
             raise ValueError(f"per must be request, item, day, request+item or day+item, got {self.per!r}")
+        if not 0 <= self.item_keep < 1:
+            raise ValueError(f"item_keep must be in [0, 1), got {self.item_keep}")
         if not 0 <= self.item_box <= 1:
             raise ValueError(f"item_box must be in [0, 1], got {self.item_box}")
         if self.gate_offline not in ("dm", "fqe", "critic", "none") or self.gate_fqe_steps < 1:
@@ -204,9 +211,16 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
         raise ValueError(f"gate_users={cfg.gate_users} leaves no user of the {n_users} to explore with")
     for k in range(1, cfg.rounds + 1):
         rd = out / f"round_{k}"
-        log(f"round {k}/{cfg.rounds}: exploring around {behaviour.name} (box +-{box:.3g})")
-        simulate_to_parquet(sim, behaviour_policy(behaviour, "uniform", per, lower_b=-box, upper_b=box,
-                                                  seed=cfg.seed + k, edge=cfg.edge, item_box=cfg.item_box),
+        round_box, item_box, noise = box, cfg.item_box, None
+        if cfg.item_keep > 0 and per in ("item", "request+item", "day+item"):  # per-item noise that keeps the list
+            noise = item_box_for(sim, behaviour, cfg.item_keep, box if per == "item" else cfg.item_box,
+                                seed=cfg.seed + 50_000 + k)
+            round_box, item_box = (noise["box"], item_box) if per == "item" else (box, noise["box"])
+            log(f"round {k}/{cfg.rounds}: per-item noise +-{noise['box']:.3g} keeps {noise['top_l_kept']:.1%} of "
+                f"{behaviour.name}'s top {sim.cfg.list_len} (target {cfg.item_keep:.0%})")
+        log(f"round {k}/{cfg.rounds}: exploring around {behaviour.name} (box +-{round_box:.3g})")
+        simulate_to_parquet(sim, behaviour_policy(behaviour, "uniform", per, lower_b=-round_box, upper_b=round_box,
+                                                  seed=cfg.seed + k, edge=cfg.edge, item_box=item_box),
                             rd / "data", seed=cfg.seed + k,
                             sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True, workers=cfg.workers,
                             progress=progress, users=explore_ids)
@@ -234,7 +248,8 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
         ab = online_ab([base, policy], sim, users=cfg.online_users, days=cfg.online_days, seed=cfg.seed + 20_000,
                        workers=cfg.workers)
         arm = ab.arms[1]
-        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc, "box": box, "steps": steps,
+        row = {"round": k, "policy": policy.name, "weighted_gauc": gauc, "box": round_box, "steps": steps,
+               **({} if noise is None else {"item_noise": noise}),
                "mean_action": mean_policy_action(policy, test).round(4).tolist()}
         for m in ("uvc", "udt"):
             lift = arm.lifts[m]

@@ -47,6 +47,8 @@ class Setting:
     episode's value needs to propagate (``rlmtf.train.loop.horizon_steps``, docs/design.md#how-many-steps)."""
     gate_offline: str = "dm"
     """The progressive-training gate's offline estimate (``rlmtf.pipelines.ptm``; FQE until 2026-12-02)."""
+    item_keep: float = 0.0
+    """Per-item exploration noise cut to keep this share of the behaviour policy's top l (``PTMConfig.item_keep``)."""
     gate_mde: float = 0.0
     """The lift the gate's A/B is sized to detect (``PTMConfig.gate_mde``; 0: the preset's days as they are)."""
 
@@ -61,12 +63,13 @@ class Setting:
         residual variant explores like IntegratedRL-MTF plus small per-item noise on the correction)."""
         per = {"integrated": self.per, "esrl_residual": f"{self.per or 'request'}+item"}.get(kind)
         return {"gate": self.gate, "train_on": self.train_on, "per": per, "edge": self.edge,
-                "steps_rule": self.steps, "gate_offline": self.gate_offline, "gate_mde": self.gate_mde}
+                "steps_rule": self.steps, "gate_offline": self.gate_offline, "gate_mde": self.gate_mde,
+                "item_keep": self.item_keep}
 
 
 SETTINGS: dict[str, Setting] = {
     "paper": Setting("paper"),
     "improved": Setting("improved", action_space="relative", per="day", edge="shift", gate=True, train_on="all",
                         gamma=1.0, session_gamma=1.0, episode="day", steps="horizon",
-                        gate_mde=0.01),
+                        gate_mde=0.01, item_keep=0.8),
 }
