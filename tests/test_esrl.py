@@ -310,3 +310,57 @@ def test_residual_variant_is_item_level_only():
                      mtl_scores=r.random((2, n, dims[4]), np.float32),
                      item_features_=r.random((2, n, dims[3]), np.float32))  # the serving path, from the request
     np.testing.assert_allclose(algo.policy().act(obs), algo.act_states(obs.enhanced_state()), atol=1e-6)
+
+
+# --- the list-aware critic ---------------------------------------------------------------------------------
+
+def test_list_features_by_hand():
+    """Three items whose fused log scores are 0, -1 and -2 (power 1 on the first task, 0 elsewhere, biases at
+    their floor 0.01): the soft rank tends to the exact rank 0, 1/2, 1 as the temperature falls; the standing
+    is tanh((f - mean) / sd) = tanh(+-1.2247, 0); both are unchanged when every log score is doubled."""
+    from rlmtf.algos.esrl import list_features
+    from rlmtf.core.fusion import ActionSpace
+
+    space = ActionSpace()
+    k = space.n_tasks
+    scores = torch.full((1, 3, k), 0.5)
+    scores[0, :, 0] = torch.exp(torch.tensor([0.0, -1.0, -2.0])) - 0.01
+    bias = torch.full((1, 3, k), 0.01)
+
+    def action(first_power: float) -> torch.Tensor:
+        power = torch.zeros(1, 3, k)
+        power[..., 0] = first_power
+        return space.from_params(power, bias)
+
+    a = action(1.0).requires_grad_(True)
+    feats = list_features(scores, a, space, temperature=1e-3)
+    np.testing.assert_allclose(feats[0, :, 0].detach().numpy(), [0.0, 0.5, 1.0], atol=1e-4)
+    np.testing.assert_allclose(feats[0, :, 1].detach().numpy(), np.tanh([1.5 ** 0.5, 0.0, -(1.5 ** 0.5)]),
+                               atol=1e-5)
+    torch.testing.assert_close(list_features(scores, action(2.0), space, temperature=1e-3), feats.detach(),
+                               atol=1e-4, rtol=1e-4)
+    soft = list_features(scores, a, space, temperature=1.0)
+    soft[0, 1, 0].backward()  # the middle item's soft rank moves with every item's action
+    assert (a.grad[0].abs().sum(-1) > 0).all()
+
+
+def test_a_list_aware_critic_reads_the_lists_order_and_trains(logs, trans):
+    cfg = dataclasses.replace(SMALL, variant="residual", list_aware=True)
+    algo = EnhancedStateRL(logs[0].meta.feature_spec, cfg, seed=0)
+    algo.set_normalisation(trans)
+    a = logs[0].meta.feature_spec.action_dim
+    assert algo.critic.layers[0].weight.shape[1] == 5 * SMALL.embed_dim + a + 2  # five groups, action, list
+    batch = trans.sample(16, np.random.default_rng(0))
+    v = algo.view(batch.to_torch())
+    s, act = v["s"], v["a"]
+    x = algo.critic_action(s, act)
+    assert x.shape == (16 * s.shape[1], a + 2)
+    torch.testing.assert_close(x[:, :a], act.reshape(-1, a))
+    flipped = algo.critic_action(s.flip(1), act.flip(1)).reshape(16, -1, a + 2)
+    torch.testing.assert_close(flipped.flip(1), x.reshape(16, -1, a + 2))  # features follow the item, not the slot
+    before = [p.detach().clone() for p in algo.critic.parameters()]
+    m = algo.update(batch)
+    assert np.isfinite(m["losses/critic"]) and np.isfinite(m["losses/actor"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, algo.critic.parameters(), strict=True))
+    with pytest.raises(ValueError, match="list_aware"):
+        IntegratedRL(logs[0].meta.feature_spec, dataclasses.replace(SMALL, list_aware=True))

@@ -96,7 +96,7 @@ def test_tables_and_files(tmp_path):
     assert [e["method"] for e in tables["table1"]] == ["es", "ddpg", "cql_sac", "bcq", "iql", "integrated_once",
                                                        "integrated", "baseline"]
     assert len(tables["table2"]) == 2 * 6 and {e["control"] for e in tables["table2"]} == {"es"}
-    assert [e["method"] for e in tables["table3"]] == ["integrated", "esrl", "esrl_residual"]
+    assert [e["method"] for e in tables["table3"]] == ["integrated", "esrl", "esrl_residual", "esrl_list"]
     assert {e["metric"] for e in tables["table4"]} >= {"uvc_lift", "udt_lift"}
     # Table 5: every method against the baseline, and every method but the fixed fusion against it
     t5 = {(e["method"], e["control"], e["metric"]): e for e in tables["table5"]}
@@ -157,17 +157,18 @@ def test_demo_runs_the_smoke_experiment_end_to_end(tmp_path):
     doc = json.loads((out / "tables.json").read_text())
     methods = {m for m, _ in METHODS}
     t1 = {e["method"]: e for e in doc["entries"] if e["table"] == "1"}
-    assert set(t1) == (methods - {"esrl", "esrl_residual", "fixed"}) | {"baseline"}
+    esrl = {"esrl", "esrl_residual", "esrl_list"}
+    assert set(t1) == (methods - esrl - {"fixed"}) | {"baseline"}
     assert all(0.3 < e["mean"] < 0.8 for e in t1.values())
     t2 = {(e["method"], e["metric"]) for e in doc["entries"] if e["table"] == "2"}
-    assert t2 == {(m, k) for m in methods - {"es", "esrl", "esrl_residual", "fixed"} for k in ("uvc_lift", "udt_lift")}
+    assert t2 == {(m, k) for m in methods - esrl - {"es", "fixed"} for k in ("uvc_lift", "udt_lift")}
     t3 = {e["method"] for e in doc["entries"] if e["table"] == "3"}
-    assert t3 == {"integrated", "esrl", "esrl_residual"}
+    assert t3 == {"integrated"} | esrl
     t5 = {(e["method"], e["control"]) for e in doc["entries"] if e["table"] == "5"}
     assert ("integrated", "fixed") in t5 and ("fixed", "baseline") in t5
     t4 = [e for e in doc["entries"] if e["table"] == "4"]
     assert t4 and all(e["control"] == "integrated" and np.isfinite(e["mean"]) for e in t4)
-    assert {e["method"] for e in t4} == {"esrl", "esrl_residual"}
+    assert {e["method"] for e in t4} == esrl
     assert -1 <= doc["agreement"]["spearman"] <= 1
     # Table 6: every method estimated off-policy (FQE at least), beside its online lift; the agreement table
     t6 = doc["ope"]["table6"]

@@ -48,6 +48,7 @@ from rlmtf.algos.losses import (
     td_target,
 )
 from rlmtf.core.bellman import discounts
+from rlmtf.core.fusion import ActionSpace, fused_log_score
 from rlmtf.core.nets import Actor, CriticEnsemble, ResidualActor
 from rlmtf.core.schema import FeatureSpec
 from rlmtf.data.transitions import RequestBatch, Transitions
@@ -84,11 +85,38 @@ class ESRLConfig(ActorCriticConfig):
     """"residual": the bound of the per-item correction per action dimension."""
     item_hidden: tuple[int, ...] = (64,)
     """"residual": hidden layers of the per-item correction head."""
+    list_aware: bool = False
+    """The critics also see where each item stands in its list under the actions they value
+    (:func:`list_features`: its soft rank and its score's standing), so that position and selection effects
+    are visible to them and the TD target evaluates the order the target actor would give the next list."""
+    rank_temperature: float = 0.1
+    """``list_aware``: the soft rank's temperature, in units of the list's own spread of fused log scores."""
 
     @property
     def polyak_rate(self) -> float:
         """The targets' mean rate per step (w / L)."""
         return self.target_rate / self.target_every
+
+
+#: Features per item that ``list_aware`` critics read beside the action: soft rank, score standing.
+LIST_FEATURES = 2
+
+
+def list_features(scores: torch.Tensor, action: torch.Tensor, space: ActionSpace, temperature: float) -> torch.Tensor:
+    """Where each item of a list stands under ``action``: (B, l, K) MTL scores and (B, l, A) actions ->
+    (B, l, 2), differentiable in the actions.
+
+    With f_j the fused log score of item j and sd the list's spread of them, the features are the soft rank
+    sum_(k != j) sigmoid((f_k - f_j) / (temperature * sd)) / (l - 1) (0: first, 1: last; the exact rank as the
+    temperature goes to 0) and tanh((f_j - mean f) / sd). Scale-free: a fusion that multiplies every log score
+    by a constant keeps both."""
+    f = fused_log_score(scores, action, space)  # (B, l)
+    l = f.shape[-1]
+    sd = f.std(-1, keepdim=True, unbiased=False) + 1e-6  # (B, 1)
+    above = torch.sigmoid((f[:, None, :] - f[:, :, None]) / (temperature * sd[..., None]))  # (B, j, k)
+    rank = (above.sum(-1) - 0.5) / max(l - 1, 1)  # the diagonal adds sigmoid(0) = 0.5
+    standing = torch.tanh((f - f.mean(-1, keepdim=True)) / sd)
+    return torch.stack([rank, standing], -1)
 
 
 class EnsembleActorCritic(Algorithm):
@@ -105,7 +133,13 @@ class EnsembleActorCritic(Algorithm):
         dims = self.group_dims(spec)
         a = spec.action_dim
         self.actor = self.make_actor(dims, a).to(self.device)
-        self.critic = CriticEnsemble(dims, a, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
+        if cfg.list_aware and self.level != "item":
+            raise ValueError(f"{self.kind}: list_aware critics need a list of items per request; this algorithm "
+                             "acts per request")
+        if not cfg.rank_temperature > 0:
+            raise ValueError(f"rank_temperature must be > 0, got {cfg.rank_temperature}")
+        extra = LIST_FEATURES if cfg.list_aware else 0
+        self.critic = CriticEnsemble(dims, a + extra, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
         self.actor_target = target_copy(self.actor)
         self.critic_target = target_copy(self.critic)
         self.actor_opt = self.adam(self.actor.parameters(), cfg.actor_lr)
@@ -117,6 +151,15 @@ class EnsembleActorCritic(Algorithm):
             raise ValueError(f"{self.kind}: variant {self.cfg.variant!r} is an item-level actor; this algorithm "
                              "acts per request (variant 'paper')")
         return Actor(dims, action_dim, self.cfg.hidden, self.cfg.embed_dim)
+
+    def critic_action(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """What the critics read beside the state for (B, l, D) states and (B, l, A) actions: the actions
+        (B*l, A), and with ``list_aware`` each item's :func:`list_features` under them too (B*l, A + 2)."""
+        if not self.cfg.list_aware:
+            return a.reshape(-1, a.shape[-1])
+        space = self.action_space or ActionSpace.for_dim(a.shape[-1])
+        feats = list_features(s[..., -space.n_tasks:], a, space, self.cfg.rank_temperature)
+        return torch.cat([a, feats], -1).reshape(-1, a.shape[-1] + LIST_FEATURES)
 
     # --- evaluation -----------------------------------------------------------------------------------
 
@@ -130,7 +173,8 @@ class EnsembleActorCritic(Algorithm):
             s, mu_bp = v["s"], v["mu_bp"]  # (B, l, D), (B, l, A)
             bsz, l, d = s.shape
             s_flat = s.reshape(-1, d)
-            dq = (self.critic(s_flat, self.actor(s_flat)) - self.critic(s_flat, mu_bp.reshape(-1, mu_bp.shape[-1])))
+            mu = self.actor(s_flat).reshape(mu_bp.shape)
+            dq = self.critic(s_flat, self.critic_action(s, mu)) - self.critic(s_flat, self.critic_action(s, mu_bp))
             part = dq.reshape(-1, bsz, l).sum(-1).sum(1)  # (m,)
             total = part if total is None else total + part
             n += bsz
@@ -166,14 +210,14 @@ class EnsembleActorCritic(Algorithm):
         with torch.no_grad():
             s2_flat = s2.reshape(-1, d)
             a2 = self.actor_target(s2_flat)  # (B*l', A)
-            q2 = self.critic_target(s2_flat, a2).reshape(-1, bsz, l2)  # (m, B, l')
+            q2 = self.critic_target(s2_flat, self.critic_action(s2, a2.reshape(bsz, l2, -1))).reshape(-1, bsz, l2)
             pen2 = bound_penalty(a2, v["mu_bp2"].reshape(-1, a2.shape[-1]), v["lower_b2"].reshape(a2.shape),
                                  v["upper_b2"].reshape(a2.shape), cfg.beta).reshape(bsz, l2)  # (B, l')
             y = td_target(v["r"], v["done"], q2, pen2, discounts(v["gap"], cfg.gamma, cfg.session_gamma),
                           cfg.delta)  # (m, B)
 
-        s_flat, a_flat = s.reshape(-1, d), a.reshape(-1, a.shape[-1])
-        q = self.net("critic")(s_flat, a_flat).reshape(-1, bsz, l)  # (m, B, l)
+        s_flat = s.reshape(-1, d)
+        q = self.net("critic")(s_flat, self.critic_action(s, a)).reshape(-1, bsz, l)  # (m, B, l)
         loss_c = critic_loss(q, y)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_c.backward()
@@ -181,7 +225,7 @@ class EnsembleActorCritic(Algorithm):
 
         with frozen(self.critic):  # the actor loss leaves no gradient on the critics
             mu = self.net("actor")(s_flat)  # (B*l, A)
-            q_pi = self.critic(s_flat, mu)  # (m, B*l)
+            q_pi = self.critic(s_flat, self.critic_action(s, mu.reshape(bsz, l, -1)))  # (m, B*l)
             pen = bound_penalty(mu, v["mu_bp"].reshape(mu.shape), v["lower_b"].reshape(mu.shape),
                                 v["upper_b"].reshape(mu.shape), cfg.beta)  # (B*l,)
             loss_a = actor_loss(q_pi, pen, cfg.eta, cfg.lam)

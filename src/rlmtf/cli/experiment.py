@@ -108,7 +108,7 @@ def experiment_paper(
     first_seed: Annotated[int, typer.Option(help="The first seed; seeds run first_seed, first_seed+1, ...")] = 0,
     methods: Annotated[str | None, typer.Option(
         help="Comma-separated subset of fixed, es, ddpg, cql_sac, bcq, iql, integrated_once, integrated, esrl, "
-             "esrl_residual (default: all).")] = None,
+             "esrl_residual, esrl_list (default: all).")] = None,
     workers: Annotated[int, typer.Option(help="Simulation processes.")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (1 is fastest when other jobs share "

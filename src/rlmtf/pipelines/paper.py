@@ -63,9 +63,13 @@ METHODS: tuple[tuple[str, str], ...] = (
     ("integrated", "IntegratedRL-MTF"),
     ("esrl", "Enhanced-State RL"),
     ("esrl_residual", "Enhanced-State RL (residual)"),
+    ("esrl_list", "Enhanced-State RL (residual, list-aware critic)"),
 )
 #: a method that is another algorithm's variant: method -> (algorithm, config fields)
-VARIANT_OF: dict[str, tuple[str, dict]] = {"esrl_residual": ("esrl", {"variant": "residual"})}
+VARIANT_OF: dict[str, tuple[str, dict]] = {"esrl_residual": ("esrl", {"variant": "residual"}),
+                                           "esrl_list": ("esrl", {"variant": "residual", "list_aware": True})}
+#: the methods trained by progressive training, in the order they run
+PTM_METHODS = ("integrated", "esrl", "esrl_residual", "esrl_list")
 LABELS = dict(METHODS)
 OFFLINE_BASELINES = ("ddpg", "cql_sac", "bcq", "iql")
 TABLE1 = ("es", "ddpg", "cql_sac", "bcq", "iql", "integrated_once", "integrated")
@@ -206,7 +210,7 @@ def run_seed(sim, preset: Preset, seed: int, out: Path, *, methods: tuple[str, .
     data_dirs: list[Path] = []
     ptm_rows: dict[str, list[dict]] = {}
     runs: dict[str, str] = {}
-    for kind in ("integrated", "esrl", "esrl_residual"):
+    for kind in PTM_METHODS:
         needs_data = set(methods) & {*OFFLINE_BASELINES, "integrated_once", "es"}  # the PTM rounds' logs
         if kind not in methods and not (kind == "integrated" and needs_data):
             continue
@@ -385,10 +389,11 @@ def build_tables(results: list[SeedResult]) -> dict:
               gauc_entry("3", "esrl", "integrated", results, PAPER_GAUC_T3["esrl"])]
         t4 = [lift_entry("4", "esrl", "integrated", metric, results, PAPER_LIFT_ESRL.get(metric))
               for metric in METRICS]
-    if "integrated" in have and "esrl_residual" in have:  # the variant beside the paper's actor
-        t3 = (t3 or [gauc_entry("3", "integrated", None, results, PAPER_GAUC_T3["integrated"])]) + [
-            gauc_entry("3", "esrl_residual", "integrated", results, None)]
-        t4 += [lift_entry("4", "esrl_residual", "integrated", metric, results, None) for metric in METRICS]
+    for variant in ("esrl_residual", "esrl_list"):  # the variants beside the paper's actor
+        if "integrated" in have and variant in have:
+            t3 = (t3 or [gauc_entry("3", "integrated", None, results, PAPER_GAUC_T3["integrated"])]) + [
+                gauc_entry("3", variant, "integrated", results, None)]
+            t4 += [lift_entry("4", variant, "integrated", metric, results, None) for metric in METRICS]
     t5 = [lift_entry("5", m, control, metric, results, None) for m in have
           for control in ("baseline", "fixed") if control != m and (control == "baseline" or "fixed" in have)
           for metric in TABLE5_METRICS]

@@ -21,7 +21,7 @@ from rlmtf.pipelines.paper import LABELS, METHODS
 from rlmtf.pipelines.tables import preset_note, tables_markdown
 
 #: the methods trained by progressive training (the first: IntegratedRL-MTF, the others Enhanced-State RL)
-PTM_KINDS = ("integrated", "esrl", "esrl_residual")
+PTM_KINDS = ("integrated", "esrl", "esrl_residual", "esrl_list")
 
 
 def _plt():

@@ -61,7 +61,8 @@ class Setting:
     def ptm_fields(self, kind: str) -> dict:
         """The PTMConfig fields of this setting for ``kind`` (Enhanced-State RL keeps its per-item noise; its
         residual variant explores like IntegratedRL-MTF plus small per-item noise on the correction)."""
-        per = {"integrated": self.per, "esrl_residual": f"{self.per or 'request'}+item"}.get(kind)
+        residual = f"{self.per or 'request'}+item"
+        per = {"integrated": self.per, "esrl_residual": residual, "esrl_list": residual}.get(kind)
         return {"gate": self.gate, "train_on": self.train_on, "per": per, "edge": self.edge,
                 "steps_rule": self.steps, "gate_offline": self.gate_offline, "gate_mde": self.gate_mde,
                 "item_keep": self.item_keep}
