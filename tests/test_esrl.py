@@ -353,10 +353,10 @@ def test_a_list_aware_critic_reads_the_lists_order_and_trains(logs, trans):
     batch = trans.sample(16, np.random.default_rng(0))
     v = algo.view(batch.to_torch())
     s, act = v["s"], v["a"]
-    x = algo.critic_action(s, act)
+    x = algo.critic_action(s, act.reshape(-1, a))
     assert x.shape == (16 * s.shape[1], a + 2)
     torch.testing.assert_close(x[:, :a], act.reshape(-1, a))
-    flipped = algo.critic_action(s.flip(1), act.flip(1)).reshape(16, -1, a + 2)
+    flipped = algo.critic_action(s.flip(1), act.flip(1).reshape(-1, a)).reshape(16, -1, a + 2)
     torch.testing.assert_close(flipped.flip(1), x.reshape(16, -1, a + 2))  # features follow the item, not the slot
     before = [p.detach().clone() for p in algo.critic.parameters()]
     m = algo.update(batch)

@@ -153,13 +153,16 @@ class EnsembleActorCritic(Algorithm):
         return Actor(dims, action_dim, self.cfg.hidden, self.cfg.embed_dim)
 
     def critic_action(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """What the critics read beside the state for (B, l, D) states and (B, l, A) actions: the actions
-        (B*l, A), and with ``list_aware`` each item's :func:`list_features` under them too (B*l, A + 2)."""
+        """What the critics read beside the state for (B, l, D) states and their flat (B*l, A) actions: the
+        actions themselves, and with ``list_aware`` each item's :func:`list_features` under them too
+        (B*l, A + 2)."""
         if not self.cfg.list_aware:
-            return a.reshape(-1, a.shape[-1])
+            return a
+        bsz, l, _ = s.shape
         space = self.action_space or ActionSpace.for_dim(a.shape[-1])
-        feats = list_features(s[..., -space.n_tasks:], a, space, self.cfg.rank_temperature)
-        return torch.cat([a, feats], -1).reshape(-1, a.shape[-1] + LIST_FEATURES)
+        lists = a.reshape(bsz, l, -1)
+        feats = list_features(s[..., -space.n_tasks:], lists, space, self.cfg.rank_temperature)
+        return torch.cat([lists, feats], -1).reshape(bsz * l, -1)
 
     # --- evaluation -----------------------------------------------------------------------------------
 
@@ -173,8 +176,9 @@ class EnsembleActorCritic(Algorithm):
             s, mu_bp = v["s"], v["mu_bp"]  # (B, l, D), (B, l, A)
             bsz, l, d = s.shape
             s_flat = s.reshape(-1, d)
-            mu = self.actor(s_flat).reshape(mu_bp.shape)
-            dq = self.critic(s_flat, self.critic_action(s, mu)) - self.critic(s_flat, self.critic_action(s, mu_bp))
+            mu_bp_flat = mu_bp.reshape(-1, mu_bp.shape[-1])
+            dq = (self.critic(s_flat, self.critic_action(s, self.actor(s_flat)))
+                  - self.critic(s_flat, self.critic_action(s, mu_bp_flat)))
             part = dq.reshape(-1, bsz, l).sum(-1).sum(1)  # (m,)
             total = part if total is None else total + part
             n += bsz
@@ -210,14 +214,14 @@ class EnsembleActorCritic(Algorithm):
         with torch.no_grad():
             s2_flat = s2.reshape(-1, d)
             a2 = self.actor_target(s2_flat)  # (B*l', A)
-            q2 = self.critic_target(s2_flat, self.critic_action(s2, a2.reshape(bsz, l2, -1))).reshape(-1, bsz, l2)
+            q2 = self.critic_target(s2_flat, self.critic_action(s2, a2)).reshape(-1, bsz, l2)  # (m, B, l')
             pen2 = bound_penalty(a2, v["mu_bp2"].reshape(-1, a2.shape[-1]), v["lower_b2"].reshape(a2.shape),
                                  v["upper_b2"].reshape(a2.shape), cfg.beta).reshape(bsz, l2)  # (B, l')
             y = td_target(v["r"], v["done"], q2, pen2, discounts(v["gap"], cfg.gamma, cfg.session_gamma),
                           cfg.delta)  # (m, B)
 
-        s_flat = s.reshape(-1, d)
-        q = self.net("critic")(s_flat, self.critic_action(s, a)).reshape(-1, bsz, l)  # (m, B, l)
+        s_flat, a_flat = s.reshape(-1, d), a.reshape(-1, a.shape[-1])
+        q = self.net("critic")(s_flat, self.critic_action(s, a_flat)).reshape(-1, bsz, l)  # (m, B, l)
         loss_c = critic_loss(q, y)
         self.critic_opt.zero_grad(set_to_none=True)
         loss_c.backward()
@@ -225,7 +229,7 @@ class EnsembleActorCritic(Algorithm):
 
         with frozen(self.critic):  # the actor loss leaves no gradient on the critics
             mu = self.net("actor")(s_flat)  # (B*l, A)
-            q_pi = self.critic(s_flat, self.critic_action(s, mu.reshape(bsz, l, -1)))  # (m, B*l)
+            q_pi = self.critic(s_flat, self.critic_action(s, mu))  # (m, B*l)
             pen = bound_penalty(mu, v["mu_bp"].reshape(mu.shape), v["lower_b"].reshape(mu.shape),
                                 v["upper_b"].reshape(mu.shape), cfg.beta)  # (B*l,)
             loss_a = actor_loss(q_pi, pen, cfg.eta, cfg.lam)
