@@ -247,10 +247,10 @@ def item_box_for(env, base, keep: float = 0.8, upper: float = 0.15, users: int =
     def kept(w: float) -> float:
         return top_l_kept_per_item(sampler.obs, base, space, env.cfg.list_len, w, seed=seed + 1)
 
+    lo, hi, lo_kept = 0.0, float(upper), 1.0
     at_upper = kept(upper)
     if at_upper >= keep:
-        return {"box": float(upper), "top_l_kept": at_upper, "requests": sum(o.batch_size for o in sampler.obs)}
-    lo, hi, lo_kept = 0.0, float(upper), 1.0
+        lo, lo_kept, steps = hi, at_upper, 0
     for _ in range(steps):
         mid = (lo + hi) / 2
         k = kept(mid)
