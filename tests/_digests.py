@@ -31,7 +31,8 @@ _VOLATILE = {"commit", "created", "created_at", "elapsed_s", "wall_s", "time", "
              # action-space config keys added after the record: at their defaults they change no number
              "parameterisation", "log_bias_range", "consumption",
              # Enhanced-State RL variant keys added after the record: at their defaults ("paper") no number moves
-             "variant", "residual_scale", "item_hidden", "item_box", "list_aware", "rank_temperature"}
+             "variant", "residual_scale", "item_hidden", "item_box", "list_aware", "rank_temperature",
+             "candidate_sample"}
 
 
 def _h(*parts: bytes) -> str:

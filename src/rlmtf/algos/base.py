@@ -161,8 +161,7 @@ class Algorithm:
         """States the policy acts on for a request batch: (B, D) user states, or (B, N, D) for item level."""
         return obs.user_state()
 
-    @staticmethod
-    def train_states(t: Transitions) -> np.ndarray:
+    def train_states(self, t: Transitions) -> np.ndarray:
         """All training states, for the normalisation statistics: (R, D)."""
         return t.user_state
 

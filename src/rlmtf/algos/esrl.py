@@ -91,6 +91,12 @@ class ESRLConfig(ActorCriticConfig):
     are visible to them and the TD target evaluates the order the target actor would give the next list."""
     rank_temperature: float = 0.1
     """``list_aware``: the soft rank's temperature, in units of the list's own spread of fused log scores."""
+    candidate_sample: bool = False
+    """Train on the candidate sample of the logs (``docs/design.md#the-candidate-sample``): standardise the inputs
+    on candidates drawn uniformly from all a request ranked, not on the shown items, and add eta times the bound
+    penalty of the actor's actions on them to the actor loss, so that the actor stays in the behaviour policy's
+    box on the candidates it scores at serving time, not only on the ones it was shown. Needs logs with the
+    candidate sample (``rlmtf simulate --log-candidates``)."""
 
     @property
     def polyak_rate(self) -> float:
@@ -138,6 +144,9 @@ class EnsembleActorCritic(Algorithm):
                              "acts per request")
         if not cfg.rank_temperature > 0:
             raise ValueError(f"rank_temperature must be > 0, got {cfg.rank_temperature}")
+        if cfg.candidate_sample and self.level != "item":
+            raise ValueError(f"{self.kind}: candidate_sample constrains per-item actions on unshown candidates; this "
+                             "algorithm acts per request, with one action for every candidate")
         extra = LIST_FEATURES if cfg.list_aware else 0
         self.critic = CriticEnsemble(dims, a + extra, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
         self.actor_target = target_copy(self.actor)
@@ -233,6 +242,12 @@ class EnsembleActorCritic(Algorithm):
             pen = bound_penalty(mu, v["mu_bp"].reshape(mu.shape), v["lower_b"].reshape(mu.shape),
                                 v["upper_b"].reshape(mu.shape), cfg.beta)  # (B*l,)
             loss_a = actor_loss(q_pi, pen, cfg.eta, cfg.lam)
+            extra = {}
+            if cfg.candidate_sample:  # the box holds on the candidates too, shown or not
+                pen_c = self.candidate_penalty(v)
+                loss_a = loss_a + cfg.eta * pen_c.mean()
+                extra = {"actor/candidate_penalty": pen_c.mean(),
+                         "actor/candidate_outside_box": (pen_c > 0).float().mean()}
             self.actor_opt.zero_grad(set_to_none=True)
             loss_a.backward()
             self.actor_opt.step()
@@ -245,7 +260,18 @@ class EnsembleActorCritic(Algorithm):
             q_req = q.sum(-1)  # (m, B)
             return self.metrics({"losses/critic": loss_c, "losses/actor": loss_a, "q/mean": q_req.mean(),
                                  "q/std_critics": q_req.std(0, unbiased=False).mean(), "q/target_mean": y.mean(),
-                                 "actor/bound_penalty": pen.mean(), "actor/outside_box": (pen > 0).float().mean()})
+                                 "actor/bound_penalty": pen.mean(), "actor/outside_box": (pen > 0).float().mean(),
+                                 **extra})
+
+    def candidate_penalty(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
+        """d() of the actor's actions on the batch's candidate sample (B*l,), differentiable in the actor."""
+        if "cs" not in v:
+            raise ValueError(f"{self.kind}: candidate_sample is set but the batch has no candidate sample; log the "
+                             "data with it (rlmtf simulate --log-candidates) or unset candidate_sample")
+        cs = v["cs"]
+        mu_c = self.net("actor")(cs.reshape(-1, cs.shape[-1]))  # (B*l, A)
+        return bound_penalty(mu_c, v["mu_bp_c"].reshape(mu_c.shape), v["lower_b_c"].reshape(mu_c.shape),
+                             v["upper_b_c"].reshape(mu_c.shape), self.cfg.beta)
 
     # --- state ----------------------------------------------------------------------------------------
 
@@ -299,20 +325,31 @@ class EnhancedStateRL(EnsembleActorCritic):
 
     @staticmethod
     def view(b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch as (B, l, .) tensors: one state, action and reward per shown item."""
-        return {"s": b["enhanced_state"], "a": b["action"], "mu_bp": b["mu_bp"], "lower_b": b["lower_b"],
-                "upper_b": b["upper_b"], "r": b["item_reward"], "done": b["done"], "gap": b["gap"],
-                "s2": b["next_enhanced_state"], "mu_bp2": b["next_mu_bp"], "lower_b2": b["next_lower_b"],
-                "upper_b2": b["next_upper_b"]}
+        """The batch as (B, l, .) tensors: one state, action and reward per shown item; with the candidate
+        sample also its states and boxes (cs, mu_bp_c, lower_b_c, upper_b_c)."""
+        v = {"s": b["enhanced_state"], "a": b["action"], "mu_bp": b["mu_bp"], "lower_b": b["lower_b"],
+             "upper_b": b["upper_b"], "r": b["item_reward"], "done": b["done"], "gap": b["gap"],
+             "s2": b["next_enhanced_state"], "mu_bp2": b["next_mu_bp"], "lower_b2": b["next_lower_b"],
+             "upper_b2": b["next_upper_b"]}
+        if "candidate_state" in b:
+            v.update(cs=b["candidate_state"], mu_bp_c=b["candidate_mu_bp"], lower_b_c=b["candidate_lower_b"],
+                     upper_b_c=b["candidate_upper_b"])
+        return v
 
     @staticmethod
     def obs_states(obs: RequestObs) -> np.ndarray:
         """States the actor acts on for a request batch: (B, N, D) enhanced states."""
         return obs.enhanced_state()
 
-    @staticmethod
-    def train_states(t: Transitions) -> np.ndarray:
-        """All training states, for the normalisation statistics: (R * l, D)."""
+    def train_states(self, t: Transitions) -> np.ndarray:
+        """All training states, for the normalisation statistics: (R * l, D), the shown items' enhanced states
+        or, with ``candidate_sample``, the candidate sample's (what the actor scores at serving time)."""
+        if self.cfg.candidate_sample:
+            if not t.has_candidates:
+                raise ValueError(f"{self.kind}: candidate_sample is set but these logs have no candidate sample; "
+                                 "log them with it (rlmtf simulate --log-candidates) or unset candidate_sample")
+            assert t.candidate_state is not None
+            return t.candidate_state.reshape(-1, t.candidate_state.shape[-1])
         return t.enhanced_state.reshape(-1, t.enhanced_state.shape[-1])
 
 

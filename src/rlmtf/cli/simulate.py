@@ -50,6 +50,9 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Seed of the run (the world is fixed by the config's world_seed).")] = 0,
     workers: Annotated[int, typer.Option(help="Processes; each simulates a block of users and writes its own "
                                               "shard.")] = 1,
+    log_candidates: Annotated[bool, typer.Option("--log-candidates", help="Also log the candidate sample: beside "
+                                                 "each shown row, one of the request's candidates drawn uniformly "
+                                                 "(docs/design.md#the-candidate-sample).")] = False,
     action_space: ActionSpaceOpt = None,
     sim_config: SimConfigOpt = None,
     env: EnvOpt = "sim",
@@ -92,7 +95,7 @@ def simulate(
 
             result, path = simulate_to_parquet(sim, pol, out, seed=seed, sessions=sessions, days=days,
                                                users=user_ids, start_day=start_day, overwrite=overwrite,
-                                               workers=workers,
+                                               workers=workers, log_candidates=log_candidates,
                                                info={"explore": explore, "per": per, "lower_b": lower_b,
                                                      "upper_b": upper_b, "sigma": sigma}, progress=tick)
             bar.update(task, total=result.n_sessions, completed=result.n_sessions)

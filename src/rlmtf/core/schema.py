@@ -117,10 +117,24 @@ FEEDBACK_COLUMNS: dict[str, pa.DataType] = {
 #: Exploration columns, each a list of ``action_dim`` floats.
 ACTION_COLUMNS: tuple[str, ...] = ("mu_bp", "lower_b", "upper_b", "action")
 
+#: The candidate sample (``docs/design.md#the-candidate-sample``): each row of a request also carries one of the
+#: request's candidates drawn uniformly from all it ranked (shown or not), with its item features, MTL scores and
+#: the exploration box the behaviour policy gave it, so that training can standardise on and constrain the actor
+#: over the candidates it will score at serving time, not only the shown ones. Logged all together or not at all.
+CANDIDATE_COLUMNS: tuple[str, ...] = ("candidate_item_features", "candidate_mtl_scores", "candidate_mu_bp",
+                                      "candidate_lower_b", "candidate_upper_b")
+
 #: Columns a dataset may have or not: ``true_scores``, which a simulator may add and a live platform does not
-#: have (never used for training), and ``seen`` (int8), logged under in-order consumption: whether the user
-#: reached the shown item before leaving (0: unseen, no feedback); a dataset without it consumed every item.
-OPTIONAL_COLUMNS: tuple[str, ...] = ("true_scores", "seen")
+#: have (never used for training); ``seen`` (int8), logged under in-order consumption: whether the user
+#: reached the shown item before leaving (0: unseen, no feedback), a dataset without it consumed every item;
+#: and the candidate sample (:data:`CANDIDATE_COLUMNS`).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("true_scores", "seen", *CANDIDATE_COLUMNS)
+
+
+def candidate_dims(spec: FeatureSpec) -> dict[str, int]:
+    """The candidate sample's list columns and their lengths."""
+    return {"candidate_item_features": spec.item_features.dim, "candidate_mtl_scores": len(spec.mtl_tasks),
+            **{f"candidate_{c}": spec.action_dim for c in ("mu_bp", "lower_b", "upper_b")}}
 
 
 def list_columns(spec: FeatureSpec) -> dict[str, int]:
@@ -150,6 +164,9 @@ def arrow_schema(spec: FeatureSpec, with_optional: bool | Collection[str] = Fals
         fields_.append(pa.field("true_scores", pa.list_(pa.float32(), N_TASKS), nullable=False))
     if "seen" in optional:
         fields_.append(pa.field("seen", pa.int8(), nullable=False))
+    for name, dim in candidate_dims(spec).items():
+        if name in optional:
+            fields_.append(pa.field(name, pa.list_(pa.float32(), dim), nullable=False))
     meta = {b"rlmtf.schema_version": str(SCHEMA_VERSION).encode(),
             b"rlmtf.feature_spec": json.dumps(spec.to_json()).encode()}
     return pa.schema(fields_, metadata=meta)

@@ -68,7 +68,7 @@ DAY_DIR = re.compile(r"^day=(-?\d+)$")
 #: Feedback columns that record a 0/1 event (the integer-typed ones).
 BINARY_FEEDBACK: tuple[str, ...] = tuple(c for c, t in FEEDBACK_COLUMNS.items() if pa.types.is_integer(t))
 #: Columns whose values must lie in [-1, 1] (normalised actions).
-_UNIT_RANGE: tuple[str, ...] = ("action", "mu_bp")
+_UNIT_RANGE: tuple[str, ...] = ("action", "mu_bp", "candidate_mu_bp")
 
 
 class LogDataError(ValueError):
@@ -160,7 +160,7 @@ def check_values(cols: dict[str, np.ndarray], where: str, list_len: int) -> None
                 r, d = _first_bad(bad)
                 v = a[r] if d is None else a[r, d]
                 raise LogDataError(f"{where}: row {r}, column '{name}': value {v!s} is not finite{_at(r, d)}")
-        if name == "mtl_scores":
+        if name in ("mtl_scores", "candidate_mtl_scores"):
             bad = a < 0
             if bad.any():
                 r, d = _first_bad(bad)
@@ -185,14 +185,14 @@ def check_values(cols: dict[str, np.ndarray], where: str, list_len: int) -> None
                     f"{where}: row {r}, column '{name}': value {a[r]!s} outside [0, {list_len}) "
                     f"(list_len={list_len})"
                 )
-    if "lower_b" in cols and "upper_b" in cols and cols["lower_b"].size:
-        lo, hi = cols["lower_b"], cols["upper_b"]
-        bad = lo > hi
-        if bad.any():
-            r, d = _first_bad(bad)
-            raise LogDataError(
-                f"{where}: row {r}, column 'lower_b': lower_b {lo[r, d]!s} > upper_b {hi[r, d]!s} at dimension {d}"
-            )
+    for lo_name, hi_name in (("lower_b", "upper_b"), ("candidate_lower_b", "candidate_upper_b")):
+        if lo_name in cols and hi_name in cols and cols[lo_name].size:
+            lo, hi = cols[lo_name], cols[hi_name]
+            bad = lo > hi
+            if bad.any():
+                r, d = _first_bad(bad)
+                raise LogDataError(f"{where}: row {r}, column '{lo_name}': {lo_name} {lo[r, d]!s} > {hi_name} "
+                                   f"{hi[r, d]!s} at dimension {d}")
 
 
 def check_day_dir(day: np.ndarray, rel: str) -> None:

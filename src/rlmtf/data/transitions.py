@@ -38,13 +38,18 @@ if TYPE_CHECKING:
 
     Array: TypeAlias = np.ndarray | torch.Tensor
 
-__all__ = ["NEXT_FIELDS", "REQUEST_FIELDS", "RequestBatch", "Transitions", "build_transitions", "group_requests"]
+__all__ = ["CANDIDATE_FIELDS", "NEXT_FIELDS", "REQUEST_FIELDS", "RequestBatch", "Transitions", "build_transitions",
+           "group_requests"]
 
 #: Fields of a :class:`RequestBatch` that describe the request itself (one row per request of a dataset).
 REQUEST_FIELDS = ("user_state", "enhanced_state", "action", "mu_bp", "lower_b", "upper_b", "item_reward", "reward",
                   "done", "gap")
 #: Fields a batch also carries for the session's next request, as ``next_<field>``.
 NEXT_FIELDS = ("user_state", "enhanced_state", "mu_bp", "lower_b", "upper_b")
+#: Optional fields, present when the logs carry the candidate sample (``docs/design.md#the-candidate-sample``):
+#: per request, l candidates drawn uniformly from all it ranked, as enhanced states (B, l, Des) with the
+#: behaviour policy's box for them (B, l, A).
+CANDIDATE_FIELDS = ("candidate_state", "candidate_mu_bp", "candidate_lower_b", "candidate_upper_b")
 
 _USER_GROUPS = ("user_profile", "user_history", "context")
 _ITEM_GROUPS = ("item_features", "mtl_scores")
@@ -167,17 +172,23 @@ class RequestBatch:
     next_mu_bp: Array  # (B, l, A)
     next_lower_b: Array  # (B, l, A)
     next_upper_b: Array  # (B, l, A)
+    candidate_state: Array | None = None  # (B, l, Des), with the candidate sample (CANDIDATE_FIELDS)
+    candidate_mu_bp: Array | None = None  # (B, l, A)
+    candidate_lower_b: Array | None = None  # (B, l, A)
+    candidate_upper_b: Array | None = None  # (B, l, A)
 
     def __len__(self) -> int:
         return len(self.reward)
 
     @classmethod
     def gather(cls, data: Mapping[str, Array], next_index: Array, idx: Array) -> RequestBatch:
-        """The requests ``idx`` of ``data`` (every :data:`REQUEST_FIELDS` array of a dataset, all numpy or all
-        tensors on one device) with their next requests ``next_index[idx]``."""
+        """The requests ``idx`` of ``data`` (every :data:`REQUEST_FIELDS` array of a dataset and, where it has
+        them, the :data:`CANDIDATE_FIELDS`; all numpy or all tensors on one device) with their next requests
+        ``next_index[idx]``."""
         nxt = next_index[idx]
         return cls(**{name: data[name][idx] for name in REQUEST_FIELDS},
-                   **{f"next_{name}": data[name][nxt] for name in NEXT_FIELDS})
+                   **{f"next_{name}": data[name][nxt] for name in NEXT_FIELDS},
+                   **{name: data[name][idx] for name in CANDIDATE_FIELDS if name in data})
 
     @classmethod
     def concat(cls, parts: Sequence[RequestBatch]) -> RequestBatch:
@@ -190,16 +201,19 @@ class RequestBatch:
             import torch
 
             cat = torch.cat
-        return cls(**{f.name: cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+        return cls(**{f.name: None if getattr(parts[0], f.name) is None else cat([getattr(p, f.name) for p in parts])
+                      for f in fields(cls)})
 
     def to_torch(self, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
         """Every field as a float32 tensor on ``device``, keyed by field name (fields that are tensors there
-        already are handed over without a copy)."""
+        already are handed over without a copy; absent optional fields are left out)."""
         import torch  # lazily: reading and validating logs does not need torch
 
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if v is None:
+                continue
             if isinstance(v, torch.Tensor):
                 out[f.name] = v.to(device, torch.float32)
             else:
@@ -229,6 +243,15 @@ class Transitions:
     row_index: np.ndarray  # (R, l) int64, global rows of LoggedData (e.g. for feedback labels)
     episode: str = "session"
     """"session" (the paper: terminal when the user leaves) or "day" (:meth:`day_episodes`)."""
+    candidate_state: np.ndarray | None = None  # (R, l, Des) float32, with the candidate sample (CANDIDATE_FIELDS)
+    candidate_mu_bp: np.ndarray | None = None  # (R, l, A) float32
+    candidate_lower_b: np.ndarray | None = None  # (R, l, A) float32
+    candidate_upper_b: np.ndarray | None = None  # (R, l, A) float32
+
+    @property
+    def has_candidates(self) -> bool:
+        """Whether the requests carry the candidate sample."""
+        return self.candidate_state is not None
 
     def __len__(self) -> int:
         return len(self.reward)
@@ -277,7 +300,8 @@ class Transitions:
         new_pos[idx] = np.arange(len(idx))
         next_index = new_pos[self.next_index[idx]]
         assert (next_index >= 0).all(), "a subset must contain whole sessions"
-        kw = {f.name: getattr(self, f.name)[idx] for f in fields(self) if f.name not in ("next_index", "episode")}
+        kw = {f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[idx]
+              for f in fields(self) if f.name not in ("next_index", "episode")}
         return Transitions(next_index=next_index, episode=self.episode, **kw)
 
     def select(self, keep: np.ndarray) -> Transitions:
@@ -305,8 +329,10 @@ class Transitions:
         return RequestBatch.gather(self.arrays(), self.next_index, np.asarray(idx, dtype=np.int64))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The per-request arrays a batch is gathered from (:data:`REQUEST_FIELDS`), by name (no copies)."""
-        return {name: getattr(self, name) for name in REQUEST_FIELDS}
+        """The per-request arrays a batch is gathered from (:data:`REQUEST_FIELDS`, and the
+        :data:`CANDIDATE_FIELDS` when present), by name (no copies)."""
+        names = (*REQUEST_FIELDS, *CANDIDATE_FIELDS) if self.has_candidates else REQUEST_FIELDS
+        return {name: getattr(self, name) for name in names}
 
     def batches(
         self, batch_size: int = 256, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False
@@ -359,6 +385,14 @@ def build_transitions(data: LoggedData) -> Transitions:
     item_reward = c["reward"][rows].astype(np.float32, copy=False)  # (R, l)
     done = c["done"][first]  # (R,) bool, checked consistent by group_requests
     idx = np.arange(n_req, dtype=np.int64)
+    candidates = {}
+    if "candidate_mtl_scores" in c:  # the candidate sample: the request's user state beside each drawn candidate
+        cand_state = np.empty_like(enhanced_state)
+        cand_state[:, :, :d_us] = enhanced_state[:, :, :d_us]
+        cand_state[:, :, d_us:] = np.concatenate([c["candidate_item_features"][rows],
+                                                  c["candidate_mtl_scores"][rows]], -1)
+        candidates = {"candidate_state": cand_state,
+                      **{f"candidate_{n}": c[f"candidate_{n}"][rows] for n in ("mu_bp", "lower_b", "upper_b")}}
     return Transitions(
         user_state=user_state,
         enhanced_state=enhanced_state,
@@ -376,4 +410,5 @@ def build_transitions(data: LoggedData) -> Transitions:
         t=c["t"][first].astype(np.int32, copy=False),
         day=c["day"][first].astype(np.int32, copy=False),
         row_index=rows,
+        **candidates,
     )

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rlmtf.core.schema import OPTIONAL_COLUMNS, DatasetMeta
+from rlmtf.core.schema import CANDIDATE_COLUMNS, OPTIONAL_COLUMNS, DatasetMeta
 from rlmtf.data.io import (
     BINARY_FEEDBACK,
     DAY_DIR,
@@ -99,13 +99,18 @@ class LogWriter:
 
         Key and feedback columns are 1-D, list columns 2-D ``(rows, dim)``. ``day`` may be omitted
         (it is filled from the argument) or given (then it must equal the argument). The optional columns
-        (``true_scores``, ``seen``) are written when given; either every write of a dataset gives one or none does.
+        (``true_scores``, ``seen``, the candidate sample) are written when given; either every write of a dataset
+        gives one or none does, and the candidate sample's columns come all together.
         """
         if self._closed:
             raise RuntimeError("LogWriter is closed")
         shard = "" if self.shard is None else f"{self.shard:03d}-"
         rel = f"day={int(day)}/part-{shard}{self._n_files:05d}.parquet"
         with_optional = tuple(c for c in OPTIONAL_COLUMNS if c in columns)
+        partial = [c for c in CANDIDATE_COLUMNS if c not in columns]
+        if len(partial) not in (0, len(CANDIDATE_COLUMNS)):
+            raise LogDataError(f"{rel}: column '{partial[0]}' missing: the candidate sample's columns "
+                               f"({', '.join(CANDIDATE_COLUMNS)}) are written all together or not at all")
         if self._with_optional is not None and with_optional != self._with_optional:
             differ = sorted(set(with_optional) ^ set(self._with_optional))
             raise LogDataError(

@@ -41,10 +41,12 @@ def behaviour_policy(base: Policy, explore: Explore = "uniform",
 def simulate_to_parquet(sim: Environment, policy: Policy, out: str | Path, *, seed: int, sessions: int | None = None,
                         days: int | None = None, users: np.ndarray | None = None, start_day: int = 0,
                         overwrite: bool = False, info: dict | None = None, workers: int = 1,
-                        progress: Callable[[int, int], None] | None = None) -> tuple[RunResult, Path]:
+                        progress: Callable[[int, int], None] | None = None, log_candidates: bool = False
+                        ) -> tuple[RunResult, Path]:
     """Run ``policy`` in ``sim`` and write every shown user-item pair to ``out`` (partitioned by day).
 
-    With ``workers > 1`` the users are split across forked processes, each writing its own shard."""
+    With ``workers > 1`` the users are split across forked processes, each writing its own shard;
+    ``log_candidates`` adds the candidate sample (``docs/design.md#the-candidate-sample``)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     explore = ("uniform" if isinstance(policy, UniformExploration) else
@@ -58,13 +60,13 @@ def simulate_to_parquet(sim: Environment, policy: Policy, out: str | Path, *, se
     with LogWriter(out, meta, overwrite=overwrite) as writer:
         if workers == 1:
             result = sim.run(policy, seed=seed, days=days, max_sessions=sessions, users=users, start_day=start_day,
-                             sink=writer.write, progress=progress)
+                             sink=writer.write, progress=progress, log_candidates=log_candidates)
         else:
             from rlmtf.envs.parallel import run_parallel
 
             result, counts = run_parallel(sim, policy, workers=workers, seed=seed, days=days, users=users,
                                           max_sessions=sessions, start_day=start_day, out=Path(out), meta=meta,
-                                          progress=progress)
+                                          progress=progress, log_candidates=log_candidates)
             for rows, files, days_ in counts:
                 writer.add_counts(rows, files, days_)
     return result, Path(out)

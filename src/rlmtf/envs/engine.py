@@ -49,7 +49,7 @@ from rlmtf.envs.rows import log_rows
 from rlmtf.policy.base import Policy, RequestObs, check_actions, space_of
 
 # stream ids of the draws the engine makes (worlds use other ids for theirs)
-S_ACTIVE, S_RETURN, S_HOUR, S_LEAVE, S_ITEM_LEAVE = 1, 2, 3, 4, 9
+S_ACTIVE, S_RETURN, S_HOUR, S_LEAVE, S_ITEM_LEAVE, S_CANDIDATE = 1, 2, 3, 4, 9, 10
 #: Resolution of the per-user retrieval lookup tables (:func:`retrieval_table`).
 RETRIEVAL_BUCKETS = 256
 #: The context every environment observes: hour of day (sin, cos), request index / 10, session index / max.
@@ -161,7 +161,8 @@ class Environment(ABC):
 
     def run(self, policy: Policy, *, seed: int, days: int | None = 1, users: np.ndarray | None = None,
             max_sessions: int | None = None, start_day: int = 0, sink: Sink | None = None,
-            progress: Progress | None = None, log_true_scores: bool = True) -> RunResult:
+            progress: Progress | None = None, log_true_scores: bool = True, log_candidates: bool = False
+            ) -> RunResult:
         """Simulate ``days`` days of ``users`` (default: all), or fewer if ``max_sessions`` is reached.
 
         ``sink(day, columns)`` receives logged rows (the logged-data columns as numpy arrays) of whole
@@ -169,7 +170,9 @@ class Environment(ABC):
         many sessions have started, but admitted users play out their day, so the data hold whole user-days
         and at least ``max_sessions`` sessions; to keep the overshoot small, fewer sessions run concurrently
         when the budget is small (about max_sessions / 8, at least 64). ``log_true_scores``: log the exact
-        task probabilities of shown items where the world computes them."""
+        task probabilities of shown items where the world computes them. ``log_candidates``: log the candidate
+        sample too (``rlmtf.core.schema.CANDIDATE_COLUMNS``): per request, list_len candidates drawn uniformly
+        without replacement from all it ranked, one beside each shown row (a draw that changes nothing else)."""
         cfg = self.cfg
         if days is None and max_sessions is None:
             raise ValueError("give days, max_sessions or both")
@@ -192,7 +195,8 @@ class Environment(ABC):
             if budget[0] <= 0:
                 break
             acc = {k: np.zeros(user_ids.size) for k in METRICS}
-            DayRun(self, policy, seed, start_day + d, st, acc, result, budget, sink, progress, log_true_scores).run()
+            DayRun(self, policy, seed, start_day + d, st, acc, result, budget, sink, progress, log_true_scores,
+                   log_candidates).run()
             per_day.append(acc)
             if days is None and d >= 29 and not any(a["sessions"].any() for a in per_day[-30:]):
                 raise RuntimeError(f"no user opened a session in 30 simulated days; {max_sessions} sessions cannot "
@@ -269,10 +273,10 @@ class DayRun:
 
     def __init__(self, env: Environment, policy: Policy, seed: int, day: int, st: UserState,
                  acc: dict[str, np.ndarray], result: RunResult, budget: list, sink: Sink | None,
-                 progress: Progress | None, log_true: bool):
+                 progress: Progress | None, log_true: bool, log_candidates: bool = False):
         self.env, self.cfg, self.policy, self.seed, self.day = env, env.cfg, policy, seed, day
         self.st, self.acc, self.result, self.budget = st, acc, result, budget
-        self.sink, self.progress, self.log_true = sink, progress, log_true
+        self.sink, self.progress, self.log_true, self.log_candidates = sink, progress, log_true, log_candidates
         st.new_day()
         self.queue = np.flatnonzero(crng.uniform(crng.key(seed, st.user_ids, day), S_ACTIVE) < env.p_active(st))
         self.next_in_queue = 0
@@ -417,8 +421,9 @@ class DayRun:
         acc["items"][g] += fb["seen"].sum(1) if in_order else l
         self.result.n_rows += b * l
         if self.sink is not None:
+            sample = candidate_sample(req_key, cand.shape[1], l) if self.log_candidates else None
             self.buffer.append(log_rows(self.day, self._session_id(a), u, t, items, obs, dec, action, shown, fb,
-                                        rew, done, logged_truth))
+                                        rew, done, logged_truth, sample))
             self.buffer_rows += b * l
         self.t[a] += 1
         return done, b * l
@@ -447,6 +452,13 @@ def rank_shown(policy: Policy, obs: RequestObs, action: np.ndarray, l: int, spac
         ls = np.where(_duplicates(cand[rep_rows]), -np.inf, log_score[rep_rows])
         shown[rep_rows] = rank_top_l(ls, l)
     return shown
+
+
+def candidate_sample(req_key: np.ndarray, n: int, l: int) -> np.ndarray:
+    """Positions (b, l) of ``l`` of a request's ``n`` candidates drawn uniformly without replacement (keyed on the
+    request, so the same request draws the same sample whatever the policy)."""
+    u = crng.uniform(crng.key(req_key[:, None], np.arange(n)), S_CANDIDATE)  # (b, n)
+    return np.argsort(u, axis=1, kind="stable")[:, :l]
 
 
 def _duplicates(cand: np.ndarray) -> np.ndarray:

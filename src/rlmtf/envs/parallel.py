@@ -56,7 +56,7 @@ def _worker(i: int) -> tuple[RunResult, tuple | None]:
         writer = LogWriter(st["out"], st["meta"], shard=i)
     r = sim.run(st["policy"], seed=st["seed"], days=st["days"], users=st["blocks"][i], max_sessions=st["budgets"][i],
                 start_day=st["start_day"], sink=writer.write if writer else None, progress=progress,
-                log_true_scores=st["log_true"])
+                log_true_scores=st["log_true"], log_candidates=st["log_candidates"])
     counts = None
     if writer is not None:
         writer.close()
@@ -78,7 +78,8 @@ def merge(results: list[RunResult]) -> RunResult:
 def run_parallel(sim: Environment, policy: Policy, *, workers: int, seed: int, days: int | None,
                  users: np.ndarray | None, max_sessions: int | None, start_day: int = 0,
                  out: Path | None = None, meta=None, log_true_scores: bool = True,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[RunResult, list[tuple]]:
+                 log_candidates: bool = False, progress: Callable[[int, int], None] | None = None
+                 ) -> tuple[RunResult, list[tuple]]:
     """``Environment.run`` over ``workers`` forked processes; with ``out``, each writes a Parquet shard.
     Returns the merged result and each shard's (rows, files, days) counts."""
     if "fork" not in mp.get_all_start_methods():
@@ -89,7 +90,7 @@ def run_parallel(sim: Environment, policy: Policy, *, workers: int, seed: int, d
     counter = ctx.Array("q", 2)
     _STATE.update(sim=sim, policy=policy, seed=seed, days=days, blocks=blocks,
                   budgets=split_budget(max_sessions, blocks), start_day=start_day, out=out, meta=meta,
-                  log_true=log_true_scores, counter=counter)
+                  log_true=log_true_scores, log_candidates=log_candidates, counter=counter)
     stop = threading.Event()
 
     def poll() -> None:  # forward the workers' progress to the caller's callback

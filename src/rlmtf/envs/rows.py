@@ -10,23 +10,24 @@ from rlmtf.policy.base import Decision, RequestObs
 
 def log_rows(day: int, session_id: np.ndarray, u: np.ndarray, t: np.ndarray, items: np.ndarray, obs: RequestObs,
              dec: Decision, action: np.ndarray, shown: np.ndarray, fb: dict[str, np.ndarray], rew: np.ndarray,
-             done: np.ndarray, truth: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The logged-data columns (``docs/design.md#logged-data``) of the shown items of b requests (b * l rows)."""
+             done: np.ndarray, truth: np.ndarray | None, sample: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The logged-data columns (``docs/design.md#logged-data``) of the shown items of b requests (b * l rows);
+    ``sample`` (b, l): positions in ``obs.item_id`` of the candidate sample, one beside each shown row."""
     b, l = items.shape
 
     def rep(x):  # request-level -> row-level
         return np.repeat(x, l, axis=0)
 
-    def per_item(x):  # (A,), (b, A) or (b, N, A) -> (b*l, A) for the shown items
+    def per_item(x, at=shown):  # (A,), (b, A) or (b, N, A) -> (b*l, A) for the items at ``at``
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 1:
             return np.ascontiguousarray(np.broadcast_to(x, (b * l, x.shape[0])))
         if x.ndim == 2:
             return rep(x)
-        return np.take_along_axis(x, shown[..., None], 1).reshape(b * l, -1)
+        return np.take_along_axis(x, at[..., None], 1).reshape(b * l, -1)
 
-    def shown_of(x):  # (b, N, D) -> (b*l, D)
-        return np.take_along_axis(x, shown[..., None], 1).reshape(b * l, -1).astype(np.float32)
+    def shown_of(x, at=shown):  # (b, N, D) -> (b*l, D)
+        return np.take_along_axis(x, at[..., None], 1).reshape(b * l, -1).astype(np.float32)
 
     cols = {
         "day": np.full(b * l, day, np.int32),
@@ -56,4 +57,10 @@ def log_rows(day: int, session_id: np.ndarray, u: np.ndarray, t: np.ndarray, ite
         cols["seen"] = fb["seen"].reshape(-1).astype(np.int8)
     if truth is not None:
         cols["true_scores"] = shown_of(truth)
+    if sample is not None:
+        cols["candidate_item_features"] = (obs.item_table[np.take_along_axis(obs.item_id, sample, 1).reshape(-1)]
+                                           if obs.item_features_ is None else shown_of(obs.item_features, sample))
+        cols["candidate_mtl_scores"] = shown_of(obs.mtl_scores, sample)
+        for name in ("mu_bp", "lower_b", "upper_b"):
+            cols[f"candidate_{name}"] = per_item(getattr(dec, name), sample)
     return cols

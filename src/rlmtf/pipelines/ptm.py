@@ -191,6 +191,7 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
     space = sim.cfg.action_space
     base = baseline_policy(space)
     per = cfg.per or ("item" if algo == "esrl" else "request")
+    log_candidates = bool(getattr(algo_cfg, "candidate_sample", False))  # the algorithm trains on the sample
     test_dir = Path(test_dir) if test_dir is not None else out / "test"
     if not (test_dir / "_meta.json").is_file():
         simulate_to_parquet(sim, base, test_dir, seed=cfg.seed + 10_000, sessions=cfg.test_sessions,
@@ -223,7 +224,7 @@ def run_ptm(algo: str, sim: Environment, out: str | Path, cfg: PTMConfig = PTMCo
                                                   seed=cfg.seed + k, edge=cfg.edge, item_box=item_box),
                             rd / "data", seed=cfg.seed + k,
                             sessions=cfg.sessions_per_round, start_day=k - 1, overwrite=True, workers=cfg.workers,
-                            progress=progress, users=explore_ids)
+                            progress=progress, users=explore_ids, log_candidates=log_candidates)
         data_dirs.append(rd / "data")
         round_logs = full_round = read_logs(rd / "data")
         held_out = None
