@@ -24,6 +24,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from rlmtf.data.io import LoggedData
+from rlmtf.policy.base import Policy, space_of
 
 
 @dataclass
@@ -138,11 +139,12 @@ def plot_action_distributions(data: LoggedData, path: str | Path, sigma: float =
 COST_SETTINGS: tuple[tuple[str, float], ...] = (("request", 0.15), ("day", 0.15), ("item", 0.15), ("item", 0.05))
 
 
-class TopListRecorder:
+class TopListRecorder(Policy):
     """Wraps an exploring policy and counts, at every request, how much of the behaviour policy's own top l
-    (ranked by its mu_bp, without noise) the explored action still shows. Acts exactly as the wrapped policy."""
+    (ranked by its mu_bp, without noise) the explored action still shows. Acts exactly as the wrapped policy
+    (its level, score source, name and action space too)."""
 
-    def __init__(self, inner, space, list_len: int):
+    def __init__(self, inner: Policy, space, list_len: int):
         self.inner, self.space, self.l = inner, space, list_len
         self.kept, self.requests = 0.0, 0
         for name in ("level", "score_source", "name", "action_space"):
@@ -184,7 +186,6 @@ def exploration_cost(env, base, settings=COST_SETTINGS, users: int = 3000, days:
     against ``base`` itself, common random numbers, 95% CIs)."""
     from rlmtf.envs.collect import behaviour_policy
     from rlmtf.eval.online import online_ab
-    from rlmtf.policy.base import space_of
 
     rows = []
     space = space_of(base, env.cfg.action_space)
@@ -236,7 +237,6 @@ def item_box_for(env, base, keep: float = 0.8, upper: float = 0.15, users: int =
     ``base``'s top l shown (``docs/design.md#what-exploring-costs-the-list``): requests of ``users`` users for
     one day under ``base``, then bisection on the half-width over those requests (the kept share falls with
     the width; each width sees the same draws). Returns ``{"box", "top_l_kept", "requests"}``."""
-    from rlmtf.policy.base import space_of
 
     if not 0 < keep < 1 or not upper > 0 or users < 1:
         raise ValueError(f"keep must be in (0, 1), upper > 0 and users >= 1, got {keep}, {upper}, {users}")
