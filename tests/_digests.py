@@ -32,7 +32,7 @@ _VOLATILE = {"commit", "created", "created_at", "elapsed_s", "wall_s", "time", "
              "parameterisation", "log_bias_range", "consumption",
              # Enhanced-State RL variant keys added after the record: at their defaults ("paper") no number moves
              "variant", "residual_scale", "item_hidden", "item_box", "list_aware", "rank_temperature",
-             "candidate_sample"}
+             "candidate_penalty", "candidate_stats"}
 
 
 def _h(*parts: bytes) -> str:

@@ -1,7 +1,7 @@
 """The candidate sample (docs/design.md#the-candidate-sample): the draw, logging it changes nothing else, its
 columns' checks, the transitions built from it, and Enhanced-State RL trained on it (standardisation on the
-candidates, the bound penalty on them with no gradient to the critics), the improved setting's use of it and
-the CLI flag."""
+candidates, the bound penalty on them with no gradient to the critics), progressive training's logging of it
+and the CLI flag."""
 
 from __future__ import annotations
 
@@ -24,12 +24,10 @@ from rlmtf.envs.collect import behaviour_policy, simulate_to_parquet
 from rlmtf.envs.engine import candidate_sample
 from rlmtf.envs.sim.config import SimConfig
 from rlmtf.envs.sim.simulator import Simulator
-from rlmtf.pipelines.paper import PRESETS, algo_config
-from rlmtf.pipelines.settings import SETTINGS
 from rlmtf.policy.fixed import baseline_policy
 
 SMALL = ESRLConfig(hidden=(32, 32), embed_dim=8, ensemble_size=4, warmup_steps=5, batch_size=32, variant="residual",
-                   candidate_sample=True)
+                   candidate_penalty=True, candidate_stats=True)
 
 
 def test_candidate_sample_is_distinct_uniform_and_keyed_on_the_request():
@@ -119,7 +117,7 @@ def test_esrl_standardises_on_the_candidates_and_penalises_their_box(pair):
     t = build_transitions(d)
     algo = EnhancedStateRL(d.meta.feature_spec, SMALL)
     np.testing.assert_array_equal(algo.train_states(t), t.candidate_state.reshape(-1, t.candidate_state.shape[-1]))
-    plain = EnhancedStateRL(d.meta.feature_spec, dataclasses.replace(SMALL, candidate_sample=False))
+    plain = EnhancedStateRL(d.meta.feature_spec, dataclasses.replace(SMALL, candidate_stats=False))
     assert plain.train_states(t).shape == algo.train_states(t).shape
     assert not np.array_equal(plain.train_states(t), algo.train_states(t))
     algo.set_normalisation(t)
@@ -146,8 +144,8 @@ def test_training_on_the_candidates_pulls_their_actions_into_the_box(pair):
     outside = {}
     for flag in (False, True):
         torch.manual_seed(0)
-        algo = EnhancedStateRL(d.meta.feature_spec, dataclasses.replace(SMALL, candidate_sample=flag, eta=5.0,
-                                                                         warmup_steps=0))
+        algo = EnhancedStateRL(d.meta.feature_spec, dataclasses.replace(SMALL, candidate_penalty=flag, eta=5.0,
+                                                                         candidate_stats=False, warmup_steps=0))
         algo.set_normalisation(t)
         with torch.no_grad():
             for p in algo.actor.parameters():
@@ -168,20 +166,28 @@ def test_candidate_sample_is_refused_where_it_cannot_apply(pair):
     d = pair[False][1]
     t = build_transitions(d)
     algo = EnhancedStateRL(d.meta.feature_spec, SMALL)
-    with pytest.raises(ValueError, match="--log-candidates"):
+    with pytest.raises(ValueError, match="candidate_stats.*--log-candidates"):
         algo.set_normalisation(t)
-    with pytest.raises(ValueError, match="--log-candidates"):
-        algo.update(t.sample(4, np.random.default_rng(0)))
-    with pytest.raises(ValueError, match="acts per request"):
-        IntegratedRL(d.meta.feature_spec, ESRLConfig(candidate_sample=True))
+    penalty_only = EnhancedStateRL(d.meta.feature_spec, dataclasses.replace(SMALL, candidate_stats=False))
+    penalty_only.set_normalisation(t)  # standardised on the shown items: the logs have what it needs
+    with pytest.raises(ValueError, match="candidate_penalty.*--log-candidates"):
+        penalty_only.update(t.sample(4, np.random.default_rng(0)))
+    for flags in ({"candidate_penalty": True}, {"candidate_stats": True}):
+        with pytest.raises(ValueError, match="acts per request"):
+            IntegratedRL(d.meta.feature_spec, ESRLConfig(**flags))
 
 
-def test_the_improved_setting_trains_item_level_methods_on_the_sample():
-    preset = PRESETS["smoke"]
-    for kind in ("esrl", "esrl_residual", "esrl_list"):
-        assert algo_config(kind, preset, SETTINGS["improved"]).candidate_sample
-        assert not algo_config(kind, preset, SETTINGS["paper"]).candidate_sample
-    assert not algo_config("integrated", preset, SETTINGS["improved"]).candidate_sample
+def test_progressive_training_logs_the_sample_when_the_algorithm_reads_it(tmp_path):
+    from rlmtf.pipelines.ptm import PTMConfig, run_ptm
+    from rlmtf.train.loop import TrainConfig
+
+    sim = Simulator(dataclasses.replace(SimConfig(), n_users=300, n_items=2000))
+    cfg = PTMConfig(rounds=1, sessions_per_round=40, steps_per_round=3, test_sessions=20, online_users=50,
+                    online_days=1)
+    run_ptm("esrl", sim, tmp_path / "ptm", cfg, dataclasses.replace(SMALL, candidate_stats=False),
+            TrainConfig(steps=3, eval_every=0), log=lambda s: None)
+    assert all(c in read_logs(tmp_path / "ptm" / "round_1" / "data").columns for c in CANDIDATE_COLUMNS)
+    assert "candidate_mu_bp" not in read_logs(tmp_path / "ptm" / "test").columns
 
 
 def test_simulate_cli_logs_the_sample(tmp_path):

@@ -91,12 +91,20 @@ class ESRLConfig(ActorCriticConfig):
     are visible to them and the TD target evaluates the order the target actor would give the next list."""
     rank_temperature: float = 0.1
     """``list_aware``: the soft rank's temperature, in units of the list's own spread of fused log scores."""
-    candidate_sample: bool = False
-    """Train on the candidate sample of the logs (``docs/design.md#the-candidate-sample``): standardise the inputs
-    on candidates drawn uniformly from all a request ranked, not on the shown items, and add eta times the bound
-    penalty of the actor's actions on them to the actor loss, so that the actor stays in the behaviour policy's
-    box on the candidates it scores at serving time, not only on the ones it was shown. Needs logs with the
-    candidate sample (``rlmtf simulate --log-candidates``)."""
+    candidate_penalty: bool = False
+    """Add eta times the bound penalty of the actor's actions on the logs' candidate sample
+    (``docs/design.md#the-candidate-sample``: candidates drawn uniformly from all a request ranked) to the actor
+    loss, so that the actor stays in the behaviour policy's box on the candidates it scores at serving time,
+    not only on the ones it was shown. Needs logs with the sample (``rlmtf simulate --log-candidates``)."""
+    candidate_stats: bool = False
+    """Standardise the inputs on the candidate sample instead of the shown items (the same logs needed). Off by
+    default: measured, it clips 4-11% of the shown items' MTL scores at +5 sd, where the critics must tell the
+    best items apart (the design doc's section)."""
+
+    @property
+    def candidate_sample(self) -> bool:
+        """Whether training reads the logs' candidate sample."""
+        return self.candidate_penalty or self.candidate_stats
 
     @property
     def polyak_rate(self) -> float:
@@ -145,8 +153,8 @@ class EnsembleActorCritic(Algorithm):
         if not cfg.rank_temperature > 0:
             raise ValueError(f"rank_temperature must be > 0, got {cfg.rank_temperature}")
         if cfg.candidate_sample and self.level != "item":
-            raise ValueError(f"{self.kind}: candidate_sample constrains per-item actions on unshown candidates; this "
-                             "algorithm acts per request, with one action for every candidate")
+            raise ValueError(f"{self.kind}: candidate_penalty and candidate_stats are for per-item actions on unshown "
+                             "candidates; this algorithm acts per request, with one action for every candidate")
         extra = LIST_FEATURES if cfg.list_aware else 0
         self.critic = CriticEnsemble(dims, a + extra, cfg.ensemble_size, cfg.hidden, cfg.embed_dim).to(self.device)
         self.actor_target = target_copy(self.actor)
@@ -243,7 +251,7 @@ class EnsembleActorCritic(Algorithm):
                                 v["upper_b"].reshape(mu.shape), cfg.beta)  # (B*l,)
             loss_a = actor_loss(q_pi, pen, cfg.eta, cfg.lam)
             extra = {}
-            if cfg.candidate_sample:  # the box holds on the candidates too, shown or not
+            if cfg.candidate_penalty:  # the box holds on the candidates too, shown or not
                 pen_c = self.candidate_penalty(v)
                 loss_a = loss_a + cfg.eta * pen_c.mean()
                 extra = {"actor/candidate_penalty": pen_c.mean(),
@@ -266,8 +274,8 @@ class EnsembleActorCritic(Algorithm):
     def candidate_penalty(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
         """d() of the actor's actions on the batch's candidate sample (B*l,), differentiable in the actor."""
         if "cs" not in v:
-            raise ValueError(f"{self.kind}: candidate_sample is set but the batch has no candidate sample; log the "
-                             "data with it (rlmtf simulate --log-candidates) or unset candidate_sample")
+            raise ValueError(f"{self.kind}: candidate_penalty is set but the batch has no candidate sample; log the "
+                             "data with it (rlmtf simulate --log-candidates) or unset candidate_penalty")
         cs = v["cs"]
         mu_c = self.net("actor")(cs.reshape(-1, cs.shape[-1]))  # (B*l, A)
         return bound_penalty(mu_c, v["mu_bp_c"].reshape(mu_c.shape), v["lower_b_c"].reshape(mu_c.shape),
@@ -343,11 +351,11 @@ class EnhancedStateRL(EnsembleActorCritic):
 
     def train_states(self, t: Transitions) -> np.ndarray:
         """All training states, for the normalisation statistics: (R * l, D), the shown items' enhanced states
-        or, with ``candidate_sample``, the candidate sample's (what the actor scores at serving time)."""
-        if self.cfg.candidate_sample:
+        or, with ``candidate_stats``, the candidate sample's (what the actor scores at serving time)."""
+        if self.cfg.candidate_stats:
             if not t.has_candidates:
-                raise ValueError(f"{self.kind}: candidate_sample is set but these logs have no candidate sample; "
-                                 "log them with it (rlmtf simulate --log-candidates) or unset candidate_sample")
+                raise ValueError(f"{self.kind}: candidate_stats is set but these logs have no candidate sample; "
+                                 "log them with it (rlmtf simulate --log-candidates) or unset candidate_stats")
             assert t.candidate_state is not None
             return t.candidate_state.reshape(-1, t.candidate_state.shape[-1])
         return t.enhanced_state.reshape(-1, t.enhanced_state.shape[-1])

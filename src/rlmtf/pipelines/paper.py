@@ -153,8 +153,6 @@ def algo_config(kind: str, preset: Preset, setting: Setting = SETTINGS["paper"])
     want = {**fields, "hidden": preset.hidden, "embed_dim": preset.embed_dim, "batch_size": preset.batch_size,
             "ensemble_size": preset.ensemble_size, "warmup_steps": preset.warmup_steps, "popsize": preset.es_popsize,
             "sessions_per_candidate": preset.es_sessions_per_candidate}
-    if setting.candidate_sample and algorithm_class(kind).level == "item":
-        want["candidate_sample"] = True
     names = {f.name for f in dataclasses.fields(config_cls)}
     cfg = config_cls(**{k: v for k, v in want.items() if k in names})
     return cfg if kind == "es" else setting.algo_config(cfg)

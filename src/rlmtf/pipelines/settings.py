@@ -8,8 +8,7 @@
   edges, the undiscounted user-day objective (docs/design.md#the-objective), every method trained from
   scratch for at least the steps that objective needs (docs/design.md#how-many-steps), and gated progressive
   training on the logs of every round so far, its offline test the direct method (FQE for an item-level
-  candidate; docs/design.md#progressive-training);
-  item-level methods train on the candidate sample (docs/design.md#the-candidate-sample).
+  candidate; docs/design.md#progressive-training).
   The offline baselines learn the same objective from the same logs; ES keeps its own fitness (the reward
   of the sessions it simulates).
 
@@ -53,9 +52,6 @@ class Setting:
     """Per-item exploration noise cut to keep this share of the behaviour policy's top l (``PTMConfig.item_keep``)."""
     gate_mde: float = 0.0
     """The lift the gate's A/B is sized to detect (``PTMConfig.gate_mde``; 0: the preset's days as they are)."""
-    candidate_sample: bool = False
-    """Item-level methods train on the candidate sample (``ESRLConfig.candidate_sample``; their exploration logs
-    carry it): inputs standardised on, and the bound penalty applied to, the candidates scored at serving time."""
 
     def algo_config(self, cfg: Any) -> Any:
         """``cfg`` (an algorithm's config) with this setting's objective, where the config has the fields."""
@@ -77,5 +73,5 @@ SETTINGS: dict[str, Setting] = {
     "paper": Setting("paper"),
     "improved": Setting("improved", action_space="relative", per="day", edge="shift", gate=True, train_on="all",
                         gamma=1.0, session_gamma=1.0, episode="day", steps="horizon",
-                        gate_mde=0.01, item_keep=0.8, candidate_sample=True),
+                        gate_mde=0.01, item_keep=0.8),
 }
