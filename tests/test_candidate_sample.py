@@ -127,7 +127,7 @@ def test_esrl_standardises_on_the_candidates_and_penalises_their_box(pair):
     with torch.no_grad():  # push the actor far out of the box so that the penalty is > 0
         for p in algo.actor.parameters():
             p.add_(torch.randn_like(p))
-    pen = algo.candidate_penalty(v)
+    pen = algo.candidate_box_penalty(v)
     assert pen.shape == (16 * d.meta.list_len,) and (pen > 0).any()
     algo.actor.zero_grad(set_to_none=True)
     algo.critic.zero_grad(set_to_none=True)

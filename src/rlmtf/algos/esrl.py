@@ -252,7 +252,7 @@ class EnsembleActorCritic(Algorithm):
             loss_a = actor_loss(q_pi, pen, cfg.eta, cfg.lam)
             extra = {}
             if cfg.candidate_penalty:  # the box holds on the candidates too, shown or not
-                pen_c = self.candidate_penalty(v)
+                pen_c = self.candidate_box_penalty(v)
                 loss_a = loss_a + cfg.eta * pen_c.mean()
                 extra = {"actor/candidate_penalty": pen_c.mean(),
                          "actor/candidate_outside_box": (pen_c > 0).float().mean()}
@@ -271,7 +271,7 @@ class EnsembleActorCritic(Algorithm):
                                  "actor/bound_penalty": pen.mean(), "actor/outside_box": (pen > 0).float().mean(),
                                  **extra})
 
-    def candidate_penalty(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
+    def candidate_box_penalty(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
         """d() of the actor's actions on the batch's candidate sample (B*l,), differentiable in the actor."""
         if "cs" not in v:
             raise ValueError(f"{self.kind}: candidate_penalty is set but the batch has no candidate sample; log the "

@@ -29,6 +29,11 @@ def log_rows(day: int, session_id: np.ndarray, u: np.ndarray, t: np.ndarray, ite
     def shown_of(x, at=shown):  # (b, N, D) -> (b*l, D)
         return np.take_along_axis(x, at[..., None], 1).reshape(b * l, -1).astype(np.float32)
 
+    def features_of(at):  # the item features at ``at``, from the catalogue when the request carries none
+        if obs.item_features_ is None:
+            return obs.item_table[np.take_along_axis(obs.item_id, at, 1).reshape(-1)]
+        return shown_of(obs.item_features, at)
+
     cols = {
         "day": np.full(b * l, day, np.int32),
         "session_id": rep(session_id),
@@ -39,8 +44,7 @@ def log_rows(day: int, session_id: np.ndarray, u: np.ndarray, t: np.ndarray, ite
         "user_profile": rep(obs.user_profile),
         "user_history": rep(obs.user_history),
         "context": rep(obs.context),
-        "item_features": obs.item_table[items.reshape(-1)] if obs.item_features_ is None
-        else shown_of(obs.item_features),
+        "item_features": features_of(shown),
         "mtl_scores": shown_of(obs.mtl_scores),
         "mu_bp": per_item(dec.mu_bp),
         "lower_b": per_item(dec.lower_b),
@@ -58,8 +62,7 @@ def log_rows(day: int, session_id: np.ndarray, u: np.ndarray, t: np.ndarray, ite
     if truth is not None:
         cols["true_scores"] = shown_of(truth)
     if sample is not None:
-        cols["candidate_item_features"] = (obs.item_table[np.take_along_axis(obs.item_id, sample, 1).reshape(-1)]
-                                           if obs.item_features_ is None else shown_of(obs.item_features, sample))
+        cols["candidate_item_features"] = features_of(sample)
         cols["candidate_mtl_scores"] = shown_of(obs.mtl_scores, sample)
         for name in ("mu_bp", "lower_b", "upper_b"):
             cols[f"candidate_{name}"] = per_item(getattr(dec, name), sample)
