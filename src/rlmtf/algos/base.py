@@ -214,6 +214,11 @@ class Algorithm:
             if any(p.requires_grad for p in mod.parameters()):
                 self._ddp[name] = DistributedDataParallel(_Methods(mod), device_ids=ids, broadcast_buffers=False)
 
+    def undistribute(self) -> None:
+        """Drop the DDP wrappers (after training; the modules and their weights stay), so that nothing holds the
+        process group when it is destroyed."""
+        self._ddp.clear()
+
     def net(self, name: str) -> Any:
         """The module ``name`` as a loss that trains it must call it: through its DDP wrapper when
         distributed, the module itself otherwise."""

@@ -212,12 +212,21 @@ def train(algo_name: str, data: str | Path | LoggedData, out: str | Path, *, cfg
     ctx = RunContext(algo_name=algo_name, algo_cls=cls, data=data, dir=Path(out), cfg=cfg, algo_cfg=algo_cfg,
                      info=info, device=device, resume=resume, space=space, warm_start_from=warm_start_from, sim=sim,
                      on_step=on_step)
+    algo = None
     try:
-        return _train(ctx)
+        algo = _train(ctx)
+        return algo
     finally:
         if info.active:
+            # release the process group while the interpreter is fully alive: Gloo's worker threads can abort
+            # the process if their last references go at interpreter shutdown
+            import gc
+
             import torch.distributed as dist
 
+            if algo is not None:
+                algo.undistribute()
+            gc.collect()
             if dist.is_initialized():
                 dist.destroy_process_group()
 
