@@ -128,6 +128,40 @@ def test_first_order_dm_recovers_a_linear_effect_of_the_action(day_logs):
     assert abs(ref["lift"]["mean"]) < 0.02 and ref["lift"]["ci_low"] < 0.02
 
 
+def test_direct_method_models_recover_curvature_and_a_per_user_slope(day_logs):
+    """A reward with a curvature in dimension 2 and a slope in dimension 4 that changes sign with the first state
+    feature: the linear model misses both (it sees only the average slope), the quadratic model recovers the
+    curvature, the personal model recovers the per-user slope too (one fit serves several policies)."""
+    from rlmtf.eval.ope import DirectMethod
+
+    t = build_transitions(day_logs).day_episodes()
+    _, e = np.unique(t.episode_id, return_inverse=True)
+    first = np.r_[True, t.episode_id[1:] != t.episode_id[:-1]]
+    s0 = t.user_state[first][:, 0].astype(np.float64)
+    z = ((s0 - s0.mean()) / s0.std())[e]  # the episode's standardised first state feature, per request
+    half = (t.upper_b[:, 0] - t.lower_b[:, 0]) / 2
+    g = (t.action[:, 0] - t.mu_bp[:, 0]) / half  # (R, A) logged noise in half-widths (one per day)
+    cnt = np.bincount(e)[e]  # so that an episode's total is the per-day function below
+    day_value = lambda x2, x4: 10.0 - 4.0 * x2 ** 2 + 3.0 * z * x4  # noqa: E731
+    r = {"x": day_value(g[:, 2], g[:, 4]) / cnt}
+    up = t.mu_bp[:, :1].copy()  # one half-width up in dimension 2: the curvature costs 4 x (1 - 1/3) a day
+    up[:, 0, 2] += half[:, 2]
+    per_user = t.mu_bp[:, :1].copy()  # + sign(z) half-widths in dimension 4 (3 E|z| a day), centred elsewhere
+    per_user[:, 0, 4] += np.sign(z) * half[:, 4]
+    logged = np.bincount(e, r["x"]).mean()
+    truth_up = np.bincount(e, day_value(np.ones(len(t)), 0 * z) / cnt).mean()
+    truth_pu = np.bincount(e, day_value(0 * z, np.sign(z)) / cnt).mean()
+    assert truth_up < logged - 2 and truth_pu > logged + 1.5
+    est = {m: DirectMethod(t, r, n_boot=50, model=m) for m in ("linear", "quadratic", "personal")}
+    v = {m: (dm.estimate(up)["x"]["value"], dm.estimate(per_user)["x"]["value"]) for m, dm in est.items()}
+    assert abs(v["linear"][0] - logged) < 0.5 and abs(v["linear"][1] - logged) < 0.5, (v, logged)
+    # the quadratic model sees the per-user policy's gain from sitting at dimension 2's centre, not its slope
+    assert abs(v["quadratic"][0] - truth_up) < 0.5 and abs(v["quadratic"][1] - 10.0) < 0.5, (v, truth_up)
+    assert abs(v["personal"][0] - truth_up) < 0.5 and abs(v["personal"][1] - truth_pu) < 0.5, (v, truth_pu)
+    with pytest.raises(ValueError, match="unknown direct-method model"):
+        DirectMethod(t, r, model="cubic")
+
+
 def test_fqe_recovers_the_value_of_the_logging_policy(sim, tmp_path_factory):
     """On logs of the baseline without exploration, FQE of the baseline estimates the logged mean of valid
     views per user-day (its true on-policy value) within 6%."""
@@ -193,3 +227,5 @@ def test_evaluate_ope_cli(day_logs, tmp_path):
     assert base["is"]["uvc"]["ipw"]["value"] == pytest.approx(base["is"]["uvc"]["snipw"]["value"])
     bad = cli("evaluate", "ope", "--policy", "baseline", "--data", str(data), "--episode", "week")
     assert bad.returncode != 0 and "--episode must be day or session" in bad.stderr
+    bad = cli("evaluate", "ope", "--policy", "baseline", "--data", str(data), "--dm-model", "cubic")
+    assert bad.returncode != 0 and "--dm-model must be one of linear, quadratic, personal" in bad.stderr

@@ -80,19 +80,24 @@ def evaluate_ope_cmd(
     bandwidth: Annotated[float, typer.Option(help="Box-kernel half-width, in units of the exploration "
                                              "half-width (importance weights).")] = 1.0,
     gamma: Annotated[float, typer.Option(help="Discount per request (1: undiscounted).")] = 1.0,
+    dm_model: Annotated[str, typer.Option(help="The direct method's model: linear (one slope per action "
+                                          "dimension), quadratic (+ curvature) or personal (+ a slope per "
+                                          "state feature).")] = "linear",
     seed: Annotated[int, typer.Option(help="Seed of the FQE fit and the bootstrap.")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Off-policy evaluation (docs/design.md#off-policy-evaluation): each policy's estimated valid views, watch
     minutes, sessions and reward per episode from logs it did not write (FQE with a bootstrap interval; IPW,
-    SNIPW and DR from the exploration's known box density), and FQE's lift over the logging policy."""
+    SNIPW and DR from the exploration's known box density; the direct method), and the lifts over the logging
+    policy."""
     check(episode in ("day", "session"), f"--episode must be day or session, got {episode!r}")
     check(steps >= 1 and members >= 2, "--steps must be >= 1 and --members >= 2")
     from rlmtf.data.io import read_logs
     from rlmtf.eval.fqe import FQEConfig
-    from rlmtf.eval.ope import OPEConfig, evaluate_ope
+    from rlmtf.eval.ope import DM_MODELS, OPEConfig, evaluate_ope
 
+    check(dm_model in DM_MODELS, f"--dm-model must be one of {', '.join(DM_MODELS)}, got {dm_model!r}")
     with errors():
         if threads:
             import torch
@@ -102,7 +107,7 @@ def evaluate_ope_cmd(
             logs = read_logs(data)
         space = logs.meta.action_space
         pols = labelled_policies(policy, space, seed)
-        cfg = OPEConfig(episode=episode, bandwidth=bandwidth,
+        cfg = OPEConfig(episode=episode, bandwidth=bandwidth, dm_model=dm_model,
                         fqe=FQEConfig(steps=steps, members=members, gamma=gamma, session_gamma=gamma, seed=seed))
         with console.status("off-policy evaluation...") as st:
             rep = evaluate_ope(pols, logs, cfg, space_dim=space.dim, log=st.update)

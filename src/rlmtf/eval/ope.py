@@ -40,7 +40,13 @@ from rlmtf.data.transitions import Transitions, build_transitions
 from rlmtf.eval.fqe import FQEConfig, episode_starts, fit_fqe, metric_rewards, policy_actions
 from rlmtf.policy.base import Policy
 
-__all__ = ["OPEConfig", "evaluate_ope", "exploration_unit", "first_order_dm", "importance_weights", "is_estimates"]
+__all__ = ["DM_MODELS", "DirectMethod", "OPEConfig", "evaluate_ope", "exploration_unit", "first_order_dm",
+           "importance_weights", "is_estimates"]
+
+
+#: The direct method's models of an episode's total given its state s and mean logged noise x
+#: (docs/design.md#off-policy-evaluation): each adds terms to the one before.
+DM_MODELS = ("linear", "quadratic", "personal")
 
 
 @dataclass(frozen=True)
@@ -53,10 +59,14 @@ class OPEConfig:
     bootstrap: int = 200
     max_outside: float = 0.2
     """Warn when more than this share of the evaluated policy's actions lie outside the logged boxes."""
+    dm_model: str = "linear"
+    """The direct method's model (:data:`DM_MODELS`)."""
 
     def __post_init__(self) -> None:
         if self.episode not in ("day", "session"):
             raise ValueError(f"episode must be day or session, got {self.episode!r}")
+        if self.dm_model not in DM_MODELS:
+            raise ValueError(f"dm_model must be one of {', '.join(DM_MODELS)}, got {self.dm_model!r}")
         if not self.bandwidth > 0 or self.bootstrap < 10 or not 0 <= self.max_outside <= 1:
             raise ValueError("bandwidth must be > 0, bootstrap >= 10 and max_outside in [0, 1]")
 
@@ -139,58 +149,95 @@ def is_estimates(t: Transitions, rho: np.ndarray, r: np.ndarray, q: np.ndarray |
     return out
 
 
-def first_order_dm(t: Transitions, rewards: dict[str, np.ndarray], actions: np.ndarray, n_boot: int = 200,
-                   seed: int = 0, ridge: float = 1.0) -> dict[str, dict]:
-    """The direct method at first order: per metric, a ridge regression of each episode's total on its first
-    request's user state and its mean logged noise ``a - mu_bp`` (in box half-widths), and the policy's value
-    as the episode totals moved by the fitted action slope times the policy's mean noise over the episode.
+def _dm_terms(st: np.ndarray, x: np.ndarray, model: str) -> np.ndarray:
+    """The action terms of the direct method's regression for states st (E, D) and noises x (E, A)."""
+    parts = [x]
+    if model in ("quadratic", "personal"):
+        parts.append(x * x)  # curvature per dimension (uniform noise: x and x^2 are uncorrelated)
+    if model == "personal":
+        parts.append((st[:, :, None] * x[:, None, :]).reshape(len(x), -1))  # a slope per state feature
+    return np.concatenate(parts, 1)
+
+
+class DirectMethod:
+    """The direct method: per metric, a ridge regression of each episode's total on its first request's user
+    state and its mean logged noise ``a - mu_bp`` (in box half-widths), and a policy's value as the episode
+    totals moved by the fitted action terms at the policy's mean noise over the episode minus at the logged.
+
+    ``model``: ``"linear"`` (the first order: one slope per action dimension), ``"quadratic"`` (plus a
+    curvature per dimension) or ``"personal"`` (plus a slope per state feature and action dimension, ridge
+    ``ridge`` x the episodes / 100 on those: the policy's gain where it acts differently per user).
 
     No bootstrapped targets, so nothing compounds over the episode (FQE's failure at the box's corners); the
-    slope is unbiased because the exploration noise is drawn independently of the state (uniform in the
-    box), the state only absorbs variance. First order: it sees the box's average gradient, not curvature,
-    and extrapolates linearly outside the box. Interval: percentile bootstrap over episodes. Returns per
-    metric ``{"value", "ci_low", "ci_high", "lift": {"mean", "ci_low", "ci_high"}}`` (lift over the logged
-    mean per episode)."""
-    f64 = np.float64
-    ep = t.episode_id
-    _, e = np.unique(ep, return_inverse=True)
-    n = int(e.max()) + 1
-    cnt = np.bincount(e).astype(f64)
-    half = np.maximum((t.upper_b[:, 0] - t.lower_b[:, 0]).astype(f64) / 2, 1e-8)
-    got = (t.action[:, 0] - t.mu_bp[:, 0]).astype(f64) / half
-    need = (actions[:, 0] - t.mu_bp[:, 0]).astype(f64) / half
-    x_act, x_pol = (np.stack([np.bincount(e, x[:, j]) / cnt for j in range(x.shape[1])], 1)
-                    for x in (got, need))  # (E, A): each episode's mean noise, logged and the policy's
-    first = np.r_[True, ep[1:] != ep[:-1]]
-    st = t.user_state[first].astype(f64)
-    st = (st - st.mean(0)) / np.maximum(st.std(0), 1e-8)  # (E, D)
-    x = np.concatenate([np.ones((n, 1)), st, x_act], 1)
-    a_cols = slice(1 + st.shape[1], x.shape[1])
-    pen = np.full(x.shape[1], ridge)
-    pen[0] = 0.0
-    pen[a_cols] = 0.0  # only the state is shrunk: the action slope is what is estimated
-    rng = np.random.default_rng(seed)
-    draws = [np.ones(n)] + [rng.multinomial(n, np.full(n, 1.0 / n)).astype(f64) for _ in range(n_boot)]
-    out = {}
-    for m, r in rewards.items():
-        y = np.bincount(e, r, minlength=n)
-        vals, lifts = [], []
-        for w in draws:
+    slopes are unbiased because the exploration noise is drawn independently of the state (uniform in the
+    box), the state only absorbs variance. It sees the box's average shape, and extrapolates outside the box
+    by the fitted polynomial. Interval: percentile bootstrap over episodes. The regression (and each
+    bootstrap draw's) is fitted once, at construction; :meth:`estimate` applies it to one policy."""
+
+    def __init__(self, t: Transitions, rewards: dict[str, np.ndarray], n_boot: int = 200, seed: int = 0,
+                 ridge: float = 1.0, model: str = "linear"):
+        if model not in DM_MODELS:
+            raise ValueError(f"unknown direct-method model {model!r}; choose from {', '.join(DM_MODELS)}")
+        f64 = np.float64
+        self.t, self.model, self.metrics = t, model, list(rewards)
+        ep = t.episode_id
+        _, self.e = np.unique(ep, return_inverse=True)
+        n = int(self.e.max()) + 1
+        self.cnt = np.bincount(self.e).astype(f64)
+        self.half = np.maximum((t.upper_b[:, 0] - t.lower_b[:, 0]).astype(f64) / 2, 1e-8)
+        self.x_act = self._episode_noise(t.action[:, 0])  # (E, A)
+        first = np.r_[True, ep[1:] != ep[:-1]]
+        st = t.user_state[first].astype(f64)
+        self.st = (st - st.mean(0)) / np.maximum(st.std(0), 1e-8)  # (E, D)
+        self.terms_act = _dm_terms(self.st, self.x_act, model)
+        x = np.concatenate([np.ones((n, 1)), self.st, self.terms_act], 1)
+        a_cols = slice(1 + self.st.shape[1], x.shape[1])
+        pen = np.full(x.shape[1], ridge)
+        pen[0] = 0.0
+        pen[a_cols] = 0.0  # the state is shrunk, the action terms are what is estimated ...
+        n_plain = self.x_act.shape[1] * (1 if model == "linear" else 2)
+        pen[a_cols.start + n_plain:] = ridge * n / 100.0  # ... except the per-state slopes, shrunk towards 0
+        rng = np.random.default_rng(seed)
+        self.draws = [np.ones(n)] + [rng.multinomial(n, np.full(n, 1.0 / n)).astype(f64) for _ in range(n_boot)]
+        ys = np.stack([np.bincount(self.e, rewards[m], minlength=n) for m in self.metrics], 1)  # (E, M)
+        self.coefs, self.bases = [], []
+        for w in self.draws:
             xtw = x.T * w
+            gram = xtw @ x + np.diag(pen)
             try:
-                coef = np.linalg.solve(xtw @ x + np.diag(pen), xtw @ y)
+                coef = np.linalg.solve(gram, xtw @ ys)
             except np.linalg.LinAlgError:  # fewer distinct episodes than regressors: the minimum-norm fit
-                coef = np.linalg.lstsq(xtw @ x + np.diag(pen), xtw @ y, rcond=None)[0]
-            base = float((w * y).sum() / w.sum())
-            v = base + float((w[:, None] * (x_pol - x_act)).sum(0) / w.sum() @ coef[a_cols])
+                coef = np.linalg.lstsq(gram, xtw @ ys, rcond=None)[0]
+            self.coefs.append(coef[a_cols])  # (T, M)
+            self.bases.append((w[:, None] * ys).sum(0) / w.sum())  # (M,) the logged mean per episode
+
+    def _episode_noise(self, a: np.ndarray) -> np.ndarray:
+        x = (a - self.t.mu_bp[:, 0]).astype(np.float64) / self.half
+        return np.stack([np.bincount(self.e, x[:, j]) / self.cnt for j in range(x.shape[1])], 1)
+
+    def estimate(self, actions: np.ndarray) -> dict[str, dict]:
+        """Per metric ``{"value", "ci_low", "ci_high", "lift": {"mean", "ci_low", "ci_high"}}`` (the lift over
+        the logged mean per episode) of the user-level policy whose actions at every request are ``actions``
+        (R, 1, A)."""
+        delta = _dm_terms(self.st, self._episode_noise(actions[:, 0]), self.model) - self.terms_act  # (E, T)
+        vals, lifts = [], []
+        for w, coef, base in zip(self.draws, self.coefs, self.bases, strict=True):
+            v = base + (w[:, None] * delta).sum(0) / w.sum() @ coef
             vals.append(v)
-            lifts.append(v / base - 1.0 if base else float("nan"))
-        v0, l0 = vals[0], lifts[0]
-        out[m] = {"value": v0, "ci_low": float(np.percentile(vals[1:], 2.5)),
-                  "ci_high": float(np.percentile(vals[1:], 97.5)),
-                  "lift": {"mean": l0, "ci_low": float(np.nanpercentile(lifts[1:], 2.5)),
-                           "ci_high": float(np.nanpercentile(lifts[1:], 97.5))}}
-    return out
+            with np.errstate(invalid="ignore", divide="ignore"):
+                lifts.append(np.where(base != 0, v / base - 1.0, np.nan))
+        vals, lifts = np.array(vals), np.array(lifts)  # (1 + n_boot, M)
+        return {m: {"value": float(vals[0, k]), "ci_low": float(np.percentile(vals[1:, k], 2.5)),
+                    "ci_high": float(np.percentile(vals[1:, k], 97.5)),
+                    "lift": {"mean": float(lifts[0, k]), "ci_low": float(np.nanpercentile(lifts[1:, k], 2.5)),
+                             "ci_high": float(np.nanpercentile(lifts[1:, k], 97.5))}}
+                for k, m in enumerate(self.metrics)}
+
+
+def first_order_dm(t: Transitions, rewards: dict[str, np.ndarray], actions: np.ndarray, n_boot: int = 200,
+                   seed: int = 0, ridge: float = 1.0) -> dict[str, dict]:
+    """The direct method at first order for one policy (:class:`DirectMethod` with ``model="linear"``)."""
+    return DirectMethod(t, rewards, n_boot, seed, ridge, "linear").estimate(actions)
 
 
 def _bootstrap(t: Transitions, fn: Callable[[np.ndarray], dict[str, float]], n: int, seed: int) -> dict:
@@ -227,6 +274,7 @@ def evaluate_ope(policies: Sequence[Policy], logs: LoggedData, cfg: OPEConfig = 
     out = {"episode": cfg.episode, "exploration": unit, "requests": len(t), "episodes": int(n_ep),
            "reference": {m: ref.summary(m) for m in ref.members} if ref else {},
            "logged": {m: float(rewards[m].sum() / max(n_ep, 1)) for m in rewards}, "policies": []}
+    dm = None
     for pol in policies:
         acts = policy_actions(pol, logs, t, dim)
         level = "user" if acts.shape[1] == 1 else "item"
@@ -254,7 +302,9 @@ def evaluate_ope(policies: Sequence[Policy], logs: LoggedData, cfg: OPEConfig = 
                 ci = _bootstrap(t, lambda wts, a=args: is_estimates(*a, wts=wts), cfg.bootstrap, cfg.fqe.seed)
                 entry["is"][m] = {k: {"value": point[k], "ci_low": ci[k][0], "ci_high": ci[k][1]}
                                   for k in ("ipw", "snipw", "dr") if k in point} | {"ess": point["ess"]}
-            entry["dm"] = first_order_dm(t, rewards, acts, cfg.bootstrap, cfg.fqe.seed)
+            if dm is None:  # one regression serves every policy
+                dm = DirectMethod(t, rewards, cfg.bootstrap, cfg.fqe.seed, model=cfg.dm_model)
+            entry["dm"] = dm.estimate(acts)
             if entry["is"]["uvc"]["ess"] < 30:
                 entry["warnings"].append(f"effective sample size {entry['is']['uvc']['ess']:.0f} episodes: the "
                                          "importance-weighted estimates rest on very few logged episodes")
