@@ -32,7 +32,9 @@ _VOLATILE = {"commit", "created", "created_at", "elapsed_s", "wall_s", "time", "
              "parameterisation", "log_bias_range", "consumption",
              # Enhanced-State RL variant keys added after the record: at their defaults ("paper") no number moves
              "variant", "residual_scale", "item_hidden", "item_box", "list_aware", "rank_temperature",
-             "candidate_penalty", "candidate_stats"}
+             "candidate_penalty", "candidate_stats",
+             # the gate's screen rule, added after the record (no recorded run screens)
+             "gate_screen"}
 
 
 def _h(*parts: bytes) -> str:

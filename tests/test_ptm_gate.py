@@ -61,7 +61,11 @@ def test_the_gate_decides_by_its_offline_and_online_tests(sim, tmp_path, offline
     cfg = dataclasses.replace(_cfg(gate=True, train_on="all", gate_offline=offline), **more)
     res = run_ptm("integrated", sim, tmp_path / "gated", cfg, SMALL, TrainConfig(steps=10, eval_every=0),
                   log=lambda s: None)
-    key = "lcb" if offline == "critic" else "mean"  # DM, FQE: the estimated lift must be > 0; critics: mean - sd
+    def screened(off: dict) -> float:  # DM, FQE: the 95% interval's upper end must be > 0; critics: mean - sd
+        if offline == "critic":
+            return off["lcb"]
+        return off["ci_high"] if "ci_high" in off else off["mean"] + 1.96 * off["sd"]
+
     for r in res.rows[1:]:
         assert r["gate"] in ("offline", "online", "passed")
         if offline == "dm":
@@ -72,30 +76,39 @@ def test_the_gate_decides_by_its_offline_and_online_tests(sim, tmp_path, offline
             assert r["offline"]["mean"] == pytest.approx(r["offline"]["candidate"] / r["offline"]["incumbent"] - 1,
                                                          abs=0.05)
         if r["gate"] == "offline":
-            assert r["offline"][key] <= 0 and not r["accepted"]
+            assert screened(r["offline"]) <= 0 and not r["accepted"]
         else:
-            assert r["offline"][key] > 0
+            assert screened(r["offline"]) > 0
             assert r["accepted"] == (r["gate_ab"]["ci_low"] > 0)
             assert r["gate_ab"]["users"] == 80
     assert (tmp_path / "gated" / "ptm.png").is_file()
 
 
+def test_an_unknown_screen_is_refused():
+    with pytest.raises(ValueError, match="gate_screen must be bound or sign"):
+        PTMConfig(gate_screen="median")
+
+
 @pytest.mark.parametrize("offline", ["dm", "fqe"])
-def test_the_offline_estimate_decides_whether_the_ab_runs(sim, monkeypatch, offline):
-    """A DM / FQE lift <= 0 rejects the candidate before any A/B; a positive one hands it to the A/B."""
+@pytest.mark.parametrize("screen", ["bound", "sign"])
+def test_the_offline_estimate_decides_whether_the_ab_runs(sim, monkeypatch, offline, screen):
+    """"bound": a DM / FQE lift whose 95% interval lies below 0 rejects the candidate before any A/B, one whose
+    interval reaches above 0 hands it to the A/B; "sign": the point estimate decides."""
     from rlmtf.policy.fixed import baseline_policy
 
     base = baseline_policy(sim.cfg.action_space)
     other = "_offline_fqe" if offline == "dm" else "_offline_dm"
     monkeypatch.setattr(ptm_module, other, lambda *a, **k: pytest.fail(f"{other} called"))
-    for lift, runs_ab in ((-0.01, False), (0.0, False), (0.01, True)):
+    cases = (((-0.03, False), (-0.01, True), (0.01, True)) if screen == "bound"  # sd 1%: upper ends -1.0%, +1.0%
+             else ((-0.01, False), (0.0, False), (0.01, True)))
+    for lift, runs_ab in cases:
         monkeypatch.setattr(ptm_module, f"_offline_{offline}",
                             lambda *a, v=lift, **k: {"estimate": offline, "name": offline, "mean": v, "sd": 0.01})
         calls: list[int] = []
         monkeypatch.setattr(ptm_module, "online_ab", lambda *a, c=calls, **k: c.append(1) or _FakeAB())
         row: dict = {}
-        ok = ptm_module._gate(_cfg(gate=True, gate_offline=offline), 1, sim, base, base, None, np.zeros(3), None,
-                              np.arange(500, 580), row, lambda s: None)
+        ok = ptm_module._gate(_cfg(gate=True, gate_offline=offline, gate_screen=screen), 1, sim, base, base, None,
+                              np.zeros(3), None, np.arange(500, 580), row, lambda s: None)
         assert bool(calls) == runs_ab and ok == runs_ab and row["gate"] == ("passed" if runs_ab else "offline")
 
 

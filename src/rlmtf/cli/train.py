@@ -201,6 +201,8 @@ def ptm(
                                               "candidate), fqe (fitted Q evaluation), critic (the candidate's own "
                                               "critics, optimistic) or none.")] = "dm",
     gate_fqe_steps: Annotated[int, typer.Option(help="--gate-offline fqe: gradient steps per FQE fit.")] = 4000,
+    gate_screen: Annotated[str, typer.Option(help="--gate: the offline test rejects when its 95% interval lies "
+                                             "below 0 (bound) or its point estimate is <= 0 (sign).")] = "bound",
     steps_rule: Annotated[str, typer.Option(help="fixed (every round --steps-per-round) or horizon (a round "
                                             "trained from scratch at least the steps its episode needs, "
                                             "docs/design.md#how-many-steps).")] = "fixed",
@@ -249,7 +251,8 @@ def ptm(
                         gate=gate, gate_metric=gate_metric, gate_users=gate_users, gate_days=gate_days,
                         gate_mde=gate_mde, gate_power=gate_power, gate_max_days=gate_max_days, box=box,
                         box_shrink=box_shrink, train_on=train_on, per=per, edge=edge, item_keep=item_keep,
-                        gate_offline=gate_offline, gate_fqe_steps=gate_fqe_steps, steps_rule=steps_rule)
+                        gate_offline=gate_offline, gate_fqe_steps=gate_fqe_steps, gate_screen=gate_screen,
+                        steps_rule=steps_rule)
         with progress() as bar:
             # run_ptm reports each round's exploration (sessions) and training (steps); A/B tests are logged lines
             task = bar.add_task("ptm: exploring", total=rounds * sessions_per_round, extra="")
