@@ -7,6 +7,9 @@ seed), pools the runs' per-user outcomes and computes every method's lift over e
 experiment's Tables 4 and 5 do (per-user pairs of every seed pooled, 95% CIs). Use it to add a method to
 a finished experiment without rerunning the others.
 
+``--pool``: the runs hold the same methods on *different* seeds (e.g. seeds 0-2, 3-5, 6-8 of one commit); their
+seeds are put together, as if one run had had them all.
+
     python experiments/compare_runs.py --runs runs/dm_gate_sim runs/esrl_residual_improved \
         --out runs/compare_residual
 """
@@ -54,15 +57,31 @@ def merged(runs: list[Path], finished_only: bool = False) -> list[SeedResult]:
     return out
 
 
+def pooled(runs: list[Path]) -> list[SeedResult]:
+    """Every finished seed of every run (a seed may be in one run only)."""
+    out, where = [], {}
+    for r in runs:
+        for d in sorted(r.glob("seed_*"), key=lambda d: int(d.name.split("_", 1)[1])):
+            res = load_seed_result(d)
+            if res is None:
+                continue
+            if d.name in where:
+                raise SystemExit(f"{d.name} is in {where[d.name]} and {r}: --pool puts different seeds together")
+            where[d.name] = r
+            out.append(res)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--finished-only", action="store_true", help="compare on the seeds every run has finished")
+    ap.add_argument("--pool", action="store_true", help="the runs hold different seeds of the same methods")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     log = file_logger(a.out / "log.txt")
-    results = merged(a.runs, a.finished_only)
+    results = pooled(a.runs) if a.pool else merged(a.runs, a.finished_only)
     if not results:
         raise SystemExit("no seed finished in every run")
     methods = [m for m in results[0].per_user if all(m in r.per_user for r in results)]
@@ -74,7 +93,8 @@ def main() -> None:
             seeds = ", ".join(f"{x:+.2%}" for x in e["per_seed"])
             log(f"{LABELS.get(method, method)} vs {LABELS.get(control, control)}: {metric} {e['mean']:+.2%} "
                 f"[{e['ci_low']:+.2%}, {e['ci_high']:+.2%}] (per seed {seeds})")
-    write_summary(a.out, {"runs": [str(r) for r in a.runs], "out": a.out, "finished_only": a.finished_only},
+    write_summary(a.out, {"runs": [str(r) for r in a.runs], "out": a.out, "finished_only": a.finished_only,
+                          "pool": a.pool},
                   {"seeds": [r.seed for r in results], "methods": methods}, rows, log)
 
 
